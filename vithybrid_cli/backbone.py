@@ -1,0 +1,251 @@
+"""BiT (Big Transfer) ResNet, as google's ViT-Hybrid checkpoint uses it.
+
+Weight-standardized convolutions with TensorFlow "SAME" padding, GroupNorm + ReLU, non-pre-activation
+bottleneck blocks, a 7x7 stem with max-pool. For `google/vit-hybrid-base-bit-384`: stages of depths
+[3, 4, 9] and output stride 16, so a 384x384 image becomes a (1024, 24, 24) feature map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BitConfig, make_divisible
+
+
+def same_padding(size: int, kernel_size: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) for one spatial dimension.
+
+    TF pads so that output = ceil(size / stride), putting the odd pixel after; PyTorch's symmetric
+    padding cannot express that for strided convolutions, hence the explicit pad.
+    """
+    total = max(
+        (math.ceil(size / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0
+    )
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel_size: int, stride: int, dilation: int = 1) -> torch.Tensor:
+    """Pad an NCHW tensor with zeros as TensorFlow's "SAME" would for this window."""
+    top, bottom = same_padding(x.shape[-2], kernel_size, stride, dilation)
+    left, right = same_padding(x.shape[-1], kernel_size, stride, dilation)
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom))
+    return x
+
+
+def standardize_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per output channel: zero mean, unit (biased) variance over (in, kh, kw).
+
+    Written as batch_norm over the flattened weight, as the reference does, so both round alike.
+    """
+    flat = weight.reshape(1, weight.shape[0], -1)
+    return F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=eps).reshape_as(weight)
+
+
+class StdConv2dSame(nn.Conv2d):
+    """Weight-standardized conv with TF "SAME" padding (static when symmetric, dynamic otherwise).
+
+    Standardization depends only on the weight, so `freeze_standardization()` computes it once for
+    inference; until then (training, parity tests) it is recomputed every call.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        eps: float = 1e-8,
+        same: bool = True,
+    ) -> None:
+        symmetric = stride == 1 and (dilation * (kernel_size - 1)) % 2 == 0
+        static_padding = dilation * (kernel_size - 1) // 2 if (symmetric or not same) else 0
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=static_padding,
+            dilation=dilation,
+            bias=False,
+        )
+        self.dynamic_padding = same and not symmetric
+        self.eps = eps
+        self.frozen = False
+
+    @torch.no_grad()
+    def freeze_standardization(self) -> None:
+        self.weight.copy_(standardize_weight(self.weight.float(), self.eps).to(self.weight.dtype))
+        self.frozen = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_padding:
+            x = pad_same(x, self.kernel_size[0], self.stride[0], self.dilation[0])
+        weight = self.weight if self.frozen else standardize_weight(self.weight, self.eps)
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
+
+
+class GroupNormAct(nn.GroupNorm):
+    """GroupNorm, optionally followed by ReLU."""
+
+    def __init__(self, num_groups: int, num_channels: int, activation: bool = True) -> None:
+        super().__init__(num_groups, num_channels, eps=1e-5)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.relu(x) if self.activation else x
+
+
+class MaxPoolSame(nn.Module):
+    """3x3 stride-2 max-pool with TF "SAME" padding (zeros suffice: inputs are post-ReLU)."""
+
+    def __init__(self, dynamic_padding: bool) -> None:
+        super().__init__()
+        self.dynamic_padding = dynamic_padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_padding:
+            x = pad_same(x, 3, 2)
+        return F.max_pool2d(x, 3, 2)
+
+
+class Stem(nn.Module):
+    """7x7/2 conv -> GroupNorm+ReLU -> 3x3/2 max-pool: the first 4x downsampling."""
+
+    def __init__(self, config: BitConfig) -> None:
+        super().__init__()
+        same = (config.global_padding or "").upper() == "SAME"
+        self.conv = StdConv2dSame(
+            config.num_channels, config.embedding_size, 7, stride=2, same=same
+        )
+        self.norm = GroupNormAct(config.num_groups, config.embedding_size)
+        self.pool = MaxPoolSame(config.embedding_dynamic_padding)
+        # Without global SAME padding, BiT pads by one before the pool instead.
+        self.pad_before_pool = 0 if same else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.pad_before_pool:
+            x = F.pad(x, (1, 1, 1, 1))
+        return self.pool(self.norm(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 with GroupNorm, residual, then ReLU (ResNet v1.5 ordering)."""
+
+    def __init__(
+        self,
+        config: BitConfig,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        dilation: int,
+        downsample: bool,
+    ) -> None:
+        super().__init__()
+        same = (config.global_padding or "").upper() == "SAME"
+        mid_channels = make_divisible(out_channels * 0.25)
+        groups = config.num_groups
+        self.conv1 = StdConv2dSame(in_channels, mid_channels, 1, same=same)
+        self.norm1 = GroupNormAct(groups, mid_channels)
+        self.conv2 = StdConv2dSame(
+            mid_channels, mid_channels, 3, stride=stride, dilation=dilation, same=same
+        )
+        self.norm2 = GroupNormAct(groups, mid_channels)
+        self.conv3 = StdConv2dSame(mid_channels, out_channels, 1, same=same)
+        self.norm3 = GroupNormAct(groups, out_channels, activation=False)
+        self.downsample = (
+            Downsample(config, in_channels, out_channels, stride) if downsample else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.norm1(self.conv1(x))
+        x = self.norm2(self.conv2(x))
+        x = self.norm3(self.conv3(x))
+        return F.relu(x + shortcut)
+
+
+class Downsample(nn.Module):
+    """Projection shortcut of a stage's first block: strided 1x1 conv + GroupNorm."""
+
+    def __init__(self, config: BitConfig, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        same = (config.global_padding or "").upper() == "SAME"
+        self.conv = StdConv2dSame(in_channels, out_channels, 1, stride=stride, same=same)
+        self.norm = GroupNormAct(config.num_groups, out_channels, activation=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class Stage(nn.Module):
+    def __init__(
+        self,
+        config: BitConfig,
+        in_channels: int,
+        out_channels: int,
+        depth: int,
+        stride: int,
+        dilation: int,
+    ) -> None:
+        super().__init__()
+        # BiT keeps the first block's dilation for every 3x3 conv of a dilated stage.
+        first_dilation = 1 if dilation in (1, 2) else 2
+        self.blocks = nn.ModuleList(
+            Bottleneck(
+                config,
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                stride=stride if i == 0 else 1,
+                dilation=first_dilation,
+                downsample=i == 0,
+            )
+            for i in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class BitBackbone(nn.Module):
+    """Pixels (B, 3, H, W) -> feature map (B, out_channels, ceil(H/stride), ceil(W/stride))."""
+
+    def __init__(self, config: BitConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.stem = Stem(config)
+        stages = []
+        in_channels, current_stride, dilation = config.embedding_size, 4, 1
+        for index in range(config.num_stages):
+            out_channels = make_divisible(config.hidden_sizes[index] * config.width_factor)
+            stride = 1 if index == 0 else 2
+            if current_stride >= config.output_stride:
+                dilation, stride = dilation * stride, 1
+            stages.append(
+                Stage(config, in_channels, out_channels, config.depths[index], stride, dilation)
+            )
+            in_channels, current_stride = out_channels, current_stride * stride
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = in_channels
+        self.stride = current_stride
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.stem(pixel_values)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def freeze_standardization(self) -> None:
+        """Standardize every conv weight once (inference only: weights must not train after)."""
+        for module in self.modules():
+            if isinstance(module, StdConv2dSame):
+                module.freeze_standardization()

@@ -1,0 +1,291 @@
+"""Dataclass configs, parsed from the hub's config.json and preprocessor_config.json.
+
+Field names follow the hub's JSON so a checkpoint's files map onto them one to one; unknown keys
+(transformers bookkeeping such as `architectures` or `torch_dtype`) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL_ID = "google/vit-hybrid-base-bit-384"
+ACTIVATIONS = (
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "quick_gelu",
+    "relu",
+    "silu",
+    "swish",
+    "tanh",
+)
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+class ConfigError(ValueError):
+    """A config.json or preprocessor_config.json that cannot describe a working model."""
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channel counts as BiT does (to a multiple of 8, never more than 10% below)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass
+class BitConfig:
+    """The BiT ResNet that turns pixels into the feature map the ViT reads as tokens."""
+
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    depths: tuple[int, ...] = (3, 4, 9)
+    layer_type: str = "bottleneck"
+    hidden_act: str = "relu"
+    global_padding: str | None = "same"
+    num_groups: int = 32
+    embedding_dynamic_padding: bool = True
+    output_stride: int = 32
+    width_factor: int = 1
+    out_features: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BitConfig:
+        model_type = data.get("model_type", "bit")
+        if model_type != "bit":
+            raise ConfigError(
+                f"unsupported backbone model_type {model_type!r}: only 'bit' is known"
+            )
+        config = cls(**_known_fields(cls, data))
+        config.hidden_sizes = tuple(config.hidden_sizes)
+        config.depths = tuple(config.depths)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.layer_type != "bottleneck":
+            raise ConfigError(f"unsupported BiT layer_type {self.layer_type!r}: only 'bottleneck'")
+        if self.hidden_act != "relu":
+            raise ConfigError(f"unsupported BiT hidden_act {self.hidden_act!r}: only 'relu'")
+        if not self.depths or any(depth < 1 for depth in self.depths):
+            raise ConfigError(f"BiT depths must be positive, got {list(self.depths)}")
+        if len(self.hidden_sizes) < len(self.depths):
+            raise ConfigError("BiT hidden_sizes needs one entry per stage in depths")
+        if self.out_features and any(
+            not name.startswith("stage")
+            or not name[5:].isdigit()
+            or not 1 <= int(name[5:]) <= len(self.depths)
+            for name in self.out_features
+        ):
+            raise ConfigError(f"BiT out_features {self.out_features} name no existing stage")
+        widths = [self.embedding_size]
+        for width in self.stage_widths:
+            widths += [width, make_divisible(width * 0.25)]
+        for width in widths:
+            if width % self.num_groups:
+                raise ConfigError(
+                    f"BiT width {width} is not divisible by num_groups={self.num_groups}"
+                )
+
+    @property
+    def stage_widths(self) -> list[int]:
+        widths = self.hidden_sizes[: self.num_stages]
+        return [make_divisible(size * self.width_factor) for size in widths]
+
+    @property
+    def num_stages(self) -> int:
+        """Stages actually run: up to the last one named in out_features (stage3 for google's)."""
+        if self.out_features:
+            return max(int(name.removeprefix("stage")) for name in self.out_features)
+        return len(self.depths)
+
+    @property
+    def stride(self) -> int:
+        # The stem (conv stride 2 + max-pool stride 2) downsamples by 4, every stage after the
+        # first by 2 until output_stride is reached (later stages dilate instead).
+        stride = 4
+        for _ in range(1, self.num_stages):
+            if stride < self.output_stride:
+                stride *= 2
+        return stride
+
+    @property
+    def out_channels(self) -> int:
+        return self.stage_widths[-1]
+
+
+@dataclass
+class ViTHybridConfig:
+    """The ViT encoder on top of the backbone, with the checkpoint's labels."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    image_size: int = 384
+    patch_size: int = 1
+    num_channels: int = 3
+    qkv_bias: bool = True
+    backbone_config: BitConfig = field(default_factory=BitConfig)
+    id2label: dict[int, str] = field(default_factory=dict)
+    problem_type: str | None = None
+    model_type: str = "vit-hybrid"
+    pruned_heads: dict[int, list[int]] = field(default_factory=dict)
+    backbone_featmap_shape: list[int] | None = None  # (1, C, h, w) the checkpoint was trained at
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTHybridConfig:
+        model_type = data.get("model_type", "vit-hybrid")
+        if model_type not in ("vit-hybrid", "vit_hybrid"):
+            raise ConfigError(f"unsupported model_type {model_type!r}: expected 'vit-hybrid'")
+        values = _known_fields(cls, data)
+        values["backbone_config"] = BitConfig.from_dict(data.get("backbone_config") or {})
+        values["id2label"] = {int(k): str(v) for k, v in (data.get("id2label") or {}).items()}
+        if "num_labels" in data and not values["id2label"]:
+            values["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
+        values["pruned_heads"] = {
+            int(k): sorted(int(h) for h in v) for k, v in (data.get("pruned_heads") or {}).items()
+        }
+        image_size = values.get("image_size", 384)
+        if isinstance(image_size, (list, tuple)):
+            values["image_size"] = int(image_size[0])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ViTHybridConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot read model config {path}: {error}") from error
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        return data
+
+    def validate(self) -> None:
+        positive = (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "image_size",
+            "patch_size",
+            "num_channels",
+        )
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown hidden_act {self.hidden_act!r}; known: {', '.join(ACTIVATIONS)}"
+            )
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ConfigError(f"unknown problem_type {self.problem_type!r}")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if self.num_channels != self.backbone_config.num_channels:
+            raise ConfigError("num_channels differs between the model and its backbone_config")
+        if self.image_size % self.backbone_config.stride:
+            raise ConfigError(
+                f"image_size {self.image_size} is not a multiple of the backbone stride "
+                f"{self.backbone_config.stride}"
+            )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def stride(self) -> int:
+        """Pixels per token side: the backbone's stride times the projection's patch size."""
+        return self.backbone_config.stride * self.patch_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(rows, cols) of the position-embedding grid the checkpoint was trained at."""
+        if self.backbone_featmap_shape:
+            height, width = self.backbone_featmap_shape[-2:]
+            return height // self.patch_size, width // self.patch_size
+        side = self.image_size // self.stride
+        return side, side
+
+
+@dataclass
+class PreprocessConfig:
+    """How pixels become the model's input, as preprocessor_config.json says (hub defaults)."""
+
+    do_resize: bool = True
+    size: dict[str, int] = field(default_factory=lambda: {"shortest_edge": 384})
+    resample: int = 3  # PIL.Image.BICUBIC
+    do_center_crop: bool = True
+    crop_size: dict[str, int] = field(default_factory=lambda: {"height": 384, "width": 384})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    do_convert_rgb: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        values = _known_fields(cls, data)
+        for key, default_key in (("size", "shortest_edge"), ("crop_size", None)):
+            value = values.get(key)
+            if isinstance(value, int):
+                values[key] = (
+                    {default_key: value} if default_key else {"height": value, "width": value}
+                )
+        for key in ("image_mean", "image_std"):
+            if key in values:
+                value = values[key]
+                values[key] = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
+        config = cls(**values)
+        if any(std == 0 for std in config.image_std):
+            raise ConfigError("image_std must not contain zeros")
+        return config
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> PreprocessConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot read preprocessor config {path}: {error}") from error
+        return cls.from_dict(data)
+
+    @property
+    def target_size(self) -> tuple[int, int]:
+        """(width, height) of the tensor this config produces."""
+        if self.do_center_crop:
+            return self.crop_size["width"], self.crop_size["height"]
+        if "height" in self.size:
+            return self.size["width"], self.size["height"]
+        edge = self.size["shortest_edge"]
+        return edge, edge

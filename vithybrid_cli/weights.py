@@ -1,0 +1,431 @@
+"""Checkpoints: resolve a hub id, directory or file; read safetensors / .bin; map names to ours.
+
+Every checkpoint name this project understands is in the tables below (transformers' and timm's);
+nothing else in the package knows them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import DEFAULT_MODEL_ID, ConfigError, PreprocessConfig, ViTHybridConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import ViTHybrid
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+# transformers (ViTHybridForImageClassification / ViTHybridModel) -> ours. Applied in order, the
+# first match wins; q/k/v are fused afterwards (see _fuse_qkv).
+HF_TABLE: list[tuple[str, str]] = [
+    (r"^(?:vit\.)?embeddings\.cls_token$", "embeddings.cls_token"),
+    (r"^(?:vit\.)?embeddings\.mask_token$", "embeddings.mask_token"),
+    (r"^(?:vit\.)?embeddings\.position_embeddings$", "embeddings.position_embeddings"),
+    (
+        r"^(?:vit\.)?embeddings\.patch_embeddings\.backbone\.bit\.embedder\.convolution\.",
+        "embeddings.patch_embed.backbone.stem.conv.",
+    ),
+    (
+        r"^(?:vit\.)?embeddings\.patch_embeddings\.backbone\.bit\.embedder\.norm\.",
+        "embeddings.patch_embed.backbone.stem.norm.",
+    ),
+    (
+        r"^(?:vit\.)?embeddings\.patch_embeddings\.backbone\.bit\.encoder\.stages\.(\d+)\.layers\.(\d+)\.",
+        r"embeddings.patch_embed.backbone.stages.\1.blocks.\2.",
+    ),
+    (
+        r"^(?:vit\.)?embeddings\.patch_embeddings\.projection\.",
+        "embeddings.patch_embed.projection.",
+    ),
+    (
+        r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.",
+        r"blocks.\1.attention.\2.",
+    ),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attention.proj."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^(?:vit\.)?layernorm\.", "norm."),
+    (r"^(?:vit\.)?pooler\.dense\.", "pooler."),
+    (r"^classifier\.", "classifier."),
+]
+
+# timm's vit_base_r50_s16_384 -> ours (qkv is already fused there).
+TIMM_TABLE: list[tuple[str, str]] = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^patch_embed\.backbone\.(stem|stages)\.", r"embeddings.patch_embed.backbone.\1."),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embed.projection."),
+    (r"^blocks\.(\d+)\.attn\.", r"blocks.\1.attention."),
+    (r"^blocks\.(\d+)\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.", r"blocks.\1.\2."),
+    (r"^norm\.", "norm."),
+    (r"^head\.", "classifier."),
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read or matched to the model; says what to do."""
+
+
+@dataclass
+class ResolvedCheckpoint:
+    """Where a checkpoint's files are on disk, and where they came from."""
+
+    name: str
+    revision: str | None
+    weight_files: list[Path]
+    config_file: Path | None = None
+    preprocessor_file: Path | None = None
+    directory: Path | None = None
+    from_hub: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- resolving files
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL_ID, revision: str | None = None
+) -> ResolvedCheckpoint:
+    """A local weights file, a local checkpoint directory, or a hub id (cached or downloaded)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return _resolve_file(path)
+    if path.is_dir():
+        return _resolve_directory(path, str(name_or_path), revision)
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise CheckpointError(f"model path {name!r} does not exist")
+    return _resolve_hub(name, revision)
+
+
+def _resolve_file(path: Path) -> ResolvedCheckpoint:
+    directory = path.parent
+    weight_files = _shards_from_index(path) if path.name.endswith(".index.json") else [path]
+    config = directory / CONFIG_FILE
+    preprocessor = directory / PREPROCESSOR_FILE
+    return ResolvedCheckpoint(
+        name=str(path),
+        revision=None,
+        weight_files=weight_files,
+        directory=directory,
+        config_file=config if config.is_file() else None,
+        preprocessor_file=preprocessor if preprocessor.is_file() else None,
+    )
+
+
+def _resolve_directory(directory: Path, name: str, revision: str | None) -> ResolvedCheckpoint:
+    for filename in WEIGHT_FILES:
+        candidate = directory / filename
+        if candidate.is_file():
+            resolved = _resolve_file(candidate)
+            resolved.name, resolved.revision = name, revision
+            return resolved
+    raise CheckpointError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _shards_from_index(index_file: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"cannot read shard index {index_file}: {error}") from error
+    shards = [index_file.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [str(shard) for shard in shards if not shard.is_file()]
+    if missing:
+        raise CheckpointError(f"shards listed in {index_file} are missing: {', '.join(missing)}")
+    return shards
+
+
+def _resolve_hub(repo_id: str, revision: str | None) -> ResolvedCheckpoint:
+    """Fetch (or find in the huggingface_hub cache) config, preprocessor and weights."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    unreachable: list[Exception] = []
+
+    def fetch(filename: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+        except EntryNotFoundError:
+            return None
+        except LocalEntryNotFoundError as error:
+            # Offline (HF_HUB_OFFLINE, no network) and not in the cache.
+            unreachable.append(error)
+            return None
+        except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+            raise CheckpointError(
+                f"model {repo_id!r} (revision {revision or 'main'}) not found on the Hugging Face "
+                f"Hub: check the id, or point --model at a local directory or weights file"
+            ) from error
+        except (HfHubHTTPError, OSError) as error:
+            unreachable.append(error)
+            return None
+
+    config_file = fetch(CONFIG_FILE)
+    preprocessor_file = fetch(PREPROCESSOR_FILE)
+    weight_files: list[Path] = []
+    for filename in WEIGHT_FILES:
+        found = fetch(filename)
+        if found is not None:
+            weight_files = [found]
+            if filename.endswith(".index.json"):
+                names = json.loads(found.read_text(encoding="utf-8"))["weight_map"].values()
+                weight_files = [fetch(name) for name in sorted(set(names))]
+            break
+    if not weight_files or None in weight_files or config_file is None:
+        if unreachable:
+            raise CheckpointError(
+                f"cannot get model {repo_id!r}: it is not in the local Hugging Face cache and the "
+                f"Hub is unreachable ({type(unreachable[0]).__name__}). Connect once to download "
+                f"it, set HF_HOME or HF_HUB_CACHE to a cache that has it, or pass --model "
+                f"/path/to/checkpoint (a directory with config.json and model.safetensors)"
+            )
+        raise CheckpointError(
+            f"model {repo_id!r} has no config.json or none of {', '.join(WEIGHT_FILES)}"
+        )
+    return ResolvedCheckpoint(
+        name=repo_id,
+        revision=revision,
+        weight_files=weight_files,
+        config_file=config_file,
+        preprocessor_file=preprocessor_file,
+        directory=weight_files[0].parent,
+        from_hub=True,
+    )
+
+
+# ---------------------------------------------------------------------------- reading tensors
+
+
+def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Tensors from safetensors or (weights-only, never arbitrary pickles) torch .bin files."""
+    import torch
+
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state.update(load_file(str(file)))
+            else:
+                loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                if isinstance(loaded, dict) and "state_dict" in loaded:
+                    loaded = loaded["state_dict"]
+                if not isinstance(loaded, dict):
+                    raise CheckpointError(
+                        f"{file} holds a {type(loaded).__name__}, not a state dict"
+                    )
+                state.update(loaded)
+        except CheckpointError:
+            raise
+        except Exception as error:  # corrupt or hostile files raise many different types
+            raise CheckpointError(
+                f"cannot read weights file {file}: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'unreadable'} — re-download it "
+                f"or check it is a safetensors/PyTorch state dict"
+            ) from error
+    return state
+
+
+# ---------------------------------------------------------------------------- name mapping
+
+
+def detect_format(state_dict: dict[str, Any]) -> str:
+    """'timm' for timm's names, 'hf' for transformers'."""
+    if "pos_embed" in state_dict or any(key.startswith("patch_embed.") for key in state_dict):
+        return "timm"
+    return "hf"
+
+
+def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
+    for pattern, replacement in table:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return None
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], checkpoint_format: str | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename a transformers or timm state dict to ours; returns (converted, unrecognised keys)."""
+    import torch
+
+    checkpoint_format = checkpoint_format or detect_format(state_dict)
+    table = TIMM_TABLE if checkpoint_format == "timm" else HF_TABLE
+    converted: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, tensor in state_dict.items():
+        renamed = _rename(key, table)
+        if renamed is None:
+            unknown.append(key)
+        else:
+            converted[renamed] = tensor
+    # transformers keeps query/key/value apart; we run them as one matmul.
+    parts = re.compile(r"^(blocks\.\d+\.attention)\.(query|key|value)\.(weight|bias)$")
+    grouped: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key in [k for k in converted if parts.match(k)]:
+        prefix, part, kind = parts.match(key).groups()
+        grouped.setdefault((prefix, kind), {})[part] = converted.pop(key)
+    for (prefix, kind), tensors in grouped.items():
+        if set(tensors) != {"query", "key", "value"}:
+            unknown.extend(f"{prefix}.{part}.{kind}" for part in tensors)
+            continue
+        converted[f"{prefix}.qkv.{kind}"] = torch.cat(
+            [tensors["query"], tensors["key"], tensors["value"]], dim=0
+        )
+    return converted, unknown
+
+
+def _drop_unused_stages(state_dict: dict[str, Any], num_stages: int) -> None:
+    """Backbone stages past the last one the ViT reads are never run; their weights are unused."""
+    pattern = re.compile(r"^embeddings\.patch_embed\.backbone\.stages\.(\d+)\.")
+    for key in list(state_dict):
+        match = pattern.match(key)
+        if match and int(match.group(1)) >= num_stages:
+            del state_dict[key]
+
+
+def load_state_dict_into(
+    model: ViTHybrid, state_dict: dict[str, torch.Tensor], unknown: list[str] | None = None
+) -> None:
+    """Strict load with one error that lists missing, unexpected and mis-shaped keys."""
+    _drop_unused_stages(state_dict, len(model.backbone.stages))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected)) + sorted(unknown or [])
+    mismatched = [
+        f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[key].shape)}"
+        for key, tensor in state_dict.items()
+        if key in expected and tuple(tensor.shape) != tuple(expected[key].shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = ["checkpoint does not match the model configuration:"]
+        for title, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:12]) + (
+                    f", … ({len(keys) - 12} more)" if len(keys) > 12 else ""
+                )
+                lines.append(f"  {title} ({len(keys)}): {shown}")
+        lines.append("  Is config.json the one that belongs to these weights?")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def imagenet_labels() -> dict[int, str]:
+    text = resources.files("vithybrid_cli").joinpath("imagenet_labels.txt").read_text("utf-8")
+    return dict(enumerate(text.splitlines()))
+
+
+def read_configs(
+    resolved: ResolvedCheckpoint, state_dict: dict[str, Any] | None = None
+) -> tuple[ViTHybridConfig, PreprocessConfig]:
+    """config.json and preprocessor_config.json, or google's defaults when a bare weights file
+    (e.g. timm's release) comes without them."""
+    if resolved.config_file is not None:
+        config = ViTHybridConfig.from_json(resolved.config_file)
+    else:
+        logger.info(
+            "no config.json beside %s: assuming google's vit-hybrid-base-bit-384 layout",
+            resolved.name,
+        )
+        config = ViTHybridConfig(id2label=imagenet_labels())
+        if state_dict is not None:
+            head = state_dict.get("head.weight", state_dict.get("classifier.weight"))
+            if head is not None and head.shape[0] != 1000:
+                config.id2label = {i: f"LABEL_{i}" for i in range(head.shape[0])}
+        config.validate()
+    if resolved.preprocessor_file is not None:
+        preprocess = PreprocessConfig.from_json(resolved.preprocessor_file)
+    else:
+        side = config.image_size
+        preprocess = PreprocessConfig(
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+        )
+    return config, preprocess
+
+
+# ---------------------------------------------------------------------------- the entry point
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL_ID,
+    revision: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    *,
+    inference: bool = True,
+) -> ViTHybrid:
+    """Build the model a checkpoint describes and load its weights.
+
+    `name_or_path` is a hub id (default google/vit-hybrid-base-bit-384), a checkpoint directory
+    (config.json + model.safetensors / pytorch_model.bin / sharded *.index.json) or a weights file
+    in transformers' or timm's naming. With `inference` (the default) the model is put in eval
+    mode with weight standardization precomputed and a channels_last backbone. The result carries
+    `.config`, `.preprocess_config` and `.checkpoint` (a ResolvedCheckpoint).
+    """
+    import torch
+
+    from .model import ViTHybrid
+
+    resolved = resolve_checkpoint(name_or_path, revision)
+    raw = read_state_dict(resolved.weight_files)
+    try:
+        config, preprocess = read_configs(resolved, raw)
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from error
+    state_dict, unknown = convert_state_dict(raw)
+    del raw
+    model = ViTHybrid(
+        config,
+        add_pooling_layer="pooler.weight" in state_dict,
+        use_mask_token="embeddings.mask_token" in state_dict,
+        num_labels=state_dict["classifier.weight"].shape[0]
+        if "classifier.weight" in state_dict
+        else 0,
+    )
+    if config.pruned_heads:
+        model.prune_heads({layer: list(heads) for layer, heads in config.pruned_heads.items()})
+    load_state_dict_into(model, state_dict, unknown)
+    if inference:
+        # Standardize conv weights in float32 before any cast to a lower precision.
+        model.prepare_for_inference()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model.to(device=device, dtype=dtype or torch.float32)
+    model.preprocess_config = preprocess
+    model.checkpoint = resolved
+    return model
