@@ -11,7 +11,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +155,51 @@ def _shards_from_index(index_file: Path) -> list[Path]:
 
 
 def _resolve_hub(repo_id: str, revision: str | None) -> ResolvedCheckpoint:
-    """Fetch (or find in the huggingface_hub cache) config, preprocessor and weights."""
+    """Config, preprocessor and weights from the huggingface_hub cache, else downloaded.
+
+    The cache is tried first so a cached model needs no network at all; only a missing file
+    goes online, after a quick reachability check (huggingface_hub would otherwise retry a dead
+    network for half a minute per file).
+    """
+    from huggingface_hub import constants
+
+    try:
+        return _fetch_checkpoint(repo_id, revision, local_only=True)
+    except _NotCached:
+        pass
+    if constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT):
+        raise CheckpointError(
+            f"cannot get model {repo_id!r}: it is not in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and the Hub is "
+            f"{'disabled (HF_HUB_OFFLINE)' if constants.HF_HUB_OFFLINE else 'unreachable'}. "
+            f"Connect once to download it, set HF_HOME or HF_HUB_CACHE to a cache that has it, "
+            f"or pass --model /path/to/checkpoint (a directory with config.json and "
+            f"model.safetensors)"
+        )
+    try:
+        return _fetch_checkpoint(repo_id, revision, local_only=False)
+    except _NotCached as error:  # the network went away mid-download
+        raise CheckpointError(f"download of {repo_id!r} failed: {error}") from error
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _fetch_checkpoint(repo_id: str, revision: str | None, local_only: bool) -> ResolvedCheckpoint:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -166,16 +209,15 @@ def _resolve_hub(repo_id: str, revision: str | None) -> ResolvedCheckpoint:
         RevisionNotFoundError,
     )
 
-    unreachable: list[Exception] = []
-
-    def fetch(filename: str) -> Path | None:
+    def fetch(filename: str, required: bool) -> Path | None:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
+            return Path(hf_hub_download(repo_id, filename, revision=revision,
+                                        local_files_only=local_only))
         except EntryNotFoundError:
             return None
         except LocalEntryNotFoundError as error:
-            # Offline (HF_HUB_OFFLINE, no network) and not in the cache.
-            unreachable.append(error)
+            if required:
+                raise _NotCached(str(error)) from error
             return None
         except (RepositoryNotFoundError, RevisionNotFoundError) as error:
             raise CheckpointError(
@@ -183,40 +225,25 @@ def _resolve_hub(repo_id: str, revision: str | None) -> ResolvedCheckpoint:
                 f"Hub: check the id, or point --model at a local directory or weights file"
             ) from error
         except (HfHubHTTPError, OSError) as error:
-            unreachable.append(error)
-            return None
+            raise _NotCached(f"{type(error).__name__}: {error}") from error
 
-    config_file = fetch(CONFIG_FILE)
-    preprocessor_file = fetch(PREPROCESSOR_FILE)
-    weight_files: list[Path] = []
+    config_file = fetch(CONFIG_FILE, required=True)
+    preprocessor_file = fetch(PREPROCESSOR_FILE, required=False)
     for filename in WEIGHT_FILES:
-        found = fetch(filename)
-        if found is not None:
-            weight_files = [found]
-            if filename.endswith(".index.json"):
-                names = json.loads(found.read_text(encoding="utf-8"))["weight_map"].values()
-                weight_files = [fetch(name) for name in sorted(set(names))]
-            break
-    if not weight_files or None in weight_files or config_file is None:
-        if unreachable:
-            raise CheckpointError(
-                f"cannot get model {repo_id!r}: it is not in the local Hugging Face cache and the "
-                f"Hub is unreachable ({type(unreachable[0]).__name__}). Connect once to download "
-                f"it, set HF_HOME or HF_HUB_CACHE to a cache that has it, or pass --model "
-                f"/path/to/checkpoint (a directory with config.json and model.safetensors)"
-            )
-        raise CheckpointError(
-            f"model {repo_id!r} has no config.json or none of {', '.join(WEIGHT_FILES)}"
+        found = fetch(filename, required=False)
+        if found is None:
+            continue
+        weight_files = [found]
+        if filename.endswith(".index.json"):
+            names = json.loads(found.read_text(encoding="utf-8"))["weight_map"].values()
+            weight_files = [fetch(name, required=True) for name in sorted(set(names))]
+        return ResolvedCheckpoint(
+            name=repo_id, revision=revision, weight_files=weight_files, config_file=config_file,
+            preprocessor_file=preprocessor_file, directory=config_file.parent, from_hub=True,
         )
-    return ResolvedCheckpoint(
-        name=repo_id,
-        revision=revision,
-        weight_files=weight_files,
-        config_file=config_file,
-        preprocessor_file=preprocessor_file,
-        directory=weight_files[0].parent,
-        from_hub=True,
-    )
+    if local_only:
+        raise _NotCached("no weights file in the cache")
+    raise CheckpointError(f"model {repo_id!r} has none of {', '.join(WEIGHT_FILES)}")
 
 
 # ---------------------------------------------------------------------------- reading tensors
@@ -346,7 +373,9 @@ def load_state_dict_into(
 
 
 def imagenet_labels() -> dict[int, str]:
-    text = resources.files("vithybrid_cli").joinpath("imagenet_labels.txt").read_text("utf-8")
+    # Beside this module, not importlib.resources.files("vithybrid_cli"): the package has no
+    # __init__.py, and resources cannot read a namespace package under an editable install.
+    text = Path(__file__).with_name("imagenet_labels.txt").read_text("utf-8")
     return dict(enumerate(text.splitlines()))
 
 
@@ -378,6 +407,17 @@ def read_configs(
     return config, preprocess
 
 
+def _num_labels(config: ViTHybridConfig, state_dict: dict[str, Any]) -> int:
+    """Classifier outputs: config.json's label count, so that a config whose labels do not match
+    the head's weights fails the shape check instead of naming the wrong classes."""
+    if "classifier.weight" not in state_dict:
+        return 0  # a bare ViTHybridModel: no head, whatever id2label says
+    if not config.id2label:
+        outputs = state_dict["classifier.weight"].shape[0]
+        config.id2label = {i: f"LABEL_{i}" for i in range(outputs)}
+    return config.num_labels
+
+
 # ---------------------------------------------------------------------------- the entry point
 
 
@@ -406,26 +446,28 @@ def load_model(
     try:
         config, preprocess = read_configs(resolved, raw)
     except ConfigError as error:
-        raise CheckpointError(str(error)) from error
+        source = resolved.config_file or resolved.name
+        raise CheckpointError(f"invalid model configuration ({source}): {error}") from error
     state_dict, unknown = convert_state_dict(raw)
     del raw
     model = ViTHybrid(
         config,
         add_pooling_layer="pooler.weight" in state_dict,
         use_mask_token="embeddings.mask_token" in state_dict,
-        num_labels=state_dict["classifier.weight"].shape[0]
-        if "classifier.weight" in state_dict
-        else 0,
+        num_labels=_num_labels(config, state_dict),
     )
     if config.pruned_heads:
         model.prune_heads({layer: list(heads) for layer, heads in config.pruned_heads.items()})
     load_state_dict_into(model, state_dict, unknown)
-    if inference:
-        # Standardize conv weights in float32 before any cast to a lower precision.
-        model.prepare_for_inference()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model.to(device=device, dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    if inference:
+        # Standardize conv weights in float32, before any cast to a lower precision.
+        model.prepare_for_inference()
+    model.to(device=device, dtype=dtype)
+    if inference and dtype != torch.float32:
+        model.backbone.to(memory_format=torch.channels_last)
     model.preprocess_config = preprocess
     model.checkpoint = resolved
     return model

@@ -1,0 +1,109 @@
+"""vithybrid: Google's ViT-Hybrid (BiT + ViT-B/16) image classifier in plain PyTorch.
+
+    >>> import vithybrid_cli as vh
+    >>> model = vh.load_model()                      # google/vit-hybrid-base-bit-384
+    >>> vh.classify(model, ["cat.jpg"], top_k=3)     # [[(281, 'tabby, tabby cat', 0.71), ...]]
+    >>> vh.embed(model, ["cat.jpg", "dog.jpg"]).shape  # (2, 768)
+
+torch is imported on first use, not at package import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .config import DEFAULT_MODEL_ID, PreprocessConfig, ViTHybridConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .model import ViTHybrid
+
+__version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "PreprocessConfig",
+    "ViTHybridConfig",
+    "classify",
+    "embed",
+    "load_model",
+    "preprocess",
+]
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL_ID,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> ViTHybrid:
+    """Load a checkpoint (hub id, directory or weights file) ready for inference.
+
+    The model has `.config`, `.preprocess_config` and `.checkpoint`; call it on pixel batches as
+    `model(pixels, output_attentions=..., interpolate_pos_encoding=...)`.
+    """
+    from .weights import load_model as _load
+
+    return _load(name_or_path, revision, device=device, dtype=dtype)
+
+
+def preprocess(
+    images: Sequence[Any], config: PreprocessConfig, image_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Paths or PIL images -> a (B, 3, H, W) float32 tensor, as the checkpoint's preprocessor."""
+    import numpy as np
+    import torch
+
+    from .preprocess import load_and_preprocess, preprocess_image, to_rgb
+
+    arrays = [
+        preprocess_image(to_rgb(image), config, image_size)
+        if hasattr(image, "mode")
+        else load_and_preprocess(image, config, image_size, fast_decode=False)
+        for image in images
+    ]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _forward(model: ViTHybrid, images: Sequence[Any], task, image_size, interpolate) -> list[Any]:
+    from .runner import Runner, RunOptions
+
+    options = RunOptions(image_size=image_size, interpolate_pos_encoding=interpolate)
+    runner = Runner(model, options)
+    pixels = preprocess(images, model.preprocess_config, image_size)
+    return runner.forward(pixels.numpy(), task)
+
+
+def classify(
+    model: ViTHybrid,
+    images: Sequence[Any],
+    top_k: int = 5,
+    image_size: tuple[int, int] | None = None,
+    interpolate_pos_encoding: bool = False,
+) -> list[list[tuple[int, str, float]]]:
+    """Top-k (class index, label, probability) per image, best first."""
+    from .runner import classify_task
+
+    task = classify_task(top_k, model.config.id2label)
+    return _forward(model, images, task, image_size, interpolate_pos_encoding)
+
+
+def embed(
+    model: ViTHybrid,
+    images: Sequence[Any],
+    pool: str = "cls",
+    normalize: bool = False,
+    image_size: tuple[int, int] | None = None,
+    interpolate_pos_encoding: bool = False,
+) -> np.ndarray:
+    """(N, hidden) float32 embeddings: `cls` (pre-logits), `mean` of patch tokens, or `pooler`."""
+    import numpy as np
+
+    from .runner import embed_task
+
+    rows = _forward(
+        model, images, embed_task(pool, normalize), image_size, interpolate_pos_encoding
+    )
+    return np.stack(rows)

@@ -1,0 +1,610 @@
+"""The `vithybrid` command line: thin Typer commands that parse, call the package, and render.
+
+Everything heavy (torch, the model) is imported inside the commands so `vithybrid --help` is
+instant. Results go to stdout (or --output); progress, per-file errors and the summary go to
+stderr, so pipes stay clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import DEFAULT_MODEL_ID
+
+app = typer.Typer(
+    name="vithybrid",
+    help="Run Google's ViT-Hybrid (BiT + ViT-B/16) image classifier: labels, embeddings and "
+    "attention maps, for single images or whole folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+logger = logging.getLogger("vithybrid_cli")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Pool(str, Enum):
+    cls = "cls"
+    mean = "mean"
+    pooler = "pooler"
+
+
+class Method(str, Enum):
+    rollout = "rollout"
+    last_layer = "last-layer"
+
+
+class Fusion(str, Enum):
+    mean = "mean"
+    max = "max"
+    min = "min"
+
+
+# ---------------------------------------------------------------------------- shared options
+
+Paths = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Image files, directories (searched recursively) or globs.", show_default=False
+    ),
+]
+FilesFrom = Annotated[
+    str | None,
+    typer.Option("--files-from", help="Read paths from this file, one per line ('-' for stdin)."),
+]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Hub id, checkpoint directory or weights file.")
+]
+Revision = Annotated[str | None, typer.Option(help="Hub revision: branch, tag or commit.")]
+DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA when present.")]
+DTypeOpt = Annotated[
+    DType,
+    typer.Option(help="auto: bfloat16 where the hardware has native bf16 matmul, else float32."),
+]
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Images per forward pass [auto].")]
+Workers = Annotated[int | None, typer.Option(min=1, help="Decode threads [one per core].")]
+Interpolate = Annotated[
+    bool,
+    typer.Option(
+        "--interpolate-pos-encoding", help="Accept any input size (resample position embeddings)."
+    ),
+]
+ImageSize = Annotated[
+    str | None,
+    typer.Option(
+        "--image-size",
+        help="Model input WIDTHxHEIGHT or one number for a square "
+        "(needs --interpolate-pos-encoding unless it is the checkpoint's size).",
+    ),
+]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+Strict = Annotated[bool, typer.Option(help="Stop at the first input that fails.")]
+Resume = Annotated[bool, typer.Option(help="Skip inputs already in --output and append the rest.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")]
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"vithybrid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = None,
+) -> None:
+    """ViT-Hybrid from the command line."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class UserError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        raise UserError(f"--image-size {text!r}: expected WIDTHxHEIGHT or one number") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise UserError(f"--image-size {text!r}: expected WIDTHxHEIGHT or one number")
+    return sizes[0], sizes[1]
+
+
+def load(model: str, revision: str | None, device: Device, dtype: DType, compile_model: bool):
+    """Load the checkpoint on the chosen device and dtype, with errors as UserError."""
+    from .runner import prepare_model, resolve_device, resolve_dtype
+    from .weights import CheckpointError, load_model
+
+    try:
+        torch_device = resolve_device(device.value)
+        torch_dtype = resolve_dtype(dtype.value, torch_device)
+        loaded = load_model(model, revision, device=torch_device, dtype=torch_dtype)
+    except (CheckpointError, ValueError) as error:
+        raise UserError(str(error)) from error
+    return prepare_model(loaded, compile_model)
+
+
+def make_runner(model, batch_size, workers, interpolate, image_size, attentions=False):
+    from .runner import Runner, RunOptions, shard_from_env
+
+    options = RunOptions(
+        batch_size=batch_size,
+        workers=workers,
+        image_size=parse_image_size(image_size),
+        interpolate_pos_encoding=interpolate,
+        output_attentions=attentions,
+        shard=shard_from_env(),
+    )
+    try:
+        return Runner(model, options)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def discover(paths: list[str] | None, files_from: str | None, done: set[str] | None = None):
+    """The input stream (and its length when it can be counted without consuming stdin)."""
+    from .inputs import InputError, iter_inputs
+    from .outputs import safe_text
+
+    if not paths and not files_from:
+        raise UserError("no inputs: give image paths, directories or globs, or --files-from")
+
+    def stream() -> Iterator[Any]:
+        for item in iter_inputs(paths or [], files_from=files_from):
+            if done and not isinstance(item, InputError) and safe_text(item.path) in done:
+                continue
+            yield item
+
+    total = None if files_from == "-" else sum(1 for _ in stream())
+    return stream(), total
+
+
+def drive(
+    results: Iterable[Any],
+    total: int | None,
+    quiet: bool,
+    strict: bool,
+    verb: str,
+    on_result: Callable[[Any], None],
+) -> int:
+    """Consume results with a progress bar; report failures; return the exit status."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .inputs import display_path
+
+    succeeded = failed = 0
+    started = time.perf_counter()
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(
+        *columns, console=stderr, transient=True, disable=quiet or not stderr.is_terminal
+    ) as progress:
+        task = progress.add_task(verb, total=total, rate="")
+        for result in results:
+            on_result(result)
+            if result.ok:
+                succeeded += 1
+            else:
+                failed += 1
+                stderr.print(
+                    f"[red]error:[/red] {display_path(result.path)}: {result.error}",
+                    markup=True,
+                    soft_wrap=True,
+                )
+                if strict:
+                    stderr.print("stopping at the first failure (--strict)")
+                    break
+            rate = (succeeded + failed) / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
+    if not quiet:
+        elapsed = time.perf_counter() - started
+        stderr.print(f"{succeeded} {verb}, {failed} failed in {elapsed:.1f} s")
+    return 1 if failed else 0
+
+
+def run_command(body: Callable[[], int], debug: bool) -> None:
+    """Run a command body, turning expected failures into one line and an exit status."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:  # its retry chatter would bury our one-line errors
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        status = body()
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone; that is not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter exit quiet
+        raise typer.Exit(0) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        raise typer.Exit(130) from None
+    except (UserError, OSError, ValueError) as error:
+        if debug:
+            raise
+        stderr.print(f"[red]error:[/red] {error}", markup=True, soft_wrap=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(status)
+
+
+def record_of(result: Any) -> dict[str, Any]:
+    if not result.ok:
+        return {"path": result.path, "error": result.error}
+    return {
+        "path": result.path,
+        "top_k": [
+            {"index": index, "label": label, "score": score}
+            for index, label, score in result.payload
+        ],
+    }
+
+
+def render_table(records: list[dict[str, Any]]) -> None:
+    from .inputs import display_path
+
+    if len(records) == 1 and "top_k" in records[0]:
+        table = Table(title=display_path(records[0]["path"]), title_justify="left")
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        table.add_column("")
+        for entry in records[0]["top_k"]:
+            bar = "█" * round(entry["score"] * 30)
+            table.add_row(entry["label"], f"{entry['score']:.3f}", f"[cyan]{bar}[/cyan]")
+    else:
+        table = Table()
+        for column, justify in (("path", "left"), ("label", "left"), ("score", "right")):
+            table.add_column(column, justify=justify)
+        for record in records:
+            if "top_k" in record:
+                best = record["top_k"][0]
+                table.add_row(display_path(record["path"]), best["label"], f"{best['score']:.3f}")
+            else:
+                table.add_row(display_path(record["path"]), f"[red]{record['error']}[/red]", "")
+    stdout.print(table)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@app.command()
+def classify(
+    paths: Paths = None,
+    files_from: FilesFrom = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
+    format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="[default: table on a terminal, else jsonl, or --output's type]",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write here, not stdout.")
+    ] = None,
+    resume: Resume = False,
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: Interpolate = False,
+    image_size: ImageSize = None,
+    compile: Compile = False,
+    quiet: Quiet = False,
+    strict: Strict = False,
+    debug: Debug = False,
+) -> None:
+    """Label images: top-k classes with scores."""
+
+    def body() -> int:
+        from .outputs import format_from_path, open_record_writer, prepare_resume
+        from .runner import classify_task
+
+        fmt = (
+            (format.value if format else None)
+            or format_from_path(output)
+            or ("table" if stdout.is_terminal and not output else "jsonl")
+        )
+        if fmt == "table" and output:
+            raise UserError(
+                "--format table prints to the terminal; use json, jsonl or csv with --output"
+            )
+        done = prepare_resume(output, fmt) if resume and output else None
+        items, total = discover(paths, files_from, done)
+        loaded = load(model, revision, device, dtype, compile)
+        runner = make_runner(loaded, batch_size, workers, interpolate_pos_encoding, image_size)
+        results = runner.run(items, classify_task(top_k, loaded.config.id2label))
+        if fmt == "table":
+            records: list[dict[str, Any]] = []
+            status = drive(
+                results, total, quiet, strict, "labeled", lambda r: records.append(record_of(r))
+            )
+            render_table(records)
+            return status
+        with open_record_writer(fmt, output, resume=resume, top_k=top_k) as writer:
+            return drive(
+                results, total, quiet, strict, "labeled", lambda r: writer.write(record_of(r))
+            )
+
+    run_command(body, debug)
+
+
+@app.command()
+def embed(
+    paths: Paths = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="A .npy (paths in NAME.paths.txt) or .npz file.")
+    ] = ...,
+    files_from: FilesFrom = None,
+    pool: Annotated[
+        Pool,
+        typer.Option(
+            help="cls: CLS token after the final LayerNorm; mean: patch tokens' mean; "
+            "pooler: the checkpoint's pooler."
+        ),
+    ] = Pool.cls,
+    tokens: Annotated[
+        bool, typer.Option("--tokens", help="Save every token: [N, T, hidden].")
+    ] = False,
+    normalize: Annotated[
+        bool, typer.Option("--normalize", help="L2-normalize each vector.")
+    ] = False,
+    resume: Resume = False,
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: Interpolate = False,
+    image_size: ImageSize = None,
+    compile: Compile = False,
+    quiet: Quiet = False,
+    strict: Strict = False,
+    debug: Debug = False,
+) -> None:
+    """Export embeddings to .npy/.npz, rows in input order, paths beside them."""
+
+    def body() -> int:
+        from .outputs import EmbeddingWriter
+        from .runner import embed_task
+
+        writer = EmbeddingWriter(output, resume=resume)
+        items, total = discover(paths, files_from, writer.done)
+        loaded = load(model, revision, device, dtype, compile)
+        if pool is Pool.pooler and loaded.pooler is None:
+            raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
+        runner = make_runner(loaded, batch_size, workers, interpolate_pos_encoding, image_size)
+        results = runner.run(items, embed_task(pool.value, normalize, tokens))
+
+        def save(result: Any) -> None:
+            if result.ok:
+                writer.write([result.path], result.payload[None])
+
+        try:
+            status = drive(results, total, quiet, strict, "embedded", save)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        if not quiet:
+            where = f" and {writer.sidecar_path}" if writer.sidecar_path else ""
+            stderr.print(f"wrote {writer.count} rows to {output}{where}")
+        return status
+
+    run_command(body, debug)
+
+
+@app.command("attention-map")
+def attention_map(
+    paths: Paths = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="PNG for one image.")] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option("--output-dir", "-d", help="Folder for many images (NAME.png each)."),
+    ] = None,
+    files_from: FilesFrom = None,
+    method: Annotated[
+        Method, typer.Option(help="Attention rollout or the last layer's CLS attention.")
+    ] = Method.rollout,
+    head_fusion: Annotated[Fusion, typer.Option(help="How rollout combines heads.")] = Fusion.mean,
+    discard_ratio: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="Rollout: drop this fraction of the weakest attention."
+        ),
+    ] = 0.0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
+    raw: Annotated[
+        str | None, typer.Option(help="Also save the raw grid(s) to this .npy/.npz.")
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: Interpolate = False,
+    image_size: ImageSize = None,
+    quiet: Quiet = False,
+    strict: Strict = False,
+    debug: Debug = False,
+) -> None:
+    """Draw where the model looks: an attention heatmap over each image."""
+
+    def body() -> int:
+        from .attention import attention_task
+        from .outputs import EmbeddingWriter
+
+        if bool(output) == bool(output_dir):
+            raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
+        items, total = discover(paths, files_from)
+        if output and total is not None and total > 1:
+            raise UserError(f"{total} inputs: use --output-dir for more than one image")
+        loaded = load(model, revision, device, dtype, False)
+        runner = make_runner(
+            loaded, batch_size, workers, interpolate_pos_encoding, image_size, attentions=True
+        )
+        task = attention_task(method.value, head_fusion.value, discard_ratio)
+        raw_writer = EmbeddingWriter(raw) if raw else None
+        names: set[str] = set()
+
+        def save(result: Any) -> None:
+            if not result.ok:
+                return
+            target = Path(output) if output else unique_png(Path(output_dir), result, names)
+            try:
+                save_overlay(result, target, runner.input_size, alpha)
+            except Exception as error:  # an unreadable original only loses this picture
+                result.error = str(error)
+                return
+            if raw_writer:
+                raw_writer.write([result.path], result.payload[None])
+
+        status = drive(runner.run(items, task), total, quiet, strict, "mapped", save)
+        if raw_writer:
+            raw_writer.close()
+        return status
+
+    run_command(body, debug)
+
+
+def unique_png(directory: Path, result: Any, names: set[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = Path(result.path).stem or "image"
+    name = stem if stem not in names else f"{stem}_{result.index}"
+    names.add(name)
+    return directory / f"{name}.png"
+
+
+def save_overlay(result: Any, target: Path, input_size: tuple[int, int], alpha: float) -> None:
+    from .attention import crop_box, overlay
+    from .outputs import atomic_write
+    from .preprocess import load_image
+
+    image = load_image(result.path)
+    picture = overlay(image, result.payload, alpha, box=crop_box(image.size, input_size))
+    with atomic_write(target, "wb") as handle:
+        picture.save(handle, format="PNG")
+
+
+@app.command()
+def info(
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    debug: Debug = False,
+) -> None:
+    """Show the resolved model: where it is, its configuration, size, device and dtype."""
+
+    def body() -> int:
+        from huggingface_hub import constants
+
+        loaded = load(model, revision, device, dtype, False)
+        config, checkpoint = loaded.config, loaded.checkpoint
+        parameter = next(loaded.parameters())
+        backbone = config.backbone_config
+        rows = [
+            ("model", checkpoint.name),
+            ("revision", checkpoint.revision or ("main" if checkpoint.from_hub else "-")),
+            ("local path", str(checkpoint.directory or checkpoint.weight_files[0])),
+            ("weights", ", ".join(path.name for path in checkpoint.weight_files)),
+            (
+                "backbone",
+                f"BiT depths {list(backbone.depths[: backbone.num_stages])}, "
+                f"stride {config.stride}, {loaded.backbone.out_channels} channels",
+            ),
+            (
+                "encoder",
+                f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+                f"{config.num_attention_heads} heads, MLP {config.intermediate_size}",
+            ),
+            (
+                "input",
+                f"{config.image_size}x{config.image_size}, "
+                f"{config.grid_size[0]}x{config.grid_size[1]} tokens + CLS",
+            ),
+            ("labels", str(loaded.num_labels)),
+            ("pooler", "yes" if loaded.pooler is not None else "no"),
+            ("parameters", f"{sum(p.numel() for p in loaded.parameters()):,}"),
+            ("device", str(parameter.device)),
+            ("dtype", str(parameter.dtype).removeprefix("torch.")),
+            ("cache", str(constants.HF_HUB_CACHE)),
+        ]
+        table = Table(show_header=False, box=None)
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in rows:
+            table.add_row(key, value)
+        stdout.print(table)
+        return 0
+
+    run_command(body, debug)
+
+
+def main() -> None:
+    app()
