@@ -2,7 +2,8 @@
 
 Weight-standardized convolutions with TensorFlow "SAME" padding, GroupNorm + ReLU,
 non-pre-activation bottleneck blocks, a 7x7 stem with max-pool. For
-`google/vit-hybrid-base-bit-384`: stages of depths [3, 4, 9] and output stride 16, so a 384x384 image becomes a (1024, 24, 24) feature map.
+`google/vit-hybrid-base-bit-384`: stages of depths [3, 4, 9] and output stride 16, so a 384x384
+image becomes a (1024, 24, 24) feature map.
 """
 
 from __future__ import annotations
