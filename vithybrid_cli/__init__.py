@@ -30,8 +30,9 @@ __all__ = [
     "classify",
     "embed",
     "load_model",
-    "preprocess",
+    "preprocess_images",
 ]
+
 
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL_ID,
@@ -49,10 +50,13 @@ def load_model(
     return _load(name_or_path, revision, device=device, dtype=dtype)
 
 
-def preprocess(
+def preprocess_images(
     images: Sequence[Any], config: PreprocessConfig, image_size: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Paths or PIL images -> a (B, 3, H, W) float32 tensor, as the checkpoint's preprocessor."""
+    """Paths or PIL images -> a (B, 3, H, W) float32 tensor, as the checkpoint's preprocessor.
+
+    (Not named `preprocess`: that is the submodule's name, and importing it rebinds the attribute.)
+    """
     import numpy as np
     import torch
 
@@ -72,7 +76,7 @@ def _forward(model: ViTHybrid, images: Sequence[Any], task, image_size, interpol
 
     options = RunOptions(image_size=image_size, interpolate_pos_encoding=interpolate)
     runner = Runner(model, options)
-    pixels = preprocess(images, model.preprocess_config, image_size)
+    pixels = preprocess_images(images, model.preprocess_config, image_size)
     return runner.forward(pixels.numpy(), task)
 
 

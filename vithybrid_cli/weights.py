@@ -30,6 +30,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 CONFIG_FILE = "config.json"
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
 # transformers (ViTHybridForImageClassification / ViTHybridModel) -> ours. Applied in order, the
@@ -112,8 +113,11 @@ def resolve_checkpoint(
     if path.is_dir():
         return _resolve_directory(path, str(name_or_path), revision)
     name = str(name_or_path)
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-        raise CheckpointError(f"model path {name!r} does not exist")
+    if not HUB_ID.fullmatch(name):
+        raise CheckpointError(
+            f"model {name!r} is neither an existing file or directory nor a Hugging Face Hub id "
+            f"(like {DEFAULT_MODEL_ID})"
+        )
     return _resolve_hub(name, revision)
 
 
@@ -373,8 +377,9 @@ def load_state_dict_into(
 
 
 def imagenet_labels() -> dict[int, str]:
-    # Beside this module, not importlib.resources.files("vithybrid_cli"): the package has no
-    # __init__.py, and resources cannot read a namespace package under an editable install.
+    # Read beside this module rather than via importlib.resources.files("vithybrid_cli"), which
+    # fails (NotADirectoryError) whenever the package resolves as a namespace package, e.g. an
+    # editable install of a tree without __init__.py.
     text = Path(__file__).with_name("imagenet_labels.txt").read_text("utf-8")
     return dict(enumerate(text.splitlines()))
 
