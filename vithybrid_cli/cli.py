@@ -95,18 +95,32 @@ DTypeOpt = Annotated[
     DType,
     typer.Option(help="auto: bfloat16 where the hardware has native bf16 matmul, else float32."),
 ]
-BatchSize = Annotated[int | None, typer.Option(min=1, help="Images per forward pass [auto].")]
-Workers = Annotated[int | None, typer.Option(min=1, help="Decode threads [one per core].")]
+BatchSize = Annotated[
+    int | None, typer.Option(min=1, help="Images per forward pass (default: auto).")
+]
+Workers = Annotated[int | None, typer.Option(min=1, help="Decode threads (default: one per core).")]
 Interpolate = Annotated[
     bool,
     typer.Option(
         "--interpolate-pos-encoding", help="Accept any input size (resample position embeddings)."
     ),
 ]
+
+
+def check_image_size(text: str | None) -> str | None:
+    """Reject a malformed --image-size while parsing, before the model loads."""
+    try:
+        parse_image_size(text)
+    except UserError as error:
+        raise typer.BadParameter(str(error).removeprefix(f"--image-size {text!r}: ")) from None
+    return text
+
+
 ImageSize = Annotated[
     str | None,
     typer.Option(
         "--image-size",
+        callback=check_image_size,
         help="Model input WIDTHxHEIGHT or one number for a square "
         "(needs --interpolate-pos-encoding unless it is the checkpoint's size).",
     ),
@@ -143,6 +157,10 @@ class UserError(Exception):
     """An expected failure: printed as one line, no traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C after drive() printed the summary; outputs keep what was written, for --resume."""
+
+
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
@@ -156,6 +174,13 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     if len(sizes) != 2 or min(sizes) < 1:
         raise UserError(f"--image-size {text!r}: expected WIDTHxHEIGHT or one number")
     return sizes[0], sizes[1]
+
+
+def ensure_parent(*paths: str | None) -> None:
+    """Create the folders output files go into, as --output-dir creates its folder."""
+    for path in paths:
+        if path and path != "-":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def load(model: str, revision: str | None, device: Device, dtype: DType, compile_model: bool):
@@ -214,8 +239,13 @@ def drive(
     strict: bool,
     verb: str,
     on_result: Callable[[Any], None],
+    counts: Callable[[int, int], tuple[int, ...]] | None = None,
 ) -> int:
-    """Consume results with a progress bar; report failures; return the exit status."""
+    """Consume results with a progress bar; report failures; return the exit status.
+
+    `counts` turns this process's (succeeded, failed) into the job's (torchrun: summed over
+    ranks). Ctrl-C prints the summary so far, marked "(interrupted)", and raises Interrupted.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -227,6 +257,7 @@ def drive(
     from .inputs import display_path
 
     succeeded = failed = 0
+    interrupted = False
     started = time.perf_counter()
     columns = [
         TextColumn("{task.description}"),
@@ -239,25 +270,33 @@ def drive(
         *columns, console=stderr, transient=True, disable=quiet or not stderr.is_terminal
     ) as progress:
         task = progress.add_task(verb, total=total, rate="")
-        for result in results:
-            on_result(result)
-            if result.ok:
-                succeeded += 1
-            else:
-                failed += 1
-                stderr.print(
-                    f"[red]error:[/red] {display_path(result.path)}: {result.error}",
-                    markup=True,
-                    soft_wrap=True,
-                )
-                if strict:
-                    stderr.print("stopping at the first failure (--strict)")
-                    break
-            rate = (succeeded + failed) / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
+        try:
+            for result in results:
+                on_result(result)
+                if result.ok:
+                    succeeded += 1
+                else:
+                    failed += 1
+                    stderr.print(
+                        f"[red]error:[/red] {display_path(result.path)}: {result.error}",
+                        markup=True,
+                        soft_wrap=True,
+                    )
+                    if strict:
+                        stderr.print("stopping at the first failure (--strict)")
+                        break
+                rate = (succeeded + failed) / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
+        except KeyboardInterrupt:
+            interrupted = True
+    if counts is not None and not interrupted:
+        succeeded, failed = counts(succeeded, failed)
     if not quiet:
         elapsed = time.perf_counter() - started
-        stderr.print(f"{succeeded} {verb}, {failed} failed in {elapsed:.1f} s")
+        note = " (interrupted)" if interrupted else ""
+        stderr.print(f"{succeeded} {verb}, {failed} failed in {elapsed:.1f} s{note}")
+    if interrupted:
+        raise Interrupted
     return 1 if failed else 0
 
 
@@ -276,8 +315,9 @@ def run_command(body: Callable[[], int], debug: bool) -> None:
         # The reader (e.g. `| head`) has gone; that is not an error of ours.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter exit quiet
         raise typer.Exit(0) from None
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
+    except KeyboardInterrupt as interrupt:
+        if not isinstance(interrupt, Interrupted):  # else drive() said so in its summary
+            stderr.print("interrupted")
         raise typer.Exit(130) from None
     except (UserError, OSError, ValueError) as error:
         if debug:
@@ -297,6 +337,25 @@ def record_of(result: Any) -> dict[str, Any]:
             for index, label, score in result.payload
         ],
     }
+
+
+class TableOutput:
+    """Collects classify's records and renders them as one table when the run ends cleanly."""
+
+    done = None  # nothing to resume
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def __enter__(self) -> TableOutput:
+        return self
+
+    def write(self, index: int, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            render_table(self.records)
 
 
 def render_table(records: list[dict[str, Any]]) -> None:
@@ -336,7 +395,7 @@ def classify(
         typer.Option(
             "--format",
             "-f",
-            help="[default: table on a terminal, else jsonl, or --output's type]",
+            help="Default: --output's type, else table on a terminal, else jsonl.",
             show_default=False,
         ),
     ] = None,
@@ -360,8 +419,8 @@ def classify(
     """Label images: top-k classes with scores."""
 
     def body() -> int:
-        from .outputs import format_from_path, open_record_writer, prepare_resume
-        from .runner import classify_task
+        from .outputs import RecordOutput, format_from_path
+        from .runner import Distributed, classify_task, shard_size
 
         fmt = (
             (format.value if format else None)
@@ -372,22 +431,32 @@ def classify(
             raise UserError(
                 "--format table prints to the terminal; use json, jsonl or csv with --output"
             )
-        done = prepare_resume(output, fmt) if resume and output else None
-        items, total = discover(paths, files_from, done)
-        loaded = load(model, revision, device, dtype, compile)
-        runner = make_runner(loaded, batch_size, workers, interpolate_pos_encoding, image_size)
-        results = runner.run(items, classify_task(top_k, loaded.config.id2label))
-        if fmt == "table":
-            records: list[dict[str, Any]] = []
-            status = drive(
-                results, total, quiet, strict, "labeled", lambda r: records.append(record_of(r))
+        ensure_parent(output)
+        job = Distributed.from_env()
+        if job.world > 1 and (not output or output == "-"):
+            raise UserError("under torchrun every process writes a part file: give --output")
+        with job:
+            target = (
+                TableOutput()
+                if fmt == "table"
+                else RecordOutput(fmt, output, resume=resume, top_k=top_k, job=job)
             )
-            render_table(records)
-            return status
-        with open_record_writer(fmt, output, resume=resume, top_k=top_k) as writer:
-            return drive(
-                results, total, quiet, strict, "labeled", lambda r: writer.write(record_of(r))
-            )
+            with target:
+                items, total = discover(paths, files_from, target.done)
+                loaded = load(model, revision, device, dtype, compile)
+                runner = make_runner(
+                    loaded, batch_size, workers, interpolate_pos_encoding, image_size
+                )
+                results = runner.run(items, classify_task(top_k, loaded.config.id2label))
+                return drive(
+                    results,
+                    shard_size(total, job.rank, job.world),
+                    quiet or not job.is_main,
+                    strict,
+                    "labeled",
+                    lambda r: target.write(r.index, record_of(r)),
+                    counts=job.all_sum,
+                )
 
     run_command(body, debug)
 
@@ -429,30 +498,29 @@ def embed(
     """Export embeddings to .npy/.npz, rows in input order, paths beside them."""
 
     def body() -> int:
-        from .outputs import EmbeddingWriter
-        from .runner import embed_task
+        from .outputs import EmbeddingOutput
+        from .runner import Distributed, embed_task, shard_size
 
-        writer = EmbeddingWriter(output, resume=resume)
-        items, total = discover(paths, files_from, writer.done)
-        loaded = load(model, revision, device, dtype, compile)
-        if pool is Pool.pooler and loaded.pooler is None:
-            raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
-        runner = make_runner(loaded, batch_size, workers, interpolate_pos_encoding, image_size)
-        results = runner.run(items, embed_task(pool.value, normalize, tokens))
-
-        def save(result: Any) -> None:
-            if result.ok:
-                writer.write([result.path], result.payload[None])
-
-        try:
-            status = drive(results, total, quiet, strict, "embedded", save)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
-        if not quiet:
-            where = f" and {writer.sidecar_path}" if writer.sidecar_path else ""
-            stderr.print(f"wrote {writer.count} rows to {output}{where}")
+        ensure_parent(output)
+        with Distributed.from_env() as job, EmbeddingOutput(output, resume=resume, job=job) as out:
+            items, total = discover(paths, files_from, out.done)
+            loaded = load(model, revision, device, dtype, compile)
+            if pool is Pool.pooler and loaded.pooler is None:
+                raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
+            runner = make_runner(loaded, batch_size, workers, interpolate_pos_encoding, image_size)
+            status = drive(
+                runner.run(items, embed_task(pool.value, normalize, tokens)),
+                shard_size(total, job.rank, job.world),
+                quiet or not job.is_main,
+                strict,
+                "embedded",
+                lambda r: r.ok and out.write(r.index, r.path, r.payload),
+                counts=job.all_sum,
+            )
+        if not quiet and job.is_main:
+            sidecar = os.path.splitext(output)[0] + ".paths.txt"  # as given, like `output`
+            where = f" and {sidecar}" if out.sidecar_path else ""
+            stderr.print(f"wrote {out.count} rows to {output}{where}", soft_wrap=True)
         return status
 
     run_command(body, debug)
@@ -496,47 +564,60 @@ def attention_map(
     """Draw where the model looks: an attention heatmap over each image."""
 
     def body() -> int:
+        from contextlib import nullcontext
+
         from .attention import attention_task
-        from .outputs import EmbeddingWriter
+        from .outputs import EmbeddingOutput
+        from .runner import Distributed, shard_size
 
         if bool(output) == bool(output_dir):
             raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
+        ensure_parent(output, raw)
         items, total = discover(paths, files_from)
         if output and total is not None and total > 1:
             raise UserError(f"{total} inputs: use --output-dir for more than one image")
-        loaded = load(model, revision, device, dtype, False)
-        runner = make_runner(
-            loaded, batch_size, workers, interpolate_pos_encoding, image_size, attentions=True
-        )
-        task = attention_task(method.value, head_fusion.value, discard_ratio)
-        raw_writer = EmbeddingWriter(raw) if raw else None
-        names: set[str] = set()
+        job = Distributed.from_env()
+        # Under torchrun a rank cannot see the others' names: every file gets its input's index.
+        names: set[str] | None = set() if job.world == 1 else None
+        with job, EmbeddingOutput(raw, job=job) if raw else nullcontext() as raw_out:
+            loaded = load(model, revision, device, dtype, False)
+            runner = make_runner(
+                loaded, batch_size, workers, interpolate_pos_encoding, image_size, attentions=True
+            )
+            task = attention_task(method.value, head_fusion.value, discard_ratio)
 
-        def save(result: Any) -> None:
-            if not result.ok:
-                return
-            target = Path(output) if output else unique_png(Path(output_dir), result, names)
-            try:
-                save_overlay(result, target, runner.input_size, alpha)
-            except Exception as error:  # an unreadable original only loses this picture
-                result.error = str(error)
-                return
-            if raw_writer:
-                raw_writer.write([result.path], result.payload[None])
+            def save(result: Any) -> None:
+                if not result.ok:
+                    return
+                target = Path(output) if output else unique_png(Path(output_dir), result, names)
+                try:
+                    save_overlay(result, target, runner.input_size, alpha)
+                except Exception as error:  # an unreadable original only loses this picture
+                    result.error = str(error)
+                    return
+                if raw_out:
+                    raw_out.write(result.index, result.path, result.payload)
 
-        status = drive(runner.run(items, task), total, quiet, strict, "mapped", save)
-        if raw_writer:
-            raw_writer.close()
-        return status
+            return drive(
+                runner.run(items, task),
+                shard_size(total, job.rank, job.world),
+                quiet or not job.is_main,
+                strict,
+                "mapped",
+                save,
+                counts=job.all_sum,
+            )
 
     run_command(body, debug)
 
 
-def unique_png(directory: Path, result: Any, names: set[str]) -> Path:
+def unique_png(directory: Path, result: Any, names: set[str] | None) -> Path:
+    """DIR/STEM.png, or DIR/STEM_INDEX.png for a repeated stem (always, when `names` is None)."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = Path(result.path).stem or "image"
-    name = stem if stem not in names else f"{stem}_{result.index}"
-    names.add(name)
+    name = stem if names is not None and stem not in names else f"{stem}_{result.index}"
+    if names is not None:
+        names.add(name)
     return directory / f"{name}.png"
 
 

@@ -75,13 +75,25 @@ def resolve_device(device: str = "auto") -> torch.device:
 
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _local_cuda_device()
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
+    if device == "cuda":
+        return _local_cuda_device()
     if device == "mps" and not torch.backends.mps.is_available():
         raise ValueError("--device mps: MPS is not available on this machine")
     return torch.device(device)
+
+
+def _local_cuda_device() -> torch.device:
+    """cuda:LOCAL_RANK under torchrun (one GPU per process on each node), else cuda."""
+    import torch
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        return torch.device("cuda")
+    return torch.device("cuda", int(local_rank) % max(1, torch.cuda.device_count()))
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -129,6 +141,78 @@ def enumerate_shard(items: Iterable[Any], rank: int, world: int) -> Iterator[tup
     for index, item in enumerate(items):
         if index % world == rank:
             yield index, item
+
+
+def shard_size(total: int | None, rank: int, world: int) -> int | None:
+    """How many of `total` inputs rank `rank` of `world` gets from enumerate_shard."""
+    return None if total is None else len(range(rank, total, world))
+
+
+class Distributed:
+    """The process group of a torchrun job, for one command; a no-op in a plain process.
+
+    Ranks only meet to agree on files (barriers) and to add up counts, so the group always uses
+    gloo over TCP: it needs no GPU and works whatever device the model runs on. torchrun's env://
+    variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) say where to meet.
+    VITHYBRID_DIST_TIMEOUT (seconds, default 3 hours) bounds how long a rank waits for the others.
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world} processes")
+        self.rank, self.world = rank, world
+        self._owned = False
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(*shard_from_env())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def __enter__(self) -> Distributed:
+        if self.world > 1:
+            import datetime
+
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                timeout = float(os.environ.get("VITHYBRID_DIST_TIMEOUT", 3 * 3600))
+                dist.init_process_group(
+                    os.environ.get("VITHYBRID_DIST_BACKEND", "gloo"),
+                    init_method="env://",
+                    rank=self.rank,
+                    world_size=self.world,
+                    timeout=datetime.timedelta(seconds=timeout),
+                )
+                self._owned = True
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._owned:
+            import torch.distributed as dist
+
+            self._owned = False
+            dist.destroy_process_group()
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_sum(self, *values: int) -> tuple[int, ...]:
+        """Each value added up over all ranks (every rank must call this)."""
+        if self.world == 1:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(tensor)
+        return tuple(int(v) for v in tensor.tolist())
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -230,30 +314,42 @@ class Runner:
 
     def run(self, items: Iterable[InputItem | InputError], task: Task) -> Iterator[Result]:
         """One Result per input of this process's shard, in input order."""
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vithybrid-decode")
+        try:
+            yield from self._run(pool, items, task)
+        except BaseException:
+            # Interrupted (Ctrl-C) or abandoned (--strict): drop the queued decodes and do not
+            # wait here for one stuck on a slow file; the results so far are already out.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+
+    def _run(
+        self, pool: ThreadPoolExecutor, items: Iterable[InputItem | InputError], task: Task
+    ) -> Iterator[Result]:
         rank, world = self.options.shard
         pending: list[tuple[int, str, Future | str]] = []  # (index, path, future or error)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vithybrid-decode") as pool:
-            queue: deque[tuple[int, str, Future | str]] = deque()
-            ahead = self.batch_size * 2 + self.workers  # decoded images waiting, at most
-            stream = enumerate_shard(items, rank, world)
-            exhausted = False
-            while True:
-                while not exhausted and len(queue) < ahead:
-                    try:
-                        index, item = next(stream)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    queue.append(self._submit(pool, index, item))
-                if not queue:
+        queue: deque[tuple[int, str, Future | str]] = deque()
+        ahead = self.batch_size * 2 + self.workers  # decoded images waiting, at most
+        stream = enumerate_shard(items, rank, world)
+        exhausted = False
+        while True:
+            while not exhausted and len(queue) < ahead:
+                try:
+                    index, item = next(stream)
+                except StopIteration:
+                    exhausted = True
                     break
-                pending.append(queue.popleft())
-                ready = sum(1 for entry in pending if not isinstance(entry[2], str))
-                if ready >= self.batch_size or (exhausted and not queue):
-                    yield from self._run_batch(pending, task)
-                    pending = []
-            if pending:
+                queue.append(self._submit(pool, index, item))
+            if not queue:
+                break
+            pending.append(queue.popleft())
+            ready = sum(1 for entry in pending if not isinstance(entry[2], str))
+            if ready >= self.batch_size or (exhausted and not queue):
                 yield from self._run_batch(pending, task)
+                pending = []
+        if pending:
+            yield from self._run_batch(pending, task)
 
     def _submit(
         self, pool: ThreadPoolExecutor, index: int, item: InputItem | InputError
@@ -299,9 +395,9 @@ class Runner:
         pixels = torch.from_numpy(batch)
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        pixels = pixels.to(self.dtype)
-        if self.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        # one copy: dtype and layout together
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        pixels = pixels.to(self.dtype, memory_format=layout)
         with torch.inference_mode():
             output = self.model(
                 pixels,
@@ -312,9 +408,45 @@ class Runner:
 
 
 def prepare_model(model: ViTHybrid, compile_model: bool = False) -> ViTHybrid:
-    """Optionally torch.compile the forward: fuses elementwise work, slow first call."""
+    """Ready a loaded model for a run in this process: the CPU allocator tuned (see
+    tune_cpu_allocator) and, optionally, the forward torch.compile'd (fuses elementwise work; the
+    first call compiles, which takes minutes on a small CPU)."""
+    if next(model.parameters()).device.type == "cpu":
+        tune_cpu_allocator()
     if compile_model:
         import torch
 
         model.forward = torch.compile(model.forward, dynamic=False)
     return model
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Let freed activation buffers be reused instead of handed back to the OS; process-wide.
+
+    glibc serves every allocation over 32 MiB (the large activations of a batch at 384x384) with a
+    fresh mmap and unmaps it on free, so each forward pass page-faults and zeroes those pages
+    again: a quarter of a CPU forward. With mmap off and a high trim threshold they come from the
+    heap, where the next batch reuses them. glibc only; VITHYBRID_NO_MALLOPT=1 skips it.
+    Returns whether it is in effect.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or os.environ.get("VITHYBRID_NO_MALLOPT"):
+        return _ALLOCATOR_TUNED
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    m_trim_threshold, m_mmap_max = -1, -4
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _ALLOCATOR_TUNED = bool(
+            libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30)
+        )
+    except (OSError, AttributeError):
+        logger.debug("mallopt unavailable", exc_info=True)
+    return _ALLOCATOR_TUNED

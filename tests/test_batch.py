@@ -1,0 +1,370 @@
+"""Batch runs that survive faults, junk and scale (issue #5): every result written exactly once.
+
+Kills: a run is stalled at a known input (a FIFO, see batchkit), killed with SIGKILL or SIGINT,
+then resumed; the result must hold each input once, every line valid, the same answers as an
+uninterrupted run. Hostile inputs go through the whole CLI: each gives a result or a one-line
+error and the run goes on. Memory stays flat over 10,000 images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import struct
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from batchkit import (
+    block_with_fifo,
+    cli,
+    line_count,
+    make_images,
+    png_bytes,
+    read_jsonl,
+    restore_image,
+    spawn,
+    top_labels,
+    unblock_fifo,
+    wait_for,
+    write_list,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vithybrid_cli.outputs import safe_text
+
+N_IMAGES = 40
+STALL_AT = 10  # the FIFO's position: with --batch-size 2 the 10 inputs before it get written
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint) -> str:
+    return str(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny):
+    """An uninterrupted run over N_IMAGES images: (folder, paths, records, embeddings)."""
+    folder = tmp_path_factory.mktemp("reference") / "images"
+    paths = make_images(folder, N_IMAGES)
+    out = folder.parent / "reference.jsonl"
+    cli("classify", folder, "-o", out, "--model", tiny, "--batch-size", "2", "-q")
+    vectors = folder.parent / "reference.npy"
+    cli("embed", folder, "-o", vectors, "--model", tiny, "--batch-size", "2", "-q")
+    return folder, paths, read_jsonl(out), np.load(vectors)
+
+
+@pytest.fixture
+def stalled(tmp_path):
+    """A fresh image folder whose input STALL_AT is a FIFO, and a list file naming all inputs."""
+    folder = tmp_path / "images"
+    paths = make_images(folder, N_IMAGES)
+    block_with_fifo(paths[STALL_AT])
+    return folder, paths, write_list(tmp_path / "list.txt", paths)
+
+
+def stop(child, sig: int, fifo: str) -> int:
+    """Deliver `sig`; for SIGINT wait for the summary, then release the stalled decoder."""
+    os.kill(child.pid, sig)
+    if sig == signal.SIGINT:
+        deadline = time.monotonic() + 60
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            # the interpreter's exit waits for the decode thread stuck on the FIFO
+            with contextlib.suppress(OSError):
+                unblock_fifo(fifo)
+    return child.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+@pytest.mark.parametrize(
+    "fmt, sig",
+    [("jsonl", signal.SIGKILL), ("jsonl", signal.SIGINT), ("csv", signal.SIGKILL)],
+    ids=["jsonl-sigkill", "jsonl-sigint", "csv-sigkill"],
+)
+def test_killed_classify_resumes_exactly_once(tmp_path, tiny, reference, stalled, fmt, sig):
+    folder, paths, listing = stalled
+    out = tmp_path / f"out.{fmt}"
+    log = tmp_path / "log.txt"
+    # --resume from the start: a CSV then streams rows (else it is written atomically at the end)
+    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
+    child = spawn([str(a) for a in [*args, "--workers", "1", "--resume"]], log)
+    header = 1 if fmt == "csv" else 0
+    wait_for(lambda: line_count(out) >= STALL_AT + header, child, "the first records")
+    time.sleep(0.2)  # nothing more may come: the next batch waits for the FIFO
+    status = stop(child, sig, paths[STALL_AT])
+    assert line_count(out) == STALL_AT + header  # flushed per record: nothing lost but the batch
+    if sig == signal.SIGINT:
+        assert status == 130
+        assert f"{STALL_AT} labeled, 0 failed" in log.read_text()
+        assert "(interrupted)" in log.read_text()
+    else:
+        assert status == -signal.SIGKILL
+    with open(out, "ab") as torn:  # as if the kill had come in the middle of a line
+        torn.write(b'{"path": "' if fmt == "jsonl" else b'"half a row')
+
+    restore_image(paths[STALL_AT], STALL_AT)
+    cli("classify", folder, "-o", out, "--model", tiny, "--batch-size", "2", "--resume", "-q")
+
+    if fmt == "jsonl":
+        records = read_jsonl(out)
+        got = top_labels(records)
+        assert [r["path"] for r in records] == paths  # each once, in input order
+    else:
+        with open(out, newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0][0] == "path" and [row[0] for row in rows[1:]] == paths
+        got = {row[0]: [row[1 + 3 * r] for r in range(5)] for row in rows[1:]}
+    expected = {os.path.basename(p): labels for p, labels in top_labels(reference[2]).items()}
+    assert {os.path.basename(p): labels for p, labels in got.items()} == expected
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
+def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, sig):
+    folder, paths, listing = stalled
+    out = tmp_path / "vectors.npy"
+    out.write_bytes(b"an earlier run's file")  # a kill must leave it as it was
+    partial_paths = tmp_path / ".vectors.npy.partial.paths"
+    log = tmp_path / "log.txt"
+    args = ["embed", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
+    child = spawn([str(a) for a in [*args, "--workers", "1"]], log)
+    wait_for(lambda: line_count(partial_paths) >= STALL_AT, child, "the first rows")
+    time.sleep(0.2)
+    status = stop(child, sig, paths[STALL_AT])
+    assert status == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    if sig == signal.SIGINT:
+        assert f"{STALL_AT} embedded, 0 failed" in log.read_text()
+    assert out.read_bytes() == b"an earlier run's file"  # never half-written under its name
+    assert not (tmp_path / "vectors.paths.txt").exists()
+    assert line_count(partial_paths) == STALL_AT
+
+    restore_image(paths[STALL_AT], STALL_AT)
+    cli("embed", folder, "-o", out, "--model", tiny, "--batch-size", "2", "--resume", "-q")
+    rows = np.load(out)
+    assert rows.dtype == np.float32 and rows.shape == reference[3].shape
+    np.testing.assert_allclose(rows, reference[3], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "vectors.paths.txt").read_text().splitlines() == paths
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []
+
+
+def test_killed_json_run_leaves_no_half_written_output(tmp_path, tiny, stalled):
+    folder, paths, listing = stalled
+    out = tmp_path / "out.json"
+    out.write_text("[]\n")
+    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
+    child = spawn([str(a) for a in [*args, "--workers", "1"]], tmp_path / "log.txt")
+    spooled = lambda: any(n.startswith(".out.json.") for n in os.listdir(tmp_path))  # noqa: E731
+    wait_for(spooled, child, "the spool file")
+    time.sleep(0.5)  # the run is stalled at the FIFO: any moment from here on is mid-run
+    stop(child, signal.SIGKILL, paths[STALL_AT])
+    assert out.read_text() == "[]\n"  # the old file, whole; the new one only ever in a temp file
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def decompression_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (its data would inflate to GBs)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
+
+
+def hostile_folder(root: Path) -> tuple[Path, dict[str, str | None]]:
+    """A folder of hostile files; {path: expected error fragment, or None for a result}."""
+    folder = root / "hostile"
+    folder.mkdir()
+    good = png_bytes(1)
+    files = {
+        "good.png": (good, None),
+        "bomb.png": (decompression_bomb(), "too large"),
+        "empty.jpg": (b"", "empty file"),
+        "truncated.png": (good[: len(good) // 2], "trunc"),
+        "png_named.jpg": (good, None),
+        "text.jpg": (b"just some text, not an image\n", "not a recognized image"),
+        "dot.png": (png_bytes(2, (1, 1)), None),
+        "strip.png": (png_bytes(3, (1, 4000)), None),
+        "locked.png": (good, "permission denied"),
+    }
+    expected = {}
+    for name, (data, error) in files.items():
+        (folder / name).write_bytes(data)
+        expected[str(folder / name)] = error
+    raw = os.fsencode(folder) + b"/caf\xe9 \xff.png"  # not valid UTF-8
+    with open(raw, "wb") as f:
+        f.write(good)
+    expected[os.fsdecode(raw)] = None
+    os.symlink(folder, folder / "loop")  # a directory cycle
+    os.symlink("self.png", folder / "self.png")  # a symlink to itself (ELOOP)
+    return folder, expected
+
+
+@pytest.fixture
+def locked_file(monkeypatch):
+    """Make files named locked.png unreadable: chmod 000, or (as root, who may read anything)
+    a PermissionError from the decoder's open()."""
+    import builtins
+    import importlib
+
+    # (not `from vithybrid_cli import preprocess`: the package also has a function of that name)
+    preprocess = importlib.import_module("vithybrid_cli.preprocess")
+
+    def lock(path: Path) -> None:
+        os.chmod(path, 0)
+
+    if os.geteuid() == 0:
+
+        def refuse(file, *args, **kwargs):
+            if os.fsdecode(file).endswith("locked.png"):
+                raise PermissionError(13, "Permission denied", os.fsdecode(file))
+            return builtins.open(file, *args, **kwargs)
+
+        monkeypatch.setattr(preprocess, "open", refuse, raising=False)
+    return lock
+
+
+def test_hostile_inputs_through_the_cli(tmp_path, tiny, locked_file):
+    folder, expected = hostile_folder(tmp_path)
+    locked_file(folder / "locked.png")
+    out = tmp_path / "out.jsonl"
+    started = time.monotonic()
+    result = cli("classify", folder, "-o", out, "--model", tiny, "--batch-size", "3", code=1)
+    assert time.monotonic() - started < 60  # the bomb is refused, not decoded
+    records = read_jsonl(out)
+    by_path = {r["path"]: r for r in records}
+    keys = {safe_text(path): error for path, error in expected.items()}
+    assert sorted(by_path) == sorted(keys) and len(records) == len(keys)  # each file once
+    for key, error in keys.items():
+        record = by_path[key]
+        if error is None:
+            assert len(record["top_k"]) == 5, record
+        else:
+            assert error in record["error"].lower() and "\n" not in record["error"], record
+    odd = [r["path"] for r in records if r["path"].endswith("\\xff.png")]
+    assert odd == [safe_text(os.fsdecode(os.fsencode(folder) + b"/caf\xe9 \xff.png"))]
+    assert "caf\\xe9 \\xff.png" in odd[0]  # escaped: the file's bytes, readable back
+    assert "too large" in result.stderr and "5 labeled, 5 failed" in result.stderr
+
+    # --resume retries only the failures: still one record per file, no duplicates
+    cli("classify", folder, "-o", out, "--model", tiny, "--resume", "-q", code=1)
+    again = read_jsonl(out)
+    assert Counter(r["path"] for r in again) == Counter(list(keys))
+    assert top_labels(again) == top_labels(records)
+
+    vectors = tmp_path / "v.npz"
+    cli("embed", folder, "-o", vectors, "--model", tiny, "-q", code=1)
+    with np.load(vectors) as saved:
+        assert sorted(saved["paths"].tolist()) == sorted(k for k, e in keys.items() if e is None)
+        assert saved["embeddings"].shape[0] == 5
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    from vithybrid_cli.weights import load_model
+
+    return load_model(tiny)
+
+
+KINDS = ["good", "good", "empty", "text", "truncated", "missing", "input-error", "bomb"]
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), max_size=12),
+    batch_size=st.integers(1, 4),
+    workers=st.integers(1, 3),
+    shard=st.sampled_from([(0, 1), (0, 2), (1, 2), (2, 3)]),
+)
+def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch_size, workers,
+                                              shard):  # fmt: skip
+    from vithybrid_cli.inputs import InputError, InputItem
+    from vithybrid_cli.runner import Runner, RunOptions, classify_task
+
+    good = png_bytes(0)
+    contents = {
+        "empty": b"",
+        "text": b"hello",
+        "truncated": good[:40],
+        "bomb": decompression_bomb(20000, 20000),
+    }
+    folder = tmp_path / f"case{time.monotonic_ns()}"
+    folder.mkdir()
+    items = []
+    for i, kind in enumerate(kinds):
+        path = str(folder / f"{i}.png")
+        if kind == "input-error":
+            items.append(InputError(path, "named but absent"))
+            continue
+        if kind != "missing":
+            Path(path).write_bytes(good if kind == "good" else contents[kind])
+        items.append(InputItem(path))
+    options = RunOptions(batch_size=batch_size, workers=workers, shard=shard)
+    results = list(Runner(tiny_model, options).run(iter(items), classify_task(3, {})))
+    rank, world = shard
+    mine = list(range(rank, len(kinds), world))
+    assert [r.index for r in results] == mine
+    assert [r.path for r in results] == [items[i].path for i in mine]
+    for result in results:
+        assert result.ok == (kinds[result.index] == "good"), (result, kinds)
+        assert result.ok or (result.error and "\n" not in result.error)
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+def test_memory_stays_flat_over_10000_images(tmp_path, tiny):
+    count = 10_000
+    folder = tmp_path / "many"
+    folder.mkdir()
+    data = png_bytes(0, (8, 8))
+    for i in range(count):
+        (folder / f"{i:05d}.png").write_bytes(data)
+    out = tmp_path / "out.jsonl"
+    args = ["classify", str(folder), "-o", str(out), "--model", tiny, "--batch-size", "32"]
+    child = spawn([*args, "--workers", "2", "-q"], tmp_path / "log.txt")
+    samples: list[tuple[int, int]] = []  # (records written, RSS KiB)
+    while child.poll() is None:
+        rss, done = rss_kib(child.pid), line_count(out)
+        if rss is not None and done:
+            samples.append((done, rss))
+        time.sleep(0.05)
+    assert child.returncode == 0, (tmp_path / "log.txt").read_text()
+    assert line_count(out) == count
+    # While records are coming (the interpreter's teardown after the last one allocates briefly)
+    first = [rss for done, rss in samples if done < count // 2]
+    second = [rss for done, rss in samples if count // 2 <= done < count]
+    assert len(first) >= 3 and len(second) >= 3, samples
+    assert max(second) <= max(first) + 30 * 1024, (max(first), max(second))
