@@ -272,11 +272,11 @@ def test_multi_frame_gif_gives_first_frame(tmp_path):
 
 
 def test_fast_decode_uses_draft_and_stays_close(tmp_path, config):
-    big = PHOTOS["chelsea"].resize((451 * 6, 300 * 6), Image.Resampling.BICUBIC)
+    big = PHOTOS["chelsea"].resize((451 * 8, 300 * 8), Image.Resampling.BICUBIC)
     path = _write(tmp_path / "big.jpg", _encode(big, "JPEG", quality=92))
     assert decode_min_size(config) == (384, 384)
     decoded = load_image(path, min_size=(384, 384))
-    assert decoded.size == (1353, 900)  # halved: 900 >= DRAFT_OVERSAMPLE * 384
+    assert decoded.size == (1804, 1200)  # halved: 1200 >= DRAFT_OVERSAMPLE * 384
     assert min(decoded.size) >= DRAFT_OVERSAMPLE * 384
     assert load_image(path).size == big.size
     fast = load_and_preprocess(path, config)
@@ -290,9 +290,9 @@ def test_fast_decode_accounts_for_exif_rotation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     path = _write(tmp_path / "rot.jpg", _encode(stored, "JPEG", exif=exif))
-    # Upright it is 800 wide x 3200 tall; the target (W=200, H=700) needs 1400 of height,
+    # Upright it is 800 wide x 3200 tall; the target (W=100, H=500) needs 1500 of height,
     # i.e. the stored width 3200 may only be halved.
-    image = load_image(path, min_size=(200, 700))
+    image = load_image(path, min_size=(100, 500))
     assert image.size == (400, 1600)
 
 

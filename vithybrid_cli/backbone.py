@@ -112,6 +112,13 @@ class MaxPoolSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_padding:
+            # SAME pads 3x3/2 by (0, 1) for even sizes and (1, 1) for odd ones. The pool's own
+            # -inf padding plus ceil_mode gives the same windows without copying the input, and
+            # the same maxima since inputs are >= 0 and every window holds a real pixel.
+            top, _ = same_padding(x.shape[-2], 3, 2, 1)
+            left, _ = same_padding(x.shape[-1], 3, 2, 1)
+            if top <= 1 and left <= 1:
+                return F.max_pool2d(x, 3, 2, padding=(top, left), ceil_mode=True)
             x = pad_same(x, 3, 2)
         return F.max_pool2d(x, 3, 2)
 

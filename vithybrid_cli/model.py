@@ -109,6 +109,79 @@ class Embeddings(nn.Module):
         return self.dropout(tokens + position_embeddings), grid
 
 
+# oneDNN's fused linear (bias, GELU or a residual add in the matmul's epilogue) saves a full
+# pass over the activations per op; it serves bfloat16 inference on CPU only, so float32 (the
+# exact-parity path), CUDA and autograd always take the plain ops. Probed once per process.
+_FUSED_LINEAR_OK: bool | None = None
+_GELU_ALGORITHMS = {
+    "gelu": "none",
+    "gelu_new": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu_fast": "tanh",
+}
+
+
+def fused_linear_available() -> bool:
+    """Whether torch.ops.mkldnn._linear_pointwise exists here and agrees with the plain ops."""
+    global _FUSED_LINEAR_OK
+    if _FUSED_LINEAR_OK is None:
+        _FUSED_LINEAR_OK = _probe_fused_linear()
+    return _FUSED_LINEAR_OK
+
+
+def _probe_fused_linear() -> bool:
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        op = torch.ops.mkldnn._linear_pointwise
+        generator = torch.Generator().manual_seed(0)
+        x, w, residual = (
+            torch.randn(shape, generator=generator).to(torch.bfloat16)
+            for shape in ((3, 5, 32), (16, 32), (3, 5, 16))
+        )
+        b = torch.randn(16, generator=generator).to(torch.bfloat16)
+        with torch.no_grad():
+            checks = [
+                (op(x, w, b, "none", [], ""), F.linear(x, w, b)),
+                (op(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b))),
+                (op.binary(x, residual, w, b, "add"), F.linear(x, w, b) + residual),
+            ]
+        return all(
+            got.shape == want.shape
+            and torch.allclose(got.float(), want.float(), rtol=1 / 32, atol=1 / 32)
+            for got, want in checks
+        )
+    except Exception:  # no oneDNN, an op that changed signature, an unsupported CPU
+        return False
+
+
+def use_fused_linear(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()  # inductor fuses these itself
+        and fused_linear_available()
+    )
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, fused: bool) -> torch.Tensor:
+    if fused:
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
+
+
+def linear_add(
+    x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor, fused: bool
+) -> torch.Tensor:
+    """residual + layer(x)."""
+    if fused:
+        return torch.ops.mkldnn._linear_pointwise.binary(
+            x, residual, layer.weight, layer.bias, "add"
+        )
+    return residual + layer(x)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
@@ -133,9 +206,20 @@ class Attention(nn.Module):
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, probs = self.context(x, head_mask, output_attentions)
+        return self.proj_dropout(self.proj(out)), probs
+
+    def context(
+        self,
+        x: torch.Tensor,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        fused: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The heads' outputs, concatenated, before the output projection."""
         batch, tokens, _ = x.shape
         # (B, T, 3*heads*head_dim) -> (3, B, heads, T, head_dim)
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.qkv, fused).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         dropout = self.attention_dropout if self.training else 0.0
         probs = None
@@ -152,7 +236,7 @@ class Attention(nn.Module):
             out = probs @ v
         # (B, heads, T, head_dim) -> (B, T, heads*head_dim)
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
-        return self.proj_dropout(self.proj(out)), probs
+        return out, probs
 
     @torch.no_grad()
     def prune_heads(self, heads: set[int] | list[int]) -> None:
@@ -215,10 +299,21 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.activation = ACTIVATIONS[config.hidden_act]
+        self.gelu_algorithm = _GELU_ALGORITHMS.get(config.hidden_act)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.activation(self.fc1(x))))
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + forward(x), inference only, with the fused kernels (see linear_add)."""
+        if self.gelu_algorithm is None:
+            hidden = self.activation(linear(x, self.fc1, True))
+        else:
+            hidden = torch.ops.mkldnn._linear_pointwise(
+                x, self.fc1.weight, self.fc1.bias, "gelu", [], self.gelu_algorithm
+            )
+        return linear_add(hidden, self.fc2, residual, True)
 
 
 class Block(nn.Module):
@@ -237,6 +332,13 @@ class Block(nn.Module):
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.training and use_fused_linear(x):
+            # bias, GELU and both residual adds ride in the matmuls' epilogues
+            context, probs = self.attention.context(
+                self.norm1(x), head_mask, output_attentions, fused=True
+            )
+            x = linear_add(context, self.attention.proj, x, fused=True)
+            return self.mlp.forward_add(self.norm2(x), x), probs
         attended, probs = self.attention(self.norm1(x), head_mask, output_attentions)
         x = x + attended
         return x + self.mlp(self.norm2(x)), probs

@@ -26,9 +26,11 @@ logger = logging.getLogger(__name__)
 
 # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale in the DCT domain, which is cheaper but a bit
 # softer than a full decode followed by an antialiased bicubic resize. Keeping the decoded image at
-# least this many times larger than the resize target leaves the final (>= 2x) reduction to the
-# bicubic filter, so the output stays within ~1% mean absolute difference of the full decode.
-DRAFT_OVERSAMPLE = 2
+# least this many times larger than the resize target leaves the final (>= 3x) reduction to the
+# bicubic filter, so the output stays within ~1% mean absolute difference of the full decode. At 3
+# (rather than 2) the model's embeddings stay within cosine 0.9995 of a full decode's on the
+# benchmark photos (0.9990 at 2), for ~10% more decode time.
+DRAFT_OVERSAMPLE = 3
 
 # Resizing a 1 x 100000 strip to a 384 shortest edge would allocate gigabytes only to crop most of
 # it away; past this ratio of resized to cropped area only the cropped region is resampled.

@@ -215,8 +215,9 @@ def _fetch_checkpoint(repo_id: str, revision: str | None, local_only: bool) -> R
 
     def fetch(filename: str, required: bool) -> Path | None:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision,
-                                        local_files_only=local_only))
+            return Path(
+                hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only)
+            )
         except EntryNotFoundError:
             return None
         except LocalEntryNotFoundError as error:
@@ -242,8 +243,13 @@ def _fetch_checkpoint(repo_id: str, revision: str | None, local_only: bool) -> R
             names = json.loads(found.read_text(encoding="utf-8"))["weight_map"].values()
             weight_files = [fetch(name, required=True) for name in sorted(set(names))]
         return ResolvedCheckpoint(
-            name=repo_id, revision=revision, weight_files=weight_files, config_file=config_file,
-            preprocessor_file=preprocessor_file, directory=config_file.parent, from_hub=True,
+            name=repo_id,
+            revision=revision,
+            weight_files=weight_files,
+            config_file=config_file,
+            preprocessor_file=preprocessor_file,
+            directory=config_file.parent,
+            from_hub=True,
         )
     if local_only:
         raise _NotCached("no weights file in the cache")
@@ -344,9 +350,15 @@ def _drop_unused_stages(state_dict: dict[str, Any], num_stages: int) -> None:
 
 
 def load_state_dict_into(
-    model: ViTHybrid, state_dict: dict[str, torch.Tensor], unknown: list[str] | None = None
+    model: ViTHybrid,
+    state_dict: dict[str, torch.Tensor],
+    unknown: list[str] | None = None,
+    assign: bool = False,
 ) -> None:
-    """Strict load with one error that lists missing, unexpected and mis-shaped keys."""
+    """Strict load with one error that lists missing, unexpected and mis-shaped keys.
+
+    `assign` makes the checkpoint's tensors the parameters (for a model built on the meta device).
+    """
     _drop_unused_stages(state_dict, len(model.backbone.stages))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -370,7 +382,7 @@ def load_state_dict_into(
                 lines.append(f"  {title} ({len(keys)}): {shown}")
         lines.append("  Is config.json the one that belongs to these weights?")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -455,15 +467,19 @@ def load_model(
         raise CheckpointError(f"invalid model configuration ({source}): {error}") from error
     state_dict, unknown = convert_state_dict(raw)
     del raw
-    model = ViTHybrid(
-        config,
-        add_pooling_layer="pooler.weight" in state_dict,
-        use_mask_token="embeddings.mask_token" in state_dict,
-        num_labels=_num_labels(config, state_dict),
-    )
-    if config.pruned_heads:
-        model.prune_heads({layer: list(heads) for layer, heads in config.pruned_heads.items()})
-    load_state_dict_into(model, state_dict, unknown)
+    # Built on the meta device: random initialisation of 100M weights that the checkpoint then
+    # overwrites would cost seconds of start-up. The loaded tensors are assigned, in float32.
+    with torch.device("meta"):
+        model = ViTHybrid(
+            config,
+            add_pooling_layer="pooler.weight" in state_dict,
+            use_mask_token="embeddings.mask_token" in state_dict,
+            num_labels=_num_labels(config, state_dict),
+        )
+        if config.pruned_heads:
+            model.prune_heads({layer: list(heads) for layer, heads in config.pruned_heads.items()})
+    load_state_dict_into(model, state_dict, unknown, assign=True)
+    model.float()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or torch.float32

@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""Benchmark vithybrid against transformers' reference pipeline and timm's best CPU recipe.
+
+Same photos (../shared/bench/make_photos.py), same weights (one full-size random checkpoint written
+by transformers' save_pretrained, renamed for timm), one session, each pipeline in its own
+subprocess so none shares another's thread pools, allocator or caches:
+
+  reference  transformers ViTHybridForImageClassification + ViTHybridImageProcessor in
+             pipeline("image-classification"), batch 8, float32
+  timm       vit_base_r50_s16_384, DataLoader(num_workers=2), channels_last, bf16 autocast, batch 8
+  ours       `vithybrid classify DIR --model CKPT -o out.jsonl`, default settings
+  model      forward pass alone at 384x384, batch 8: ours bf16 / float32, timm bf16 autocast
+  cold       `vithybrid classify one.jpg` as a new process vs model load + one forward + 1 s
+
+Pipelines are timed as whole processes (interpreter start-up, imports, model load included).
+
+    python benchmarks/bench.py                      # everything, once (~5 min on 2 cores)
+    python benchmarks/bench.py --repeat 3           # best of three, runs interleaved
+    python benchmarks/bench.py --only ours,model    # a subset
+    python benchmarks/bench.py --count 16 --json results.json
+
+Needs the dev extras (transformers 4.x, timm, scikit-image). Numbers are only comparable within
+one run: other load on the machine changes them all, so the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINES = ("reference", "timm", "ours")
+MODELS = ("ours-bf16", "ours-fp32", "timm-bf16")
+SECTIONS = ("reference", "timm", "ours", "model", "cold")
+BATCH = 8
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def find_make_photos() -> Path | None:
+    for candidate in (
+        REPO.parent / "shared" / "bench" / "make_photos.py",
+        REPO / "shared" / "bench" / "make_photos.py",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ensure_photos(work: Path, count: int, photos: Path | None) -> Path:
+    if photos is not None:
+        return photos
+    target = work / f"photos-{count}"
+    if len(list(target.glob("*.jpg"))) == count:
+        return target
+    script = find_make_photos()
+    if script is None:
+        sys.exit("cannot find ../shared/bench/make_photos.py: pass --photos DIR")
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(
+        [sys.executable, str(script), str(target), "--count", str(count)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return target
+
+
+def ensure_checkpoint(work: Path) -> Path:
+    """google's full configuration with seeded random weights (no network needed)."""
+    target = work / "checkpoint-full"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    sys.path.insert(0, str(REPO / "tests"))
+    from checkpoints import make_checkpoint
+
+    shutil.rmtree(target, ignore_errors=True)
+    make_checkpoint(target, "full", seed=0)
+    return target
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "cores": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = re.search(r"Model name:\s*(.+)", lscpu)
+        info["cpu"] = model.group(1).strip() if model else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        info["bf16"] = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+        mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+        info["memory_gb"] = round(int(mem.group(1)) / 2**20, 1) if mem else None
+    except OSError:
+        pass
+    versions = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, torch, timm, transformers, PIL; print(json.dumps({'torch': "
+            "torch.__version__, 'timm': timm.__version__, 'transformers': "
+            "transformers.__version__, 'pillow': PIL.__version__, 'threads': "
+            "torch.get_num_threads()}))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if versions.returncode == 0:
+        info.update(json.loads(versions.stdout.strip().splitlines()[-1]))
+    return info
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+# ---------------------------------------------------------------------------- running children
+
+
+def run_child(args: list[str], env_extra: dict | None = None) -> tuple[float, dict, str]:
+    """(wall seconds of the whole process, the JSON its last stdout line holds, stderr)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(env_extra or {})
+    started = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])}... failed ({proc.returncode}):\n{proc.stderr}")
+    payload = {}
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            payload = json.loads(line)
+            break
+    return wall, payload, proc.stderr
+
+
+def worker(kind: str, *args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, *args]
+
+
+def bench_pipeline(name: str, photos: Path, ckpt: Path, out_dir: Path) -> dict:
+    count = len(list(photos.glob("*.jpg")))
+    if name == "ours":
+        out = out_dir / "ours.jsonl"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "vithybrid_cli", "classify", str(photos)]
+        cmd += ["--model", str(ckpt), "-o", str(out)]
+        wall, _, _ = run_child(cmd)
+        lines = out.read_text().splitlines()
+        if len(lines) != count:
+            raise RuntimeError(f"vithybrid wrote {len(lines)} records for {count} photos")
+        return {"wall_s": wall, "images": count, "img_s": count / wall}
+    wall, payload, _ = run_child(worker(name, str(photos), str(ckpt), str(out_dir)))
+    return {"wall_s": wall, "images": count, "img_s": count / wall, **payload}
+
+
+def bench_model(name: str, ckpt: Path, iters: int) -> dict:
+    _, payload, _ = run_child(worker("model", name, str(ckpt), str(iters)))
+    return payload
+
+
+def bench_cold(photos: Path, ckpt: Path, out_dir: Path) -> dict:
+    """`vithybrid classify one.jpg` as a fresh process, and its parts measured separately."""
+    image = sorted(photos.glob("*.jpg"))[0]
+    out = out_dir / "cold.jsonl"
+    cmd = [sys.executable, "-X", "importtime", "-m", "vithybrid_cli", "classify", str(image)]
+    cmd += ["--model", str(ckpt), "-o", str(out)]
+    wall, _, stderr = run_child(cmd)
+    imports = {}
+    for line in stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if match and len(match.group(2)) <= 1:  # top-level imports only
+            imports[match.group(3)] = int(match.group(1)) / 1e6
+    parts = run_child(worker("parts", str(image), str(ckpt)))[1]
+    plain_wall = run_child(cmd[:1] + cmd[3:])[0]  # the same without -X importtime
+    top = sorted(imports.items(), key=lambda item: -item[1])[:6]
+    # "model load" = import torch and the package + load_model: torch's import alone is ~1 s.
+    budget = parts["import_s"] + parts["load_s"] + parts["forward_s"] + 1.0
+    return {
+        "wall_s": plain_wall,
+        "wall_importtime_s": wall,
+        "budget_s": budget,
+        "overhead_s": plain_wall - (budget - 1.0),
+        "within_budget": plain_wall <= budget,
+        "top_imports_s": dict(top),
+        **parts,
+    }
+
+
+# ---------------------------------------------------------------------------- workers (children)
+
+
+def hf_to_timm(state: dict) -> dict:
+    """transformers' names -> ours (weights.convert_state_dict) -> timm's (TIMM_TABLE inverted)."""
+    from vithybrid_cli.weights import convert_state_dict
+
+    ours, unknown = convert_state_dict(state, "hf")
+    assert not unknown, unknown
+    inverse = [
+        (r"^embeddings\.cls_token$", "cls_token"),
+        (r"^embeddings\.position_embeddings$", "pos_embed"),
+        (r"^embeddings\.patch_embed\.backbone\.", "patch_embed.backbone."),
+        (r"^embeddings\.patch_embed\.projection\.", "patch_embed.proj."),
+        (r"^blocks\.(\d+)\.attention\.", r"blocks.\1.attn."),
+        (r"^classifier\.", "head."),
+    ]
+    timm_state = {}
+    for key, tensor in ours.items():
+        for pattern, replacement in inverse:
+            key, hits = re.subn(pattern, replacement, key)
+            if hits:
+                break
+        timm_state[key] = tensor
+    return timm_state
+
+
+def timm_model(ckpt: Path):
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    model = timm.create_model("vit_base_r50_s16_384", pretrained=False)
+    model.load_state_dict(hf_to_timm(load_file(str(ckpt / "model.safetensors"))), strict=True)
+    return model.eval().to(memory_format=torch.channels_last)
+
+
+def timings(started: float, ready: float, done: float, images: int) -> dict:
+    return {
+        "setup_s": ready - started,
+        "run_s": done - ready,
+        "steady_img_s": images / (done - ready),
+    }
+
+
+def worker_reference(photos: str, ckpt: str, out_dir: str) -> dict:
+    import torch
+    from transformers import pipeline
+    from transformers.models.deprecated.vit_hybrid import (
+        ViTHybridForImageClassification,
+        ViTHybridImageProcessor,
+    )
+
+    started = time.perf_counter()
+    # model_type "vit-hybrid" is not in 4.x's auto mapping, so the pipeline gets the objects.
+    model = ViTHybridForImageClassification.from_pretrained(ckpt, torch_dtype=torch.float32)
+    processor = ViTHybridImageProcessor.from_pretrained(ckpt)
+    pipe = pipeline("image-classification", model=model, image_processor=processor, device=-1)
+    ready = time.perf_counter()
+    files = [str(p) for p in sorted(Path(photos).glob("*.jpg"))]
+    results = pipe(files, batch_size=BATCH, top_k=5)
+    done = time.perf_counter()
+    top1 = [r[0]["label"] for r in results]
+    Path(out_dir, "reference.json").write_text(json.dumps(top1))
+    return timings(started, ready, done, len(files))
+
+
+def worker_timm(photos: str, ckpt: str, out_dir: str) -> dict:
+    import torch
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    from torch.utils.data import DataLoader, Dataset
+
+    started = time.perf_counter()
+    model = timm_model(Path(ckpt))
+    transform = create_transform(**resolve_data_config({}, model=model))
+
+    class Photos(Dataset):
+        def __init__(self, files):
+            self.files = files
+
+        def __len__(self):
+            return len(self.files)
+
+        def __getitem__(self, index):
+            return transform(Image.open(self.files[index]).convert("RGB"))
+
+    files = [str(p) for p in sorted(Path(photos).glob("*.jpg"))]
+    loader = DataLoader(Photos(files), batch_size=BATCH, num_workers=2)
+    ready = time.perf_counter()
+    top1 = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for batch in loader:
+            logits = model(batch.contiguous(memory_format=torch.channels_last))
+            scores, indices = logits.float().softmax(-1).topk(5)
+            top1 += indices[:, 0].tolist()
+    done = time.perf_counter()
+    Path(out_dir, "timm.json").write_text(json.dumps(top1))
+    return timings(started, ready, done, len(files))
+
+
+def worker_model(name: str, ckpt: str, iters: str) -> dict:
+    import numpy as np
+    import torch
+
+    started = time.perf_counter()
+    pixels = np.random.default_rng(0).standard_normal((BATCH, 3, 384, 384), dtype=np.float32)
+    if name.startswith("timm"):
+        model = timm_model(Path(ckpt))
+
+        def forward():
+            batch = torch.from_numpy(pixels).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(batch)
+    else:
+        from vithybrid_cli.runner import Runner, RunOptions, prepare_model
+        from vithybrid_cli.weights import load_model
+
+        dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
+        model = prepare_model(load_model(ckpt, dtype=dtype))
+        runner = Runner(model, RunOptions(batch_size=BATCH))
+
+        def forward():
+            return runner.forward(pixels, lambda output: [output.logits])
+
+    loaded = time.perf_counter()
+    forward()  # warm-up: oneDNN picks and caches its kernels on the first call
+    times = []
+    for _ in range(int(iters)):
+        start = time.perf_counter()
+        forward()
+        times.append(time.perf_counter() - start)
+    return {
+        "load_s": loaded - started,
+        "img_s": BATCH / statistics.median(times),
+        "best_img_s": BATCH / min(times),
+        "times_s": [round(t, 3) for t in times],
+    }
+
+
+def worker_parts(image: str, ckpt: str) -> dict:
+    """The cold CLI's parts: imports, model load, one forward, in a fresh process."""
+    t0 = time.perf_counter()
+    import torch  # noqa: F401
+
+    from vithybrid_cli.inputs import iter_inputs
+    from vithybrid_cli.runner import Runner, RunOptions, classify_task, prepare_model
+    from vithybrid_cli.weights import load_model
+
+    t1 = time.perf_counter()
+    model = prepare_model(load_model(ckpt, dtype="bfloat16"))
+    t2 = time.perf_counter()
+    runner = Runner(model, RunOptions())
+    results = list(runner.run(iter_inputs([image]), classify_task(5, model.config.id2label)))
+    t3 = time.perf_counter()
+    assert results and results[0].ok, results
+    return {"import_s": t1 - t0, "load_s": t2 - t1, "forward_s": t3 - t2}
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def summarize(runs: list[dict]) -> dict:
+    rates = [r["img_s"] for r in runs]
+    return {"img_s": max(rates), "median_img_s": statistics.median(rates), "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=64, help="photos (default 64)")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"any of {','.join(SECTIONS)}")
+    parser.add_argument("--iters", type=int, default=5, help="timed forwards per model run")
+    parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        kind, *rest = args.worker
+        function = {
+            "reference": worker_reference,
+            "timm": worker_timm,
+            "model": worker_model,
+            "parts": worker_parts,
+        }[kind]
+        print(json.dumps(function(*rest)))
+        return
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    photos = ensure_photos(args.work, args.count, args.photos)
+    ckpt = ensure_checkpoint(args.work)
+    out_dir = Path(tempfile.mkdtemp(prefix="vithybrid-bench-"))
+    info = machine_info()
+    print(
+        f"machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory_gb')} GB, "
+        f"bf16: {'+'.join(info.get('bf16', [])) or 'no'}"
+    )
+    print(
+        f"torch {info.get('torch')} (threads {info.get('threads')}), timm {info.get('timm')}, "
+        f"transformers {info.get('transformers')}, pillow {info.get('pillow')}, "
+        f"python {info.get('python')}"
+    )
+    print(f"photos: {photos} ({len(list(photos.glob('*.jpg')))}), checkpoint: {ckpt}")
+    print(f"load average at start: {loadavg()}\n")
+
+    results: dict[str, list[dict]] = {}
+    for repeat in range(args.repeat):
+        for name in PIPELINES:
+            if name in only:
+                result = bench_pipeline(name, photos, ckpt, out_dir)
+                result["loadavg"] = loadavg()
+                results.setdefault(name, []).append(result)
+                print(
+                    f"[{repeat + 1}] {name:10s} {result['img_s']:6.2f} img/s  "
+                    f"({result['wall_s']:.1f} s whole process, load {result['loadavg']})"
+                )
+        if "model" in only:
+            for name in MODELS:
+                result = bench_model(name, ckpt, args.iters)
+                result["loadavg"] = loadavg()
+                results.setdefault(f"model:{name}", []).append(result)
+                print(
+                    f"[{repeat + 1}] model {name:10s} {result['img_s']:6.2f} img/s median, "
+                    f"{result['best_img_s']:.2f} best (load {result['loadavg']})"
+                )
+        if "cold" in only:
+            result = bench_cold(photos, ckpt, out_dir)
+            result["img_s"] = 1 / result["wall_s"]
+            result["loadavg"] = loadavg()
+            results.setdefault("cold", []).append(result)
+            print(
+                f"[{repeat + 1}] cold classify one photo: {result['wall_s']:.2f} s whole process; "
+                f"in a fresh process import {result['import_s']:.2f} + load {result['load_s']:.2f} "
+                f"+ forward {result['forward_s']:.2f} s: {result['overhead_s']:.2f} s more"
+            )
+
+    summary = {name: summarize(runs) for name, runs in results.items()}
+    print(f"\nsummary (best of {args.repeat}; load average at end: {loadavg()})")
+    for name, entry in summary.items():
+        print(f"  {name:18s} {entry['img_s']:7.2f} img/s   (median {entry['median_img_s']:.2f})")
+    ours = summary.get("ours", {}).get("img_s")
+    for base in ("reference", "timm"):
+        if ours and base in summary:
+            print(
+                f"  ours / {base:9s} {ours / summary[base]['img_s']:6.2f}x   (goal "
+                f"{'6' if base == 'reference' else '2'}x)"
+            )
+    if "model:ours-bf16" in summary and "model:timm-bf16" in summary:
+        ratio = summary["model:ours-bf16"]["img_s"] / summary["model:timm-bf16"]["img_s"]
+        print(f"  model ours-bf16 / timm-bf16 {ratio:.2f}x   (goal: ours >= 12 img/s)")
+    if "cold" in summary:
+        cold = min(summary["cold"]["runs"], key=lambda r: r["wall_s"])
+        verdict = "within" if cold["within_budget"] else "OVER"
+        print(
+            f"  cold start {cold['wall_s']:.2f} s, {verdict} import + load + forward + 1 s = "
+            f"{cold['budget_s']:.2f} s; slowest imports: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in cold["top_imports_s"].items())
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "results": summary}, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
