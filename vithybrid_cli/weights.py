@@ -451,7 +451,8 @@ def load_model(
     `name_or_path` is a hub id (default google/vit-hybrid-base-bit-384), a checkpoint directory
     (config.json + model.safetensors / pytorch_model.bin / sharded *.index.json) or a weights file
     in transformers' or timm's naming. With `inference` (the default) the model is put in eval
-    mode with weight standardization precomputed and a channels_last backbone. The result carries
+    mode with weight standardization precomputed, and reduced-precision dtypes get a
+    channels_last backbone (float32 keeps the reference's layout for exact parity). It carries
     `.config`, `.preprocess_config` and `.checkpoint` (a ResolvedCheckpoint).
     """
     import torch
