@@ -37,6 +37,16 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def _read_json(path: str | Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {what} {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} is not a JSON object")
+    return data
+
+
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {key: value for key, value in data.items() if key in names}
@@ -170,11 +180,7 @@ class ViTHybridConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ViTHybridConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"cannot read model config {path}: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(_read_json(path, "model config"))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -274,11 +280,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> PreprocessConfig:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"cannot read preprocessor config {path}: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(_read_json(path, "preprocessor config"))
 
     @property
     def target_size(self) -> tuple[int, int]:
