@@ -32,7 +32,8 @@ from batchkit import (
     write_list,
 )
 
-from vithybrid_cli.outputs import (
+from vithybrid_cli.runner import Distributed, shard_size
+from vithybrid_cli.shards import (
     EmbeddingOutput,
     EmbeddingPartWriter,
     RecordOutput,
@@ -40,7 +41,6 @@ from vithybrid_cli.outputs import (
     find_parts,
     part_path,
 )
-from vithybrid_cli.runner import Distributed, shard_size
 
 N_IMAGES = 24
 STALL_AT = 8  # rank 0's fifth input: it writes 0, 2, 4, 6 and stalls in its batch [8, 10]

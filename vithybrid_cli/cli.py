@@ -419,8 +419,9 @@ def classify(
     """Label images: top-k classes with scores."""
 
     def body() -> int:
-        from .outputs import RecordOutput, format_from_path
+        from .outputs import format_from_path
         from .runner import Distributed, classify_task, shard_size
+        from .shards import RecordOutput
 
         fmt = (
             (format.value if format else None)
@@ -498,8 +499,8 @@ def embed(
     """Export embeddings to .npy/.npz, rows in input order, paths beside them."""
 
     def body() -> int:
-        from .outputs import EmbeddingOutput
         from .runner import Distributed, embed_task, shard_size
+        from .shards import EmbeddingOutput
 
         ensure_parent(output)
         with Distributed.from_env() as job, EmbeddingOutput(output, resume=resume, job=job) as out:
@@ -567,8 +568,8 @@ def attention_map(
         from contextlib import nullcontext
 
         from .attention import attention_task
-        from .outputs import EmbeddingOutput
         from .runner import Distributed, shard_size
+        from .shards import EmbeddingOutput
 
         if bool(output) == bool(output_dir):
             raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
