@@ -7,6 +7,7 @@ import pickle
 import warnings
 from pathlib import Path
 
+import checkpoints
 import numpy as np
 import pytest
 import skimage.data
@@ -27,18 +28,11 @@ from vithybrid_cli.preprocess import (
     to_rgb,
 )
 
+# google's preprocessor_config.json, without the file's bookkeeping key
 GOOGLE_PREPROCESSOR = {
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "resample": 3,
-    "size": {"shortest_edge": 384},
-    "crop_size": {"height": 384, "width": 384},
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_convert_rgb": True,
+    key: value
+    for key, value in checkpoints.GOOGLE_PREPROCESSOR.items()
+    if key != "image_processor_type"
 }
 
 
