@@ -9,7 +9,8 @@ subprocess so none shares another's thread pools, allocator or caches:
              pipeline("image-classification"), batch 8, float32
   timm       vit_base_r50_s16_384, DataLoader(num_workers=2), channels_last, bf16 autocast, batch 8
   ours       `vithybrid classify DIR --model CKPT -o out.jsonl`, default settings
-  model      forward pass alone at 384x384, batch 8: ours bf16 / float32, timm bf16 autocast
+  model      forward pass alone at 384x384, batch 8: ours bf16 (logits, as classify runs it;
+             and all tokens, as embed --tokens), ours float32, timm bf16 autocast
   cold       `vithybrid classify one.jpg` as a new process vs model load + one forward + 1 s
 
 Pipelines are timed as whole processes (interpreter start-up, imports, model load included).
@@ -40,7 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINES = ("reference", "timm", "ours")
-MODELS = ("ours-bf16", "ours-fp32", "timm-bf16")
+MODELS = ("ours-bf16", "ours-bf16-all-tokens", "ours-fp32", "timm-bf16")
 SECTIONS = ("reference", "timm", "ours", "model", "cold")
 BATCH = 8
 
@@ -316,15 +317,18 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(batch)
     else:
-        from vithybrid_cli.runner import Runner, RunOptions, prepare_model
+        from vithybrid_cli.runner import Runner, RunOptions, classify_task, prepare_model
         from vithybrid_cli.weights import load_model
 
-        dtype = torch.bfloat16 if name.endswith("bf16") else torch.float32
+        dtype = torch.bfloat16 if "bf16" in name else torch.float32
         model = prepare_model(load_model(ckpt, dtype=dtype))
         runner = Runner(model, RunOptions(batch_size=BATCH))
+        # What `classify` runs (logits only: the last block computes the CLS token alone); the
+        # all-tokens variant is what `embed --pool mean` / `--tokens` and timm compute.
+        task = classify_task(5, {}) if not name.endswith("all-tokens") else lambda out: [out]
 
         def forward():
-            return runner.forward(pixels, lambda output: [output.logits])
+            return runner.forward(pixels, task)
 
     loaded = time.perf_counter()
     forward()  # warm-up: oneDNN picks and caches its kernels on the first call

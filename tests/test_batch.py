@@ -333,6 +333,38 @@ def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch
 # --------------------------------------------------------------------------- bounded memory
 
 
+def test_runner_skips_non_cls_work_only_for_cls_tasks(tiny_model, monkeypatch):
+    """classify and CLS/pooler embeddings let the last block run for the CLS token alone;
+    mean pooling, tokens and attention maps need every token."""
+    import numpy as np
+
+    from vithybrid_cli.attention import attention_task
+    from vithybrid_cli.runner import Runner, RunOptions, classify_task, embed_task
+
+    seen = []
+    forward = type(tiny_model).forward
+
+    def spy(self, pixels, **kwargs):
+        seen.append(kwargs.get("cls_only", False))
+        return forward(self, pixels, **kwargs)
+
+    monkeypatch.setattr(type(tiny_model), "forward", spy)
+    pixels = np.zeros((2, 3, 64, 64), np.float32)
+    cases = [
+        (classify_task(3, {}), False, True),
+        (embed_task("cls"), False, True),
+        (embed_task("mean"), False, False),
+        (embed_task("cls", tokens=True), False, False),
+        (attention_task("rollout"), True, False),
+    ]
+    for task, attentions, expected in cases:
+        runner = Runner(tiny_model, RunOptions(output_attentions=attentions))
+        assert len(runner.forward(pixels, task)) == 2
+        assert seen.pop() is expected
+    rows = Runner(tiny_model).forward(pixels, embed_task("cls", tokens=True))
+    assert rows[0].shape[0] == 1 + 16  # every token came back
+
+
 def rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -650,6 +650,23 @@ def test_installed_script_streams_jsonl_to_a_pipe(tiny, photo_dir, photos):
     assert "4 labeled, 0 failed" in result.stderr
 
 
+def test_installed_script_fast_exit_keeps_files_streams_and_status(tiny, photos, tmp_path):
+    """The script ends with os._exit once torch is loaded (see cli.exit_now): the exit status,
+    the stderr summary and every output file must still be complete."""
+    missing = str(tmp_path / "missing.jpg")
+    out = tmp_path / "all.json"
+    result = run([script_path(), "classify", *photos, missing, "--model", tiny, "-o", out])
+    assert result.returncode == 1, result.stderr
+    assert "4 labeled, 1 failed" in result.stderr and "missing.jpg" in result.stderr
+    records = json.loads(out.read_text())
+    assert [r["path"] for r in records] == [*photos, missing]
+    vectors = tmp_path / "v.npy"
+    result = run([script_path(), "embed", *photos, "--model", tiny, "-o", vectors])
+    assert result.returncode == 0, result.stderr
+    assert np.load(vectors).shape[0] == 4
+    assert (tmp_path / "v.paths.txt").read_text().splitlines() == photos
+
+
 def test_python_dash_m():
     from vithybrid_cli import __version__
 

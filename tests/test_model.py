@@ -412,3 +412,41 @@ def test_bfloat16_inference_tracks_float32(full_checkpoint, full_model_outputs, 
     clear = (top.values[:, 0] - top.values[:, 1]) > 2 * error_bound
     assert torch.equal(ours_top1[clear], top.indices[clear, 0])
     assert all(ours_top1[i] in top.indices[i] for i in range(len(ours_top1)))
+
+
+# ------------------------------------------------------------------------ 8. CLS-only last block
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("attention", ["fused", "explicit"])
+def test_cls_only_gives_the_same_cls_outputs(tiny_checkpoint, dtype, attention):
+    """cls_only skips the last block's other queries and MLP rows: logits and the CLS embedding
+    are unchanged (bfloat16 takes the fused-linear path), only the CLS token comes back."""
+    model = load_model(tiny_checkpoint, dtype=dtype)
+    for block in model.blocks:
+        block.attention.fused = attention == "fused"
+    pixels = tiny_pixels()
+    head_mask = torch.tensor([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]])
+    with torch.no_grad():
+        for mask in (None, head_mask):
+            full = model(pixels, head_mask=mask)
+            cls = model(pixels, head_mask=mask, cls_only=True)
+            assert cls.last_hidden_state.shape == (3, 1, full.last_hidden_state.shape[-1])
+            atol = 1e-6 if dtype == torch.float32 else 1e-2  # M=1 may take another kernel
+            assert_close(cls.logits.float(), full.logits.float(), atol=atol)
+            assert_close(cls.cls_embedding.float(), full.cls_embedding.float(), atol=atol)
+
+
+def test_cls_only_refuses_attentions_and_hidden_states(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    for flag in ("output_attentions", "output_hidden_states"):
+        with pytest.raises(ValueError, match="cls_only"):
+            model(tiny_pixels(), cls_only=True, **{flag: True})
+
+
+def test_cls_only_full_size_matches_the_reference(
+    full_model, full_reference_outputs, google_pixels
+):
+    with torch.no_grad():
+        ours = full_model(google_pixels, cls_only=True)
+    assert_close(ours.logits, full_reference_outputs.logits, atol=1e-4)

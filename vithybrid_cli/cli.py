@@ -7,6 +7,7 @@ stderr, so pipes stay clean.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -689,4 +690,25 @@ def info(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if "torch" in sys.modules and isinstance(done.code, int | None):
+            exit_now(done.code or 0)
+        raise
+
+
+def exit_now(status: int) -> None:
+    """End the process without the interpreter's teardown, once every output is closed.
+
+    With torch loaded, a normal exit spends ~0.45 s finalizing torch's modules (measured on
+    2 cores: 0.44 s after a bare `import torch`, 0.02 s with os._exit), a fifth of a one-image
+    run's wall time. The commands have closed (and atomically renamed) their files by now, so
+    only the standard streams and logging need flushing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed pipe or stream: nothing left to deliver
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)

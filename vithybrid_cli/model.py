@@ -205,8 +205,9 @@ class Attention(nn.Module):
         x: torch.Tensor,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out, probs = self.context(x, head_mask, output_attentions)
+        out, probs = self.context(x, head_mask, output_attentions, cls_only=cls_only)
         return self.proj_dropout(self.proj(out)), probs
 
     def context(
@@ -215,12 +216,16 @@ class Attention(nn.Module):
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         fused: bool = False,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The heads' outputs, concatenated, before the output projection."""
+        """The heads' outputs, concatenated, before the output projection; with `cls_only`,
+        for the first (CLS) query alone: (B, 1, C)."""
         batch, tokens, _ = x.shape
         # (B, T, 3*heads*head_dim) -> (3, B, heads, T, head_dim)
         qkv = linear(x, self.qkv, fused).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if cls_only:
+            q = q[:, :, :1]
         dropout = self.attention_dropout if self.training else 0.0
         probs = None
         if self.fused and not output_attentions:
@@ -234,8 +239,8 @@ class Attention(nn.Module):
             if head_mask is not None:
                 probs = probs * head_mask
             out = probs @ v
-        # (B, heads, T, head_dim) -> (B, T, heads*head_dim)
-        out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        # (B, heads, Tq, head_dim) -> (B, Tq, heads*head_dim)
+        out = out.transpose(1, 2).reshape(batch, q.shape[2], self.num_heads * self.head_dim)
         return out, probs
 
     @torch.no_grad()
@@ -331,16 +336,20 @@ class Block(nn.Module):
         x: torch.Tensor,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) -> (B, T, C); with `cls_only`, only the CLS token's output, (B, 1, C):
+        every token still serves as a key and value, but no other query or MLP row is run."""
         if not self.training and use_fused_linear(x):
             # bias, GELU and both residual adds ride in the matmuls' epilogues
             context, probs = self.attention.context(
-                self.norm1(x), head_mask, output_attentions, fused=True
+                self.norm1(x), head_mask, output_attentions, fused=True, cls_only=cls_only
             )
-            x = linear_add(context, self.attention.proj, x, fused=True)
+            residual = x[:, :1].contiguous() if cls_only else x
+            x = linear_add(context, self.attention.proj, residual, fused=True)
             return self.mlp.forward_add(self.norm2(x), x), probs
-        attended, probs = self.attention(self.norm1(x), head_mask, output_attentions)
-        x = x + attended
+        attended, probs = self.attention(self.norm1(x), head_mask, output_attentions, cls_only)
+        x = (x[:, :1] if cls_only else x) + attended
         return x + self.mlp(self.norm2(x)), probs
 
 
@@ -348,7 +357,7 @@ class Block(nn.Module):
 class ViTHybridOutput:
     """Everything one forward pass can hand back; optional fields are None unless requested."""
 
-    last_hidden_state: torch.Tensor  # (B, 1 + h*w, C), after the final LayerNorm
+    last_hidden_state: torch.Tensor  # (B, 1 + h*w, C) after the final LayerNorm; (B, 1, C) cls_only
     grid_size: tuple[int, int]  # (h, w) of the patch tokens
     logits: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
@@ -423,15 +432,22 @@ class ViTHybrid(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         interpolate_pos_encoding: bool = False,
+        cls_only: bool = False,
     ) -> ViTHybridOutput:
+        """`cls_only`: the caller reads only the CLS token (logits, pooler, CLS embedding), so
+        the last block computes that token alone (the same values, ~5% less work) and
+        last_hidden_state is (B, 1, C). Not with output_attentions or output_hidden_states."""
+        if cls_only and (output_attentions or output_hidden_states):
+            raise ValueError("cls_only skips work that attentions and hidden states need")
         dtype = self.embeddings.patch_embed.projection.weight.dtype
         x, grid = self.embeddings(pixel_values.to(dtype), bool_masked_pos, interpolate_pos_encoding)
         head_masks = self._per_layer_head_mask(head_mask, x.dtype)
         hidden_states, attentions = [], []
-        for block, layer_head_mask in zip(self.blocks, head_masks, strict=True):
+        last = len(self.blocks) - 1
+        for index, (block, layer_head_mask) in enumerate(zip(self.blocks, head_masks, strict=True)):
             if output_hidden_states:
                 hidden_states.append(x)
-            x, probs = block(x, layer_head_mask, output_attentions)
+            x, probs = block(x, layer_head_mask, output_attentions, cls_only and index == last)
             if output_attentions:
                 attentions.append(probs)
         if output_hidden_states:

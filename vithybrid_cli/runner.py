@@ -217,6 +217,9 @@ class Distributed:
 
 # ---------------------------------------------------------------------------- tasks
 
+# A task turns one forward pass into per-image payloads. One that reads only the CLS token
+# (logits, pooler, CLS embedding) says so with a `cls_only = True` attribute, and the runner lets
+# the model skip the rest of the last block (ViTHybrid.forward's cls_only).
 Task = Callable[["ViTHybridOutput"], list[Any]]
 
 
@@ -238,6 +241,7 @@ def classify_task(top_k: int, id2label: dict[int, str]) -> Task:
             for row_scores, row_indices in zip(scores, indices, strict=True)
         ]
 
+    task.cls_only = True
     return task
 
 
@@ -264,6 +268,7 @@ def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False)
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return list(vectors.cpu().numpy())
 
+    task.cls_only = not tokens and pool != "mean"
     return task
 
 
@@ -398,11 +403,13 @@ class Runner:
         # one copy: dtype and layout together
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         pixels = pixels.to(self.dtype, memory_format=layout)
+        output_attentions = self.options.output_attentions
         with torch.inference_mode():
             output = self.model(
                 pixels,
                 interpolate_pos_encoding=self.options.interpolate_pos_encoding,
-                output_attentions=self.options.output_attentions,
+                output_attentions=output_attentions,
+                cls_only=getattr(task, "cls_only", False) and not output_attentions,
             )
             return task(output)
 
