@@ -450,3 +450,118 @@ def test_cls_only_full_size_matches_the_reference(
     with torch.no_grad():
         ours = full_model(google_pixels, cls_only=True)
     assert_close(ours.logits, full_reference_outputs.logits, atol=1e-4)
+
+
+# ------------------------------------------------------------------ 9. bfloat16 CPU backbone paths
+
+
+def test_group_norm_statistics_of_a_1x1_conv_come_from_its_input():
+    """The folded GroupNorm (backbone.group_norm_of_conv1x1) equals GroupNorm of the conv's
+    output, computed without running the conv."""
+    from vithybrid_cli.backbone import group_norm_of_conv1x1
+
+    generator = torch.Generator().manual_seed(0)
+    h = torch.relu(torch.randn(3, 16, 20, 24, generator=generator))  # post-ReLU, like a block's
+    h = h.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(32, 16, 1, 1, generator=generator) / 4
+    norm = torch.nn.GroupNorm(4, 32)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(32, generator=generator) + 0.5)
+        norm.bias.copy_(torch.randn(32, generator=generator))
+        scale, shift = group_norm_of_conv1x1(h, weight, norm)
+        conv = F.conv2d(h, weight)
+        folded = conv * scale[:, :, None, None] + shift[:, :, None, None]
+        assert_close(folded, norm(conv), atol=1e-4)
+
+
+def fold_used(monkeypatch) -> list[int]:
+    """Count calls of the folded conv + GroupNorm + add + ReLU."""
+    from vithybrid_cli import backbone
+
+    calls = []
+    original = backbone.conv_norm_add_relu
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "conv_norm_add_relu", counting)
+    return calls
+
+
+def test_folded_bottleneck_tail_matches_plain_ops_and_spares_the_callers_input(
+    tiny_checkpoint, monkeypatch
+):
+    from vithybrid_cli import backbone
+
+    if not backbone.fused_conv_available():
+        pytest.skip("oneDNN's fused conv is not available on this CPU")
+    model = load_model(tiny_checkpoint, dtype=torch.bfloat16)
+    block = model.backbone.stages[0].blocks[0]  # 16 -> 32 channels, with a downsample
+    x = torch.randn(2, 16, 48, 40).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    calls = fold_used(monkeypatch)
+    with torch.no_grad():
+        folded = block(x)
+        assert calls == [1]
+        monkeypatch.setattr(backbone, "FOLD_MIN_PIXELS", 10**9)
+        plain = block(x)
+    assert calls == [1]
+    assert folded.is_contiguous(memory_format=torch.channels_last)
+    assert folded.shape == plain.shape == (2, 32, 48, 40)
+    assert_close(folded, plain, atol=plain.abs().max().item() / 32)  # bf16 rounding, not drift
+    # A block without a downsample adds its input: the caller's tensor must survive.
+    monkeypatch.setattr(backbone, "FOLD_MIN_PIXELS", 1024)
+    inner = backbone.Bottleneck(model.config.backbone_config, 32, 32, 1, 1, downsample=False)
+    inner = inner.to(torch.bfloat16).eval()
+    inner.conv3.freeze_standardization()
+    inner.to(memory_format=torch.channels_last)
+    y = torch.randn(2, 32, 40, 40).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    before = y.clone()
+    with torch.no_grad():
+        out = inner(y)
+        assert calls == [1, 1]
+        assert torch.equal(y, before)
+        owned = inner(y.clone(), owns_input=True)
+    assert torch.equal(out, owned)
+
+
+def test_bfloat16_backbone_paths_agree_with_plain_ops_at_larger_maps(tiny_checkpoint, monkeypatch):
+    """At 256x256 the tiny model's stage-1 and stage-2 maps are large enough for the fold, and
+    every small map takes the NCHW GroupNorm round trip: logits agree with the plain ops."""
+    from vithybrid_cli import backbone
+
+    model = load_model(tiny_checkpoint, dtype=torch.bfloat16)
+    pixels = tiny_pixels(2, 256, 256)
+    calls = fold_used(monkeypatch)
+    with torch.no_grad():
+        fast = model(pixels, interpolate_pos_encoding=True)
+        if backbone.fused_conv_available():
+            assert len(calls) == 2  # stage 1 and stage 2 (one block each)
+        monkeypatch.setattr(backbone, "FOLD_MIN_PIXELS", 10**9)
+        monkeypatch.setattr(backbone.GroupNormAct, "forward", plain_group_norm_act)
+        plain = model(pixels, interpolate_pos_encoding=True)
+        reference = load_model(tiny_checkpoint)(pixels, interpolate_pos_encoding=True)
+    cosine = F.cosine_similarity(fast.logits.float(), reference.logits, dim=-1)
+    assert (cosine > 0.999).all(), cosine
+    assert_close(fast.logits, plain.logits, atol=0.05 * reference.logits.abs().max().item())
+
+
+def plain_group_norm_act(self, x):
+    x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+    return F.relu(x) if self.activation else x
+
+
+def test_small_channels_last_group_norm_round_trip_is_exact():
+    from vithybrid_cli.backbone import GroupNormAct
+
+    norm = GroupNormAct(32, 256)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    norm = norm.to(torch.bfloat16)
+    x = torch.randn(2, 256, 24, 24).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = norm(x)
+        expected = plain_group_norm_act(norm, x.contiguous())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out.contiguous(), expected)
