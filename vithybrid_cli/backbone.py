@@ -4,6 +4,9 @@ Weight-standardized convolutions with TensorFlow "SAME" padding, GroupNorm + ReL
 non-pre-activation bottleneck blocks, a 7x7 stem with max-pool. For
 `google/vit-hybrid-base-bit-384`: stages of depths [3, 4, 9] and output stride 16, so a 384x384
 image becomes a (1024, 24, 24) feature map.
+
+In bfloat16 CPU inference, a bottleneck's last GroupNorm is folded into its 1x1 conv where the
+map is large (see "folded GroupNorm" below); everywhere else the ops are the reference's.
 """
 
 from __future__ import annotations
