@@ -11,6 +11,7 @@ map is large (see "folded GroupNorm" below); everywhere else the ops are the ref
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -174,15 +175,12 @@ class Stem(nn.Module):
 # the conv's epilogue: one pass instead of four. bfloat16 CPU inference only (float32 is the
 # exact-parity path), where oneDNN's fused conv is present and agrees with the plain ops.
 FOLD_MIN_PIXELS = 1024  # below this (24x24 at 384 input) the maps stay cached and plain is faster
-_FUSED_CONV_OK: bool | None = None
 
 
+@functools.cache
 def fused_conv_available() -> bool:
     """Whether torch.ops.mkldnn._convolution_pointwise_.binary (add + ReLU) works here."""
-    global _FUSED_CONV_OK
-    if _FUSED_CONV_OK is None:
-        _FUSED_CONV_OK = _probe_fused_conv()
-    return _FUSED_CONV_OK
+    return _probe_fused_conv()
 
 
 def _probe_fused_conv() -> bool:
@@ -252,8 +250,8 @@ def conv_norm_add_relu(
 ) -> torch.Tensor:
     """relu(norm(conv(h)) + shortcut) for a 1x1 conv, written into `shortcut` (which the caller
     owns), one oneDNN conv per sample with the normalization folded in."""
-    scale, shift = group_norm_of_conv1x1(h, conv.weight, norm)
     weight = conv.weight.float()
+    scale, shift = group_norm_of_conv1x1(h, weight, norm)
     for i in range(h.shape[0]):
         sample_weight = (weight * scale[i].view(-1, 1, 1, 1)).to(h.dtype)
         torch.ops.mkldnn._convolution_pointwise_.binary(

@@ -7,6 +7,7 @@ CLS/pre-logits, pooled output, all tokens, hidden states, attention maps).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -112,7 +113,6 @@ class Embeddings(nn.Module):
 # oneDNN's fused linear (bias, GELU or a residual add in the matmul's epilogue) saves a full
 # pass over the activations per op; it serves bfloat16 inference on CPU only, so float32 (the
 # exact-parity path), CUDA and autograd always take the plain ops. Probed once per process.
-_FUSED_LINEAR_OK: bool | None = None
 _GELU_ALGORITHMS = {
     "gelu": "none",
     "gelu_new": "tanh",
@@ -121,12 +121,10 @@ _GELU_ALGORITHMS = {
 }
 
 
+@functools.cache
 def fused_linear_available() -> bool:
     """Whether torch.ops.mkldnn._linear_pointwise exists here and agrees with the plain ops."""
-    global _FUSED_LINEAR_OK
-    if _FUSED_LINEAR_OK is None:
-        _FUSED_LINEAR_OK = _probe_fused_linear()
-    return _FUSED_LINEAR_OK
+    return _probe_fused_linear()
 
 
 def _probe_fused_linear() -> bool:
