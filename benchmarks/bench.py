@@ -317,7 +317,8 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(batch)
     else:
-        from vithybrid_cli.runner import Runner, RunOptions, classify_task, prepare_model
+        from vithybrid_cli.runner import Runner, RunOptions, classify_task
+        from vithybrid_cli.runtime import prepare_model
         from vithybrid_cli.weights import load_model
 
         dtype = torch.bfloat16 if "bf16" in name else torch.float32
@@ -351,7 +352,8 @@ def worker_parts(image: str, ckpt: str) -> dict:
     import torch  # noqa: F401
 
     from vithybrid_cli.inputs import iter_inputs
-    from vithybrid_cli.runner import Runner, RunOptions, classify_task, prepare_model
+    from vithybrid_cli.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.runtime import prepare_model
     from vithybrid_cli.weights import load_model
 
     t1 = time.perf_counter()

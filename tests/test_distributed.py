@@ -32,7 +32,8 @@ from batchkit import (
     write_list,
 )
 
-from vithybrid_cli.runner import Distributed, shard_size
+from vithybrid_cli.runner import shard_size
+from vithybrid_cli.runtime import Distributed
 from vithybrid_cli.shards import (
     EmbeddingOutput,
     EmbeddingPartWriter,

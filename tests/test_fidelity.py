@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from vithybrid_cli.inputs import iter_inputs
-from vithybrid_cli.runner import Runner, RunOptions, prepare_model, resolve_dtype
+from vithybrid_cli.runner import Runner, RunOptions
+from vithybrid_cli.runtime import prepare_model, resolve_dtype
 from vithybrid_cli.weights import load_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -186,7 +186,7 @@ def ensure_parent(*paths: str | None) -> None:
 
 def load(model: str, revision: str | None, device: Device, dtype: DType, compile_model: bool):
     """Load the checkpoint on the chosen device and dtype, with errors as UserError."""
-    from .runner import prepare_model, resolve_device, resolve_dtype
+    from .runtime import prepare_model, resolve_device, resolve_dtype
     from .weights import CheckpointError, load_model
 
     try:
@@ -199,7 +199,8 @@ def load(model: str, revision: str | None, device: Device, dtype: DType, compile
 
 
 def make_runner(model, batch_size, workers, interpolate, image_size, attentions=False):
-    from .runner import Runner, RunOptions, shard_from_env
+    from .runner import Runner, RunOptions
+    from .runtime import shard_from_env
 
     options = RunOptions(
         batch_size=batch_size,
@@ -421,7 +422,8 @@ def classify(
 
     def body() -> int:
         from .outputs import format_from_path
-        from .runner import Distributed, classify_task, shard_size
+        from .runner import classify_task, shard_size
+        from .runtime import Distributed
         from .shards import RecordOutput
 
         fmt = (
@@ -500,7 +502,8 @@ def embed(
     """Export embeddings to .npy/.npz, rows in input order, paths beside them."""
 
     def body() -> int:
-        from .runner import Distributed, embed_task, shard_size
+        from .runner import embed_task, shard_size
+        from .runtime import Distributed
         from .shards import EmbeddingOutput
 
         ensure_parent(output)
@@ -569,7 +572,8 @@ def attention_map(
         from contextlib import nullcontext
 
         from .attention import attention_task
-        from .runner import Distributed, shard_size
+        from .runner import shard_size
+        from .runtime import Distributed
         from .shards import EmbeddingOutput
 
         if bool(output) == bool(output_dir):

@@ -57,83 +57,12 @@ class RunOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------- device and dtype
-
-
-def has_native_bf16_cpu() -> bool:
-    """AVX-512 BF16 or AMX: bfloat16 matmuls run at full speed instead of being emulated."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return _local_cuda_device()
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    if device == "cuda":
-        return _local_cuda_device()
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: MPS is not available on this machine")
-    return torch.device(device)
-
-
-def _local_cuda_device() -> torch.device:
-    """cuda:LOCAL_RANK under torchrun (one GPU per process on each node), else cuda."""
-    import torch
-
-    local_rank = os.environ.get("LOCAL_RANK")
-    if local_rank is None:
-        return torch.device("cuda")
-    return torch.device("cuda", int(local_rank) % max(1, torch.cuda.device_count()))
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 where the hardware multiplies it natively, else float32 (exact parity)."""
-    import torch
-
-    if dtype != "auto":
-        try:
-            return {
-                "float32": torch.float32,
-                "fp32": torch.float32,
-                "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16,
-                "float16": torch.float16,
-                "fp16": torch.float16,
-            }[dtype]
-        except KeyError:
-            raise ValueError(
-                f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16"
-            ) from None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and has_native_bf16_cpu():
-        return torch.bfloat16
-    return torch.float32
-
-
+# ---------------------------------------------------------------------------- batching and sharding
 def auto_batch_size(device: torch.device, image_size: tuple[int, int]) -> int:
     """Enough images to keep the matrix units busy, scaled down for large inputs."""
     pixels = image_size[0] * image_size[1]
     base = 32 if device.type == "cuda" else 8
     return max(1, min(base, int(base * 384 * 384 / pixels)))
-
-
-# ---------------------------------------------------------------------------- sharding
-
-
-def shard_from_env() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) for a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def enumerate_shard(items: Iterable[Any], rank: int, world: int) -> Iterator[tuple[int, Any]]:
@@ -146,73 +75,6 @@ def enumerate_shard(items: Iterable[Any], rank: int, world: int) -> Iterator[tup
 def shard_size(total: int | None, rank: int, world: int) -> int | None:
     """How many of `total` inputs rank `rank` of `world` gets from enumerate_shard."""
     return None if total is None else len(range(rank, total, world))
-
-
-class Distributed:
-    """The process group of a torchrun job, for one command; a no-op in a plain process.
-
-    Ranks only meet to agree on files (barriers) and to add up counts, so the group always uses
-    gloo over TCP: it needs no GPU and works whatever device the model runs on. torchrun's env://
-    variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) say where to meet.
-    VITHYBRID_DIST_TIMEOUT (seconds, default 3 hours) bounds how long a rank waits for the others.
-    """
-
-    def __init__(self, rank: int = 0, world: int = 1) -> None:
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is outside a world of {world} processes")
-        self.rank, self.world = rank, world
-        self._owned = False
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        return cls(*shard_from_env())
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def __enter__(self) -> Distributed:
-        if self.world > 1:
-            import datetime
-
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                timeout = float(os.environ.get("VITHYBRID_DIST_TIMEOUT", 3 * 3600))
-                dist.init_process_group(
-                    os.environ.get("VITHYBRID_DIST_BACKEND", "gloo"),
-                    init_method="env://",
-                    rank=self.rank,
-                    world_size=self.world,
-                    timeout=datetime.timedelta(seconds=timeout),
-                )
-                self._owned = True
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._owned:
-            import torch.distributed as dist
-
-            self._owned = False
-            dist.destroy_process_group()
-
-    def barrier(self) -> None:
-        """Wait until every rank gets here."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def all_sum(self, *values: int) -> tuple[int, ...]:
-        """Each value added up over all ranks (every rank must call this)."""
-        if self.world == 1:
-            return values
-        import torch
-        import torch.distributed as dist
-
-        tensor = torch.tensor(values, dtype=torch.int64)
-        dist.all_reduce(tensor)
-        return tuple(int(v) for v in tensor.tolist())
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -412,48 +274,3 @@ class Runner:
                 cls_only=getattr(task, "cls_only", False) and not output_attentions,
             )
             return task(output)
-
-
-def prepare_model(model: ViTHybrid, compile_model: bool = False) -> ViTHybrid:
-    """Ready a loaded model for a run in this process: the CPU allocator tuned (see
-    tune_cpu_allocator) and, optionally, the forward torch.compile'd (fuses elementwise work; the
-    first call compiles, which takes minutes on a small CPU)."""
-    if next(model.parameters()).device.type == "cpu":
-        tune_cpu_allocator()
-    if compile_model:
-        import torch
-
-        model.forward = torch.compile(model.forward, dynamic=False)
-    return model
-
-
-_ALLOCATOR_TUNED = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Let freed activation buffers be reused instead of handed back to the OS; process-wide.
-
-    glibc serves every allocation over 32 MiB (the large activations of a batch at 384x384) with a
-    fresh mmap and unmaps it on free, so each forward pass page-faults and zeroes those pages
-    again: a quarter of a CPU forward. With mmap off and a high trim threshold they come from the
-    heap, where the next batch reuses them. glibc only; VITHYBRID_NO_MALLOPT=1 skips it.
-    Returns whether it is in effect.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or os.environ.get("VITHYBRID_NO_MALLOPT"):
-        return _ALLOCATOR_TUNED
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
-
-    m_trim_threshold, m_mmap_max = -1, -4
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _ALLOCATOR_TUNED = bool(
-            libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30)
-        )
-    except (OSError, AttributeError):
-        logger.debug("mallopt unavailable", exc_info=True)
-    return _ALLOCATOR_TUNED
