@@ -395,7 +395,7 @@ def test_interrupt_exits_130(tiny, photos, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vithybrid_cli.cli, "load", interrupted)
+    monkeypatch.setattr(vithybrid_cli.cli.Common, "load", interrupted)
     result = cli("classify", photos[0], "--model", tiny)
     assert result.exit_code == 130
     assert "interrupted" in result.stderr

@@ -45,9 +45,13 @@ def load_model(
     The model has `.config`, `.preprocess_config` and `.checkpoint`; call it on pixel batches as
     `model(pixels, output_attentions=..., interpolate_pos_encoding=...)`.
     """
-    from .weights import load_model as _load
+    from .runtime import resolve_device, resolve_dtype
+    from .weights import load_model as load_checkpoint
 
-    return _load(name_or_path, revision, device=device, dtype=dtype)
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, torch_device)
+    return load_checkpoint(name_or_path, revision, device=torch_device, dtype=dtype)
 
 
 def preprocess_images(
@@ -71,13 +75,21 @@ def preprocess_images(
     return torch.from_numpy(np.stack(arrays))
 
 
-def _forward(model: ViTHybrid, images: Sequence[Any], task, image_size, interpolate) -> list[Any]:
+def run(model: ViTHybrid, images: Sequence[Any], task: Any, **options: Any) -> list[Any]:
+    """The task's payload per image, through the CLI's Runner (batches, decode threads, draft
+    decoding); a failed image raises ValueError naming it."""
+    from .inputs import InputItem
+    from .job import CollectOutput, run_job
     from .runner import Runner, RunOptions
 
-    options = RunOptions(image_size=image_size, interpolate_pos_encoding=interpolate)
-    runner = Runner(model, options)
-    pixels = preprocess_images(images, model.preprocess_config, image_size)
-    return runner.forward(pixels.numpy(), task)
+    runner = Runner(model, RunOptions(**options))
+    items = [image if hasattr(image, "mode") else InputItem(os.fspath(image)) for image in images]
+    collected = CollectOutput()
+    run_job(runner, lambda: items, task, collected)
+    for result in collected.results:
+        if not result.ok:
+            raise ValueError(f"{result.path}: {result.error}")
+    return [result.payload for result in collected.results]
 
 
 def classify(
@@ -86,12 +98,14 @@ def classify(
     top_k: int = 5,
     image_size: tuple[int, int] | None = None,
     interpolate_pos_encoding: bool = False,
+    batch_size: int | None = None,
 ) -> list[list[tuple[int, str, float]]]:
     """Top-k (class index, label, probability) per image, best first."""
     from .runner import classify_task
 
     task = classify_task(top_k, model.config.id2label)
-    return _forward(model, images, task, image_size, interpolate_pos_encoding)
+    return run(model, images, task, image_size=image_size, batch_size=batch_size,
+               interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
 
 
 def embed(
@@ -101,13 +115,14 @@ def embed(
     normalize: bool = False,
     image_size: tuple[int, int] | None = None,
     interpolate_pos_encoding: bool = False,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """(N, hidden) float32 embeddings: `cls` (pre-logits), `mean` of patch tokens, or `pooler`."""
     import numpy as np
 
     from .runner import embed_task
 
-    rows = _forward(
-        model, images, embed_task(pool, normalize), image_size, interpolate_pos_encoding
-    )
-    return np.stack(rows)
+    task = embed_task(pool, normalize)
+    rows = run(model, images, task, image_size=image_size, batch_size=batch_size,
+               interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
+    return np.stack(rows) if rows else np.zeros((0, model.config.hidden_size), np.float32)

@@ -1,22 +1,25 @@
 """Where the model looks: attention rollout, last-layer CLS attention, heatmaps and overlays.
 
 A map is one value per patch token, laid out on the model's (h, w) token grid. It describes the
-model's *input crop*, not the whole photo: preprocessing resizes the image to cover the input size
-and centre-crops it, so `crop_box` gives the region of the original image the grid covers and
-`overlay(..., box=crop_box(...))` puts the heat exactly there.
+model's *input crop*, not the whole photo: preprocessing resizes the image and centre-crops it, so
+`preprocess.crop_box` gives the region of the image the grid covers (the runner hands it over with
+the decoded image) and `overlay(..., box=...)` puts the heat exactly there.
 
 Everything here is a pure function of tensors / arrays / images; nothing prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .outputs import atomic_write
 from .preprocess import to_rgb
 
 if TYPE_CHECKING:
@@ -175,60 +178,56 @@ def attention_grid(token_map: torch.Tensor, grid_size: tuple[int, int]) -> np.nd
     return grid.cpu().numpy()
 
 
-def attention_task(
-    method: str = "rollout", head_fusion: str = "mean", discard_ratio: float = 0.0
-) -> Callable[[ViTHybridOutput], list[np.ndarray]]:
-    """Per-batch task for `Runner.run`: one (h, w) float32 grid per image, max 1.
+@dataclass
+class AttentionTask:
+    """Per image: one (h, w) float32 grid, max 1 (a task for runner.Runner; see runner.py).
 
     The runner must run the model with output_attentions=True.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown attention method {method!r}: use one of {', '.join(METHODS)}")
-    _check_head_fusion(head_fusion)
-    _check_discard_ratio(discard_ratio)
-    if method == "last-layer" and discard_ratio:
-        raise ValueError("discard_ratio applies to rollout only, not to last-layer")
 
-    def task(output: ViTHybridOutput) -> list[np.ndarray]:
+    method: str = "rollout"
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    cls_only = False
+    kind = "embeddings"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"unknown attention method {self.method!r}: use one of {', '.join(METHODS)}"
+            )
+        _check_head_fusion(self.head_fusion)
+        _check_discard_ratio(self.discard_ratio)
+        if self.method == "last-layer" and self.discard_ratio:
+            raise ValueError("discard_ratio applies to rollout only, not to last-layer")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "command": "attention-map",
+            "method": self.method,
+            "head-fusion": self.head_fusion,
+            "discard-ratio": self.discard_ratio,
+        }
+
+    def __call__(self, output: ViTHybridOutput) -> list[np.ndarray]:
         if output.attentions is None:
             raise ValueError("the model returned no attentions: run with output_attentions=True")
-        if method == "rollout":
-            token_map = attention_rollout(output.attentions, head_fusion, discard_ratio)
+        if self.method == "rollout":
+            token_map = attention_rollout(output.attentions, self.head_fusion, self.discard_ratio)
         else:
-            token_map = last_layer_attention(output.attentions, head_fusion)
+            token_map = last_layer_attention(output.attentions, self.head_fusion)
         return list(attention_grid(token_map, output.grid_size))
 
-    return task
+
+def attention_task(
+    method: str = "rollout", head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> AttentionTask:
+    return AttentionTask(method, head_fusion, discard_ratio)
 
 
 # --------------------------------------------------------------------------------------------
 # Pictures
-
-
-def crop_box(image_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the original (W, H) image the model saw as (W, H) input.
-
-    Mirrors preprocessing: resize to cover `input_size` (the shorter side's scale wins, the
-    other side truncated to an int) and centre-crop with (resized - crop) // 2 offsets. With
-    google's config (shortest edge 384, crop 384x384) that is the same as the default path.
-    The box is mapped back to original pixels and rounded to the nearest pixel.
-    """
-    width, height = image_size
-    in_w, in_h = input_size
-    if min(width, height, in_w, in_h) < 1:
-        raise ValueError(f"sizes must be positive, got image {image_size} and input {input_size}")
-    if in_w / width >= in_h / height:
-        resized_w, resized_h = in_w, max(in_h, int(height * in_w / width))
-    else:
-        resized_w, resized_h = max(in_w, int(width * in_h / height)), in_h
-    left, top = (resized_w - in_w) // 2, (resized_h - in_h) // 2
-    scale_x, scale_y = width / resized_w, height / resized_h
-    return (
-        round(left * scale_x),
-        round(top * scale_y),
-        round((left + in_w) * scale_x),
-        round((top + in_h) * scale_y),
-    )
 
 
 def colormap_lut() -> np.ndarray:
@@ -273,7 +272,7 @@ def overlay(
     """Blend the grid's heatmap over `image` (already EXIF-oriented) at the image's own size.
 
     `alpha` is the heatmap's weight: 0 gives the image, 1 the heatmap. `box` (left, top, right,
-    bottom), usually `crop_box(image.size, input_size)`, is the region the model saw: the heat
+    bottom), usually `preprocess.crop_box(...)`, is the region the model saw: the heat
     covers exactly that, and the rest of the image is dimmed to OUTSIDE_BOX_BRIGHTNESS of its
     brightness. None: the heat covers the whole image and nothing is dimmed.
     """
@@ -290,3 +289,16 @@ def overlay(
     inside = pixels[top:bottom, left:right]
     blended[top:bottom, left:right] = (1.0 - alpha) * inside + alpha * heat
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def save_overlay(
+    image: Image.Image,
+    grid: np.ndarray,
+    box: tuple[int, int, int, int] | None,
+    target: str | os.PathLike[str],
+    alpha: float = 0.5,
+) -> None:
+    """The overlay of `grid` on `image`, written to the PNG `target` all-or-nothing."""
+    picture = overlay(image, grid, alpha, box=box)
+    with atomic_write(target, "wb") as handle:
+        picture.save(handle, format="PNG")

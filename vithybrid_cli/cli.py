@@ -1,5 +1,8 @@
 """The `vithybrid` command line: thin Typer commands that parse, call the package, and render.
 
+Every command does the same: check its options, load the model, build a Runner, a task and an
+output, call `job.run_job` (through Common.run), render the summary.
+
 Everything heavy (torch, the model) is imported inside the commands so `vithybrid --help` is
 instant. Results go to stdout (or --output); progress, per-file errors and the summary go to
 stderr, so pipes stay clean.
@@ -8,11 +11,13 @@ stderr, so pipes stay clean.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -151,7 +156,7 @@ def main_options(
     """ViT-Hybrid from the command line."""
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- errors and exit
 
 
 class UserError(Exception):
@@ -159,7 +164,7 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C after drive() printed the summary; outputs keep what was written, for --resume."""
+    """Ctrl-C after the summary was printed; outputs keep what was written, for --resume."""
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
@@ -177,129 +182,16 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     return sizes[0], sizes[1]
 
 
-def ensure_parent(*paths: str | None) -> None:
-    """Create the folders output files go into, as --output-dir creates its folder."""
-    for path in paths:
-        if path and path != "-":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-
-def load(model: str, revision: str | None, device: Device, dtype: DType, compile_model: bool):
-    """Load the checkpoint on the chosen device and dtype, with errors as UserError."""
-    from .runtime import prepare_model, resolve_device, resolve_dtype
-    from .weights import CheckpointError, load_model
-
-    try:
-        torch_device = resolve_device(device.value)
-        torch_dtype = resolve_dtype(dtype.value, torch_device)
-        loaded = load_model(model, revision, device=torch_device, dtype=torch_dtype)
-    except (CheckpointError, ValueError) as error:
-        raise UserError(str(error)) from error
-    return prepare_model(loaded, compile_model)
-
-
-def make_runner(model, batch_size, workers, interpolate, image_size, attentions=False):
-    from .runner import Runner, RunOptions
-    from .runtime import shard_from_env
-
-    options = RunOptions(
-        batch_size=batch_size,
-        workers=workers,
-        image_size=parse_image_size(image_size),
-        interpolate_pos_encoding=interpolate,
-        output_attentions=attentions,
-        shard=shard_from_env(),
-    )
-    try:
-        return Runner(model, options)
-    except ValueError as error:
-        raise UserError(str(error)) from error
-
-
-def discover(paths: list[str] | None, files_from: str | None, done: set[str] | None = None):
-    """The input stream (and its length when it can be counted without consuming stdin)."""
-    from .inputs import InputError, iter_inputs
-    from .outputs import safe_text
-
-    if not paths and not files_from:
-        raise UserError("no inputs: give image paths, directories or globs, or --files-from")
-
-    def stream() -> Iterator[Any]:
-        for item in iter_inputs(paths or [], files_from=files_from):
-            if done and not isinstance(item, InputError) and safe_text(item.path) in done:
-                continue
-            yield item
-
-    total = None if files_from == "-" else sum(1 for _ in stream())
-    return stream(), total
-
-
-def drive(
-    results: Iterable[Any],
-    total: int | None,
-    quiet: bool,
-    strict: bool,
-    verb: str,
-    on_result: Callable[[Any], None],
-    counts: Callable[[int, int], tuple[int, ...]] | None = None,
-) -> int:
-    """Consume results with a progress bar; report failures; return the exit status.
-
-    `counts` turns this process's (succeeded, failed) into the job's (torchrun: summed over
-    ranks). Ctrl-C prints the summary so far, marked "(interrupted)", and raises Interrupted.
-    """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
+def error_line(error: BaseException) -> str:
+    """One line; an OSError names its file: `out.jsonl: no space left on device`."""
     from .inputs import display_path
 
-    succeeded = failed = 0
-    interrupted = False
-    started = time.perf_counter()
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(
-        *columns, console=stderr, transient=True, disable=quiet or not stderr.is_terminal
-    ) as progress:
-        task = progress.add_task(verb, total=total, rate="")
-        try:
-            for result in results:
-                on_result(result)
-                if result.ok:
-                    succeeded += 1
-                else:
-                    failed += 1
-                    stderr.print(
-                        f"[red]error:[/red] {display_path(result.path)}: {result.error}",
-                        markup=True,
-                        soft_wrap=True,
-                    )
-                    if strict:
-                        stderr.print("stopping at the first failure (--strict)")
-                        break
-                rate = (succeeded + failed) / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, advance=1, rate=f"{rate:.1f} img/s")
-        except KeyboardInterrupt:
-            interrupted = True
-    if counts is not None and not interrupted:
-        succeeded, failed = counts(succeeded, failed)
-    if not quiet:
-        elapsed = time.perf_counter() - started
-        note = " (interrupted)" if interrupted else ""
-        stderr.print(f"{succeeded} {verb}, {failed} failed in {elapsed:.1f} s{note}")
-    if interrupted:
-        raise Interrupted
-    return 1 if failed else 0
+    if isinstance(error, OSError) and error.strerror:
+        message = error.strerror[0].lower() + error.strerror[1:]
+        if error.filename is not None:
+            return f"{display_path(os.fsdecode(error.filename))}: {message}"
+        return message
+    return str(error)
 
 
 def run_command(body: Callable[[], int], debug: bool) -> None:
@@ -318,56 +210,193 @@ def run_command(body: Callable[[], int], debug: bool) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter exit quiet
         raise typer.Exit(0) from None
     except KeyboardInterrupt as interrupt:
-        if not isinstance(interrupt, Interrupted):  # else drive() said so in its summary
+        if not isinstance(interrupt, Interrupted):  # else the summary said so
             stderr.print("interrupted")
         raise typer.Exit(130) from None
     except (UserError, OSError, ValueError) as error:
         if debug:
             raise
-        stderr.print(f"[red]error:[/red] {error}", markup=True, soft_wrap=True)
+        stderr.print(f"[red]error:[/red] {error_line(error)}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     raise typer.Exit(status)
 
 
-def record_of(result: Any) -> dict[str, Any]:
-    if not result.ok:
-        return {"path": result.path, "error": result.error}
-    return {
-        "path": result.path,
-        "top_k": [
-            {"index": index, "label": label, "score": score}
-            for index, label, score in result.payload
-        ],
-    }
+# ---------------------------------------------------------------------------- the shared job
 
 
-class TableOutput:
-    """Collects classify's records and renders them as one table when the run ends cleanly."""
+@dataclass
+class Common:
+    """The options every command shares, and the steps every command takes with them."""
 
-    done = None  # nothing to resume
+    model: str
+    revision: str | None
+    device: Device
+    dtype: DType
+    batch_size: int | None
+    workers: int | None
+    interpolate: bool
+    image_size: str | None
+    compile: bool = False
+    quiet: bool = False
+    strict: bool = False
 
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
+    def load(self) -> Any:
+        """The checkpoint on the chosen device and dtype, with errors as UserError."""
+        from .runtime import prepare_model, resolve_device, resolve_dtype
+        from .weights import CheckpointError, load_model
 
-    def __enter__(self) -> TableOutput:
+        try:
+            device = resolve_device(self.device.value)
+            dtype = resolve_dtype(self.dtype.value, device)
+            loaded = load_model(self.model, self.revision, device=device, dtype=dtype)
+        except (CheckpointError, ValueError) as error:
+            raise UserError(str(error)) from error
+        return prepare_model(loaded, self.compile)
+
+    def runner(self, model: Any, attentions: bool = False) -> Any:
+        from .runner import Runner, RunOptions
+
+        options = RunOptions(
+            batch_size=self.batch_size,
+            workers=self.workers,
+            image_size=parse_image_size(self.image_size),
+            interpolate_pos_encoding=self.interpolate,
+            output_attentions=attentions,
+            keep_images=attentions,
+        )
+        try:
+            return Runner(model, options)
+        except ValueError as error:
+            raise UserError(str(error)) from error
+
+    def run(self, verb: str, inputs: Any, runner: Any, task: Any, output: Any, job: Any,
+            on_result: Callable[[Any], None] | None = None) -> Any:  # fmt: skip
+        from .job import run_job
+
+        countable = inputs.files_from != "-"
+        with Reporter(verb, not self.quiet and job.rank == 0, countable) as reporter:
+            summary = run_job(
+                runner, inputs, task, output,
+                job=job, progress=reporter, strict=self.strict, on_result=on_result,
+            )  # fmt: skip
+        if summary.stopped:
+            stderr.print("stopping at the first failure (--strict)")
+        if not self.quiet and job.rank == 0:
+            note = " (interrupted)" if summary.interrupted else ""
+            counts = f"{summary.succeeded} {verb}, {summary.failed} failed"
+            stderr.print(f"{counts} in {summary.elapsed:.1f} s{note}")
+        if summary.interrupted:
+            raise Interrupted
+        return summary
+
+
+@dataclass
+class Inputs:
+    """What the user named, as a fresh lazy stream per call (see inputs.iter_inputs)."""
+
+    paths: list[str] | None
+    files_from: str | None
+
+    def __post_init__(self) -> None:
+        if not self.paths and not self.files_from:
+            raise UserError("no inputs: give image paths, directories or globs, or --files-from")
+
+    def __call__(self) -> Iterator[Any]:
+        from .inputs import iter_inputs
+
+        return iter_inputs(self.paths or [], files_from=self.files_from)
+
+
+class Reporter:
+    """Progress bar (on a terminal, unless --quiet) and one stderr line per failure."""
+
+    def __init__(self, verb: str, show: bool, countable: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.verb, self.started, self.done = verb, time.perf_counter(), 0
+        show = show and stderr.is_terminal
+        self.wants_total = show and countable
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=stderr, transient=True, disable=not show)
+
+    def __enter__(self) -> Reporter:
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.verb, total=None, rate="")
         return self
 
-    def write(self, index: int, record: dict[str, Any]) -> None:
-        self.records.append(record)
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.__exit__(*exc_info)
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            render_table(self.records)
+    def start(self, total: int | None) -> None:
+        self.bar.update(self.task, total=total)
+
+    def advance(self, result: Any) -> None:
+        from .inputs import display_path
+
+        if not result.ok:
+            line = f"[red]error:[/red] {display_path(result.path)}: {result.error}"
+            stderr.print(line, markup=True, soft_wrap=True)
+        self.done += 1
+        rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(self.task, advance=1, rate=f"{rate:.1f} img/s")
 
 
-def render_table(records: list[dict[str, Any]]) -> None:
+def ensure_parent(*paths: str | None) -> None:
+    """Create the folders output files go into, as --output-dir creates its folder."""
+    for path in paths:
+        if path and path != "-":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def file_output(path: str, kind: str, runner: Any, task: Any, job: Any, **options: Any) -> Any:
+    """The journaled output for file `path` (its format from its suffix, checked now)."""
+    from .job import JournalOutput, job_settings
+    from .outputs import WRITERS, format_from_path, formats
+
+    fmt = options.pop("fmt", None) or format_from_path(path)
+    if (kind, fmt) not in WRITERS:
+        names = " or ".join(f".{name}" for name in formats(kind))
+        raise UserError(f"{kind} go to a {names} file, not {path!r}")
+    return JournalOutput(path, fmt, kind, job_settings(runner, task), job=job, **options)
+
+
+def record_format(format: Format | None, output: str | None) -> str:
+    from .outputs import format_from_path
+
+    to_file = bool(output) and output != "-"
+    fmt = (format.value if format else None) or (format_from_path(output) if to_file else None)
+    fmt = fmt or ("table" if stdout.is_terminal and not to_file else "jsonl")
+    if fmt == "table" and to_file:
+        raise UserError(
+            "--format table prints to the terminal; use json, jsonl or csv with --output"
+        )
+    return fmt
+
+
+def needs_file(output: str | None, job: Any) -> None:
+    if job.world > 1 and (not output or output == "-"):
+        raise UserError("under torchrun every process writes its own journal: give --output")
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def render_table(results: list[Any]) -> None:
     from .inputs import display_path
+    from .outputs import record_of
 
+    records = [record_of(r.path, r.payload, r.error) for r in results]
     if len(records) == 1 and "top_k" in records[0]:
         table = Table(title=display_path(records[0]["path"]), title_justify="left")
-        table.add_column("label")
-        table.add_column("score", justify="right")
-        table.add_column("")
+        for column, justify in (("label", "left"), ("score", "right"), ("", "left")):
+            table.add_column(column, justify=justify)
         for entry in records[0]["top_k"]:
             bar = "█" * round(entry["score"] * 30)
             table.add_row(entry["label"], f"{entry['score']:.3f}", f"[cyan]{bar}[/cyan]")
@@ -376,12 +405,17 @@ def render_table(records: list[dict[str, Any]]) -> None:
         for column, justify in (("path", "left"), ("label", "left"), ("score", "right")):
             table.add_column(column, justify=justify)
         for record in records:
+            path = display_path(record["path"])
             if "top_k" in record:
                 best = record["top_k"][0]
-                table.add_row(display_path(record["path"]), best["label"], f"{best['score']:.3f}")
+                table.add_row(path, best["label"], f"{best['score']:.3f}")
             else:
-                table.add_row(display_path(record["path"]), f"[red]{record['error']}[/red]", "")
+                table.add_row(path, f"[red]{record['error']}[/red]", "")
     stdout.print(table)
+
+
+def status_of(summary: Any) -> int:
+    return 1 if summary.failed else 0
 
 
 # ---------------------------------------------------------------------------- commands
@@ -419,48 +453,31 @@ def classify(
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores."""
+    common = Common(model, revision, device, dtype, batch_size, workers,
+                    interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
 
     def body() -> int:
-        from .outputs import format_from_path
-        from .runner import classify_task, shard_size
+        from .job import CollectOutput, StreamOutput
+        from .runner import classify_task
         from .runtime import Distributed
-        from .shards import RecordOutput
 
-        fmt = (
-            (format.value if format else None)
-            or format_from_path(output)
-            or ("table" if stdout.is_terminal and not output else "jsonl")
-        )
-        if fmt == "table" and output:
-            raise UserError(
-                "--format table prints to the terminal; use json, jsonl or csv with --output"
-            )
+        fmt, inputs = record_format(format, output), Inputs(paths, files_from)
         ensure_parent(output)
-        job = Distributed.from_env()
-        if job.world > 1 and (not output or output == "-"):
-            raise UserError("under torchrun every process writes a part file: give --output")
-        with job:
-            target = (
-                TableOutput()
-                if fmt == "table"
-                else RecordOutput(fmt, output, resume=resume, top_k=top_k, job=job)
-            )
-            with target:
-                items, total = discover(paths, files_from, target.done)
-                loaded = load(model, revision, device, dtype, compile)
-                runner = make_runner(
-                    loaded, batch_size, workers, interpolate_pos_encoding, image_size
-                )
-                results = runner.run(items, classify_task(top_k, loaded.config.id2label))
-                return drive(
-                    results,
-                    shard_size(total, job.rank, job.world),
-                    quiet or not job.is_main,
-                    strict,
-                    "labeled",
-                    lambda r: target.write(r.index, record_of(r)),
-                    counts=job.all_sum,
-                )
+        with Distributed.from_env() as job:
+            needs_file(output, job)
+            loaded = common.load()
+            runner, task = common.runner(loaded), classify_task(top_k, loaded.config.id2label)
+            if fmt == "table":
+                target: Any = CollectOutput()
+            elif output and output != "-":
+                target = file_output(output, "records", runner, task, job, fmt=fmt,
+                                     resume=resume, top_k=top_k)  # fmt: skip
+            else:
+                target = StreamOutput(fmt, sys.stdout, top_k=top_k)
+            summary = common.run("labeled", inputs, runner, task, target, job)
+        if fmt == "table":
+            render_table(target.results)
+        return status_of(summary)
 
     run_command(body, debug)
 
@@ -500,33 +517,28 @@ def embed(
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz, rows in input order, paths beside them."""
+    common = Common(model, revision, device, dtype, batch_size, workers,
+                    interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
 
     def body() -> int:
-        from .runner import embed_task, shard_size
+        from .outputs import format_from_path, sidecar_path
+        from .runner import embed_task
         from .runtime import Distributed
-        from .shards import EmbeddingOutput
 
+        inputs, task = Inputs(paths, files_from), embed_task(pool.value, normalize, tokens)
         ensure_parent(output)
-        with Distributed.from_env() as job, EmbeddingOutput(output, resume=resume, job=job) as out:
-            items, total = discover(paths, files_from, out.done)
-            loaded = load(model, revision, device, dtype, compile)
+        with Distributed.from_env() as job:
+            loaded = common.load()
             if pool is Pool.pooler and loaded.pooler is None:
                 raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
-            runner = make_runner(loaded, batch_size, workers, interpolate_pos_encoding, image_size)
-            status = drive(
-                runner.run(items, embed_task(pool.value, normalize, tokens)),
-                shard_size(total, job.rank, job.world),
-                quiet or not job.is_main,
-                strict,
-                "embedded",
-                lambda r: r.ok and out.write(r.index, r.path, r.payload),
-                counts=job.all_sum,
-            )
-        if not quiet and job.is_main:
-            sidecar = os.path.splitext(output)[0] + ".paths.txt"  # as given, like `output`
-            where = f" and {sidecar}" if out.sidecar_path else ""
-            stderr.print(f"wrote {out.count} rows to {output}{where}", soft_wrap=True)
-        return status
+            runner = common.runner(loaded)
+            target = file_output(output, "embeddings", runner, task, job, resume=resume)
+            summary = common.run("embedded", inputs, runner, task, target, job)
+        if not quiet and job.rank == 0:
+            npy = format_from_path(output) == "npy"
+            where = f" and {sidecar_path(output)}" if npy else ""
+            stderr.print(f"wrote {target.count} rows to {output}{where}", soft_wrap=True)
+        return status_of(summary)
 
     run_command(body, debug)
 
@@ -567,54 +579,41 @@ def attention_map(
     debug: Debug = False,
 ) -> None:
     """Draw where the model looks: an attention heatmap over each image."""
+    common = Common(model, revision, device, dtype, batch_size, workers,
+                    interpolate_pos_encoding, image_size, False, quiet, strict)  # fmt: skip
 
     def body() -> int:
-        from contextlib import nullcontext
-
-        from .attention import attention_task
-        from .runner import shard_size
+        from .attention import attention_task, save_overlay
+        from .job import NoOutput
         from .runtime import Distributed
-        from .shards import EmbeddingOutput
 
-        if bool(output) == bool(output_dir):
-            raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
+        inputs = one_or_many(Inputs(paths, files_from), output, output_dir)
+        task = attention_task(method.value, head_fusion.value, discard_ratio)
         ensure_parent(output, raw)
-        items, total = discover(paths, files_from)
-        if output and total is not None and total > 1:
-            raise UserError(f"{total} inputs: use --output-dir for more than one image")
-        job = Distributed.from_env()
-        # Under torchrun a rank cannot see the others' names: every file gets its input's index.
-        names: set[str] | None = set() if job.world == 1 else None
-        with job, EmbeddingOutput(raw, job=job) if raw else nullcontext() as raw_out:
-            loaded = load(model, revision, device, dtype, False)
-            runner = make_runner(
-                loaded, batch_size, workers, interpolate_pos_encoding, image_size, attentions=True
-            )
-            task = attention_task(method.value, head_fusion.value, discard_ratio)
+        with Distributed.from_env() as job:
+            runner = common.runner(common.load(), attentions=True)
+            target = file_output(raw, "embeddings", runner, task, job, keep=False) if raw else None
+            # Under torchrun a rank cannot see the others' names: every file gets its index.
+            names: set[str] | None = set() if job.world == 1 else None
 
             def save(result: Any) -> None:
-                if not result.ok:
-                    return
-                target = Path(output) if output else unique_png(Path(output_dir), result, names)
-                try:
-                    save_overlay(result, target, runner.input_size, alpha)
-                except Exception as error:  # an unreadable original only loses this picture
-                    result.error = str(error)
-                    return
-                if raw_out:
-                    raw_out.write(result.index, result.path, result.payload)
+                png = Path(output) if output else unique_png(Path(output_dir), result, names)
+                save_overlay(result.image, result.payload, result.crop_box, png, alpha)
 
-            return drive(
-                runner.run(items, task),
-                shard_size(total, job.rank, job.world),
-                quiet or not job.is_main,
-                strict,
-                "mapped",
-                save,
-                counts=job.all_sum,
-            )
+            summary = common.run("mapped", inputs, runner, task, target or NoOutput(), job, save)
+        return status_of(summary)
 
     run_command(body, debug)
+
+
+def one_or_many(inputs: Inputs, output: str | None, output_dir: str | None) -> Inputs:
+    """--output takes one image, --output-dir any number; exactly one of them is needed."""
+    if bool(output) == bool(output_dir):
+        raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
+    # the first two inputs are enough to know
+    if output and inputs.files_from != "-" and len(list(itertools.islice(inputs(), 2))) > 1:
+        raise UserError("more than one input: use --output-dir for more than one image")
+    return inputs
 
 
 def unique_png(directory: Path, result: Any, names: set[str] | None) -> Path:
@@ -627,17 +626,6 @@ def unique_png(directory: Path, result: Any, names: set[str] | None) -> Path:
     return directory / f"{name}.png"
 
 
-def save_overlay(result: Any, target: Path, input_size: tuple[int, int], alpha: float) -> None:
-    from .attention import crop_box, overlay
-    from .outputs import atomic_write
-    from .preprocess import load_image
-
-    image = load_image(result.path)
-    picture = overlay(image, result.payload, alpha, box=crop_box(image.size, input_size))
-    with atomic_write(target, "wb") as handle:
-        picture.save(handle, format="PNG")
-
-
 @app.command()
 def info(
     model: ModelOpt = DEFAULT_MODEL_ID,
@@ -647,50 +635,45 @@ def info(
     debug: Debug = False,
 ) -> None:
     """Show the resolved model: where it is, its configuration, size, device and dtype."""
+    common = Common(model, revision, device, dtype, None, None, False, None)
 
     def body() -> int:
-        from huggingface_hub import constants
-
-        loaded = load(model, revision, device, dtype, False)
-        config, checkpoint = loaded.config, loaded.checkpoint
-        parameter = next(loaded.parameters())
-        backbone = config.backbone_config
-        rows = [
-            ("model", checkpoint.name),
-            ("revision", checkpoint.revision or ("main" if checkpoint.from_hub else "-")),
-            ("local path", str(checkpoint.directory or checkpoint.weight_files[0])),
-            ("weights", ", ".join(path.name for path in checkpoint.weight_files)),
-            (
-                "backbone",
-                f"BiT depths {list(backbone.depths[: backbone.num_stages])}, "
-                f"stride {config.stride}, {loaded.backbone.out_channels} channels",
-            ),
-            (
-                "encoder",
-                f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-                f"{config.num_attention_heads} heads, MLP {config.intermediate_size}",
-            ),
-            (
-                "input",
-                f"{config.image_size}x{config.image_size}, "
-                f"{config.grid_size[0]}x{config.grid_size[1]} tokens + CLS",
-            ),
-            ("labels", str(loaded.num_labels)),
-            ("pooler", "yes" if loaded.pooler is not None else "no"),
-            ("parameters", f"{sum(p.numel() for p in loaded.parameters()):,}"),
-            ("device", str(parameter.device)),
-            ("dtype", str(parameter.dtype).removeprefix("torch.")),
-            ("cache", str(constants.HF_HUB_CACHE)),
-        ]
         table = Table(show_header=False, box=None)
         table.add_column(style="bold")
         table.add_column()
-        for key, value in rows:
+        for key, value in describe(common.load()):
             table.add_row(key, value)
         stdout.print(table)
         return 0
 
     run_command(body, debug)
+
+
+def describe(loaded: Any) -> list[tuple[str, str]]:
+    """The rows `info` shows for a loaded model."""
+    from huggingface_hub import constants
+
+    config, checkpoint = loaded.config, loaded.checkpoint
+    parameter = next(loaded.parameters())
+    backbone = config.backbone_config
+    depths = list(backbone.depths[: backbone.num_stages])
+    channels, side, grid = loaded.backbone.out_channels, config.image_size, config.grid_size
+    heads = f"{config.num_attention_heads} heads, MLP {config.intermediate_size}"
+    return [
+        ("model", checkpoint.name),
+        ("revision", checkpoint.revision or ("main" if checkpoint.from_hub else "-")),
+        ("local path", str(checkpoint.directory or checkpoint.weight_files[0])),
+        ("weights", ", ".join(path.name for path in checkpoint.weight_files)),
+        ("backbone", f"BiT depths {depths}, stride {config.stride}, {channels} channels"),
+        ("encoder", f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {heads}"),
+        ("input", f"{side}x{side}, {grid[0]}x{grid[1]} tokens + CLS"),
+        ("labels", str(loaded.num_labels)),
+        ("pooler", "yes" if loaded.pooler is not None else "no"),
+        ("parameters", f"{sum(p.numel() for p in loaded.parameters()):,}"),
+        ("device", str(parameter.device)),
+        ("dtype", str(parameter.dtype).removeprefix("torch.")),
+        ("cache", str(constants.HF_HUB_CACHE)),
+    ]
 
 
 def main() -> None:

@@ -276,6 +276,29 @@ def _crop_size(
     return int(config.crop_size["width"]), int(config.crop_size["height"])
 
 
+def crop_box(
+    size: tuple[int, int], config: PreprocessConfig, image_size: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom): the region of a (W, H) image that preprocess_image keeps.
+
+    The resize and centre crop of preprocess_image, mapped back to the image's pixels and
+    rounded to the nearest one; zero padding (a crop larger than the resized image) adds none.
+    """
+    width, height = size
+    if min(width, height) < 1:
+        raise ValueError(f"sizes must be positive, got image {size}")
+    resized_w, resized_h = _resized_size(config, image_size, width, height) or (width, height)
+    crop_w, crop_h = _crop_size(config, image_size) or (resized_w, resized_h)
+    left, top = (resized_w - crop_w) // 2, (resized_h - crop_h) // 2
+    scale_x, scale_y = width / resized_w, height / resized_h
+    return (
+        round(max(0, left) * scale_x),
+        round(max(0, top) * scale_y),
+        round(min(resized_w, left + crop_w) * scale_x),
+        round(min(resized_h, top + crop_h) * scale_y),
+    )
+
+
 def _resize(
     image: Image.Image, size: tuple[int, int], crop: tuple[int, int] | None, resample: int
 ) -> tuple[Image.Image, tuple[int, int] | None]:

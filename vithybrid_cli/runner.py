@@ -1,9 +1,21 @@
-"""Batching, decode workers, device/dtype and process sharding: inputs in, per-image results out.
+"""Batching and decode workers: inputs in, one result per input out; and the tasks.
 
-The runner knows tensors and the model, not files or formats: it takes the stream that
-`inputs.iter_inputs` yields and yields one `Result` per input, in input order. Decoding and
-preprocessing run in a thread pool (Pillow releases the GIL) a bounded number of images ahead of
-the model, so the two overlap and memory stays flat however many inputs there are.
+The runner knows tensors and the model, not files or formats: it takes (index, input) pairs and
+yields one `Result` per input, in input order. Decoding and preprocessing run in a thread pool
+(Pillow releases the GIL) a bounded number of images ahead of the model, so the two overlap and
+memory stays flat however many inputs there are.
+
+A task turns one forward pass into per-image payloads. It is any object with
+
+    cls_only: bool            True when it reads only the CLS token (logits, pooler, CLS
+                              embedding): the model then skips the rest of the last block
+    kind: str                 "records" (JSON-able payloads, e.g. classify's top-k) or
+                              "embeddings" (one float32 array per image)
+    settings: dict            what shapes its payloads, by option name ({"top-k": 5}); the
+                              journal records it and a --resume with other values is refused
+    __call__(output) -> list  one payload per image of the batch, from a ViTHybridOutput
+
+`classify_task` and `embed_task` build the two here; `attention.attention_task` a third.
 """
 
 from __future__ import annotations
@@ -11,34 +23,39 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .inputs import InputError, InputItem
-from .preprocess import ImageError, load_and_preprocess
+from .preprocess import ImageError, crop_box, decode_min_size, load_image, preprocess_image, to_rgb
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from .model import ViTHybrid, ViTHybridOutput
 
 logger = logging.getLogger(__name__)
 
 POOLS = ("cls", "mean", "pooler")
+WAKE_S = 0.2  # the longest the main thread waits on a decode without looking for Ctrl-C
 
 
 @dataclass
 class Result:
     """One input's outcome: `error` set, or the payload the task computed."""
 
-    index: int  # position in the input stream (global, across shards)
+    index: int  # position in the input stream
     path: str
     error: str | None = None
     payload: Any = None
+    image: Image.Image | None = None  # with RunOptions.keep_images: what the model saw, decoded
+    crop_box: tuple[int, int, int, int] | None = None  # ... and the part of it the input covers
 
     @property
     def ok(self) -> bool:
@@ -53,11 +70,9 @@ class RunOptions:
     interpolate_pos_encoding: bool = False
     fast_decode: bool = True  # JPEG draft-mode decoding of photos far larger than needed
     output_attentions: bool = False
-    shard: tuple[int, int] = (0, 1)  # (rank, world size)
-    extra: dict[str, Any] = field(default_factory=dict)
+    keep_images: bool = False  # results carry their decoded image (attention overlays)
 
 
-# ---------------------------------------------------------------------------- batching and sharding
 def auto_batch_size(device: torch.device, image_size: tuple[int, int]) -> int:
     """Enough images to keep the matrix units busy, scaled down for large inputs."""
     pixels = image_size[0] * image_size[1]
@@ -65,76 +80,106 @@ def auto_batch_size(device: torch.device, image_size: tuple[int, int]) -> int:
     return max(1, min(base, int(base * 384 * 384 / pixels)))
 
 
-def enumerate_shard(items: Iterable[Any], rank: int, world: int) -> Iterator[tuple[int, Any]]:
-    """(global index, item) for this rank's share: every world-th input, streaming."""
-    for index, item in enumerate(items):
-        if index % world == rank:
-            yield index, item
-
-
-def shard_size(total: int | None, rank: int, world: int) -> int | None:
-    """How many of `total` inputs rank `rank` of `world` gets from enumerate_shard."""
-    return None if total is None else len(range(rank, total, world))
-
-
 # ---------------------------------------------------------------------------- tasks
 
-# A task turns one forward pass into per-image payloads. One that reads only the CLS token
-# (logits, pooler, CLS embedding) says so with a `cls_only = True` attribute, and the runner lets
-# the model skip the rest of the last block (ViTHybrid.forward's cls_only).
-Task = Callable[["ViTHybridOutput"], list[Any]]
+
+class Task(Protocol):
+    cls_only: bool
+    kind: str
+    settings: dict[str, Any]
+
+    def __call__(self, output: ViTHybridOutput) -> list[Any]: ...
 
 
-def classify_task(top_k: int, id2label: dict[int, str]) -> Task:
+def label_of(id2label: dict[int, str], index: int) -> str:
+    return id2label.get(index, f"LABEL_{index}")
+
+
+@dataclass
+class ClassifyTask:
     """Per image: [(class index, label, probability), ...] best first."""
-    import torch
 
-    def task(output: ViTHybridOutput) -> list[Any]:
+    top_k: int
+    id2label: dict[int, str] = field(default_factory=dict)
+    cls_only = True
+    kind = "records"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"command": "classify", "top-k": self.top_k}
+
+    def __call__(self, output: ViTHybridOutput) -> list[Any]:
+        import torch
+
         if output.logits is None:
             raise ValueError("this checkpoint has no classifier head; use `embed` instead")
         probabilities = output.logits.float().softmax(dim=-1)
-        k = min(top_k, probabilities.shape[-1])
-        scores, indices = torch.topk(probabilities, k, dim=-1)
+        scores, indices = torch.topk(probabilities, min(self.top_k, probabilities.shape[-1]))
         return [
             [
-                (int(i), id2label.get(int(i), f"LABEL_{int(i)}"), float(s))
-                for s, i in zip(row_scores.tolist(), row_indices.tolist(), strict=True)
+                (i, label_of(self.id2label, i), s)
+                for s, i in zip(row_scores, row_indices, strict=True)
             ]
-            for row_scores, row_indices in zip(scores, indices, strict=True)
+            for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)
         ]
 
-    task.cls_only = True
-    return task
 
-
-def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False) -> Task:
+@dataclass
+class EmbedTask:
     """Per image: a float32 vector (hidden,) or, with `tokens`, every token (T, hidden)."""
-    import torch
 
-    if pool not in POOLS:
-        raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
+    pool: str = "cls"
+    normalize: bool = False
+    tokens: bool = False
+    kind = "embeddings"
 
-    def task(output: ViTHybridOutput) -> list[Any]:
-        if tokens:
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}: use one of {', '.join(POOLS)}")
+
+    @property
+    def cls_only(self) -> bool:
+        return not self.tokens and self.pool != "mean"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "command": "embed",
+            "pool": self.pool,
+            "normalize": self.normalize,
+            "tokens": self.tokens,
+        }
+
+    def __call__(self, output: ViTHybridOutput) -> list[Any]:
+        import torch
+
+        if self.tokens:
             vectors = output.last_hidden_state
-        elif pool == "cls":
+        elif self.pool == "cls":
             vectors = output.cls_embedding
-        elif pool == "mean":
+        elif self.pool == "mean":
             vectors = output.patch_tokens.mean(dim=1)
         else:
             if output.pooler_output is None:
                 raise ValueError("this checkpoint has no pooler layer; use --pool cls or mean")
             vectors = output.pooler_output
         vectors = vectors.float()
-        if normalize:
+        if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return list(vectors.cpu().numpy())
 
-    task.cls_only = not tokens and pool != "mean"
-    return task
+
+def classify_task(top_k: int, id2label: dict[int, str]) -> ClassifyTask:
+    return ClassifyTask(top_k, id2label)
+
+
+def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False) -> EmbedTask:
+    return EmbedTask(pool, normalize, tokens)
 
 
 # ---------------------------------------------------------------------------- the runner
+
+Work = tuple[int, str, "Future | str"]  # (index, path, decode in flight or an error message)
 
 
 class Runner:
@@ -179,11 +224,27 @@ class Runner:
 
         return target_size(self.preprocess_config)
 
-    def run(self, items: Iterable[InputItem | InputError], task: Task) -> Iterator[Result]:
-        """One Result per input of this process's shard, in input order."""
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What shapes every payload, beside the model and the task (see journal.py)."""
+        from PIL import Image
+
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "image-size": list(self.input_size),
+            "interpolation": Image.Resampling(self.preprocess_config.resample).name.lower(),
+            "interpolate-pos-encoding": self.options.interpolate_pos_encoding,
+        }
+
+    def run(self, items: Iterable[Any], task: Task) -> Iterator[Result]:
+        """One Result per item (InputItem, InputError or PIL image), in order."""
+        return self.run_indexed(enumerate(items), task)
+
+    def run_indexed(self, pairs: Iterable[tuple[int, Any]], task: Task) -> Iterator[Result]:
+        """One Result per (index, item) pair, in order."""
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vithybrid-decode")
         try:
-            yield from self._run(pool, items, task)
+            yield from self._run(pool, iter(pairs), task)
         except BaseException:
             # Interrupted (Ctrl-C) or abandoned (--strict): drop the queued decodes and do not
             # wait here for one stuck on a slow file; the results so far are already out.
@@ -191,23 +252,18 @@ class Runner:
             raise
         pool.shutdown()
 
-    def _run(
-        self, pool: ThreadPoolExecutor, items: Iterable[InputItem | InputError], task: Task
-    ) -> Iterator[Result]:
-        rank, world = self.options.shard
-        pending: list[tuple[int, str, Future | str]] = []  # (index, path, future or error)
-        queue: deque[tuple[int, str, Future | str]] = deque()
+    def _run(self, pool: ThreadPoolExecutor, pairs: Iterator, task: Task) -> Iterator[Result]:
+        pending: list[Work] = []
+        queue: deque[Work] = deque()
         ahead = self.batch_size * 2 + self.workers  # decoded images waiting, at most
-        stream = enumerate_shard(items, rank, world)
         exhausted = False
         while True:
             while not exhausted and len(queue) < ahead:
-                try:
-                    index, item = next(stream)
-                except StopIteration:
+                pair = next(pairs, None)
+                if pair is None:
                     exhausted = True
                     break
-                queue.append(self._submit(pool, index, item))
+                queue.append(self._submit(pool, *pair))
             if not queue:
                 break
             pending.append(queue.popleft())
@@ -218,23 +274,27 @@ class Runner:
         if pending:
             yield from self._run_batch(pending, task)
 
-    def _submit(
-        self, pool: ThreadPoolExecutor, index: int, item: InputItem | InputError
-    ) -> tuple[int, str, Future | str]:
+    def _submit(self, pool: ThreadPoolExecutor, index: int, item: Any) -> Work:
         if isinstance(item, InputError):
             return index, item.path, item.message
-        future = pool.submit(
-            load_and_preprocess,
-            item.path,
-            self.preprocess_config,
-            self.options.image_size,
-            fast_decode=self.options.fast_decode,
-        )
-        return index, item.path, future
+        if isinstance(item, InputItem):
+            return index, item.path, pool.submit(self.decode, item.path)
+        return index, f"<image {index}>", pool.submit(self.prepare, to_rgb(item))  # a PIL image
 
-    def _run_batch(
-        self, entries: list[tuple[int, str, Future | str]], task: Task
-    ) -> Iterator[Result]:
+    def decode(self, path: str) -> tuple[np.ndarray, Any, Any]:
+        """(model input, decoded image or None, crop box or None) of one file; in a worker."""
+        fast = self.options.fast_decode and not self.options.keep_images
+        min_size = decode_min_size(self.preprocess_config, self.options.image_size)
+        return self.prepare(load_image(path, min_size=min_size if fast else None))
+
+    def prepare(self, image: Image.Image) -> tuple[np.ndarray, Any, Any]:
+        pixels = preprocess_image(image, self.preprocess_config, self.options.image_size)
+        if not self.options.keep_images:
+            return pixels, None, None
+        box = crop_box(image.size, self.preprocess_config, self.options.image_size)
+        return pixels, image, box
+
+    def _run_batch(self, entries: list[Work], task: Task) -> Iterator[Result]:
         arrays, slots, results = [], [], []
         for index, path, work in entries:
             result = Result(index=index, path=path)
@@ -242,7 +302,8 @@ class Runner:
                 result.error = work
             else:
                 try:
-                    arrays.append(work.result())
+                    pixels, result.image, result.crop_box = wait(work)
+                    arrays.append(pixels)
                     slots.append(result)
                 except ImageError as error:
                     result.error = error.message
@@ -271,6 +332,16 @@ class Runner:
                 pixels,
                 interpolate_pos_encoding=self.options.interpolate_pos_encoding,
                 output_attentions=output_attentions,
-                cls_only=getattr(task, "cls_only", False) and not output_attentions,
+                cls_only=task.cls_only and not output_attentions,
             )
             return task(output)
+
+
+def wait(future: Future) -> Any:
+    """future.result(), waking every WAKE_S: Ctrl-C is handled in the main thread only when it
+    runs, and a signal that landed on a decode thread would otherwise wait for the decode."""
+    while True:
+        try:
+            return future.result(timeout=WAKE_S)
+        except FutureTimeout:
+            continue
