@@ -14,14 +14,25 @@ from vithybrid_cli.attention import (
     attention_rollout,
     attention_task,
     colormap_lut,
-    crop_box,
     heatmap,
     last_layer_attention,
     overlay,
 )
 from vithybrid_cli.config import PreprocessConfig, ViTHybridConfig
 from vithybrid_cli.model import ViTHybrid, ViTHybridOutput
+from vithybrid_cli.preprocess import crop_box as preprocess_crop_box
 from vithybrid_cli.preprocess import preprocess_image
+
+# google's preprocessing: shortest edge 384, centre crop 384x384
+GOOGLE = PreprocessConfig.from_dict(
+    {"size": {"shortest_edge": 384}, "crop_size": {"height": 384, "width": 384}}
+)
+
+
+def crop_box(image_size, input_size, config=GOOGLE):
+    """The box preprocessing keeps of an image for a model input of `input_size`."""
+    native = config.target_size == tuple(input_size)
+    return preprocess_crop_box(image_size, config, None if native else input_size)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -379,6 +390,15 @@ def test_crop_box_rejects_empty_sizes() -> None:
         crop_box((0, 10), (64, 64))
 
 
+def test_crop_box_of_the_checkpoints_own_geometry() -> None:
+    """Shortest edge 64 then a 48x48 centre crop: the box is the crop, not a cover of 48x48."""
+    config = PreprocessConfig.from_dict(
+        {"size": {"shortest_edge": 64}, "crop_size": {"height": 48, "width": 48}}
+    )
+    # 640x480 -> 85x64 (int truncation), crop 48x48 at (18, 8); back in pixels (x 7.53, x 7.5)
+    assert preprocess_crop_box((640, 480), config) == (136, 60, 497, 420)
+
+
 @pytest.mark.parametrize("image_size", [(300, 200), (200, 300), (257, 257), (1001, 333)])
 @pytest.mark.parametrize("input_size", [None, (96, 64)])
 def test_crop_box_is_what_preprocessing_keeps(image_size, input_size) -> None:
@@ -389,7 +409,7 @@ def test_crop_box_is_what_preprocessing_keeps(image_size, input_size) -> None:
     size = input_size or (64, 64)
     image = smooth_image(*image_size)
     model_input = preprocess_image(image, config, input_size)  # (3, H, W) in [-1, 1]
-    box = crop_box(image.size, size)
+    box = crop_box(image.size, size, config)
     crop = image.crop(box).resize(size, resample=Image.Resampling.BICUBIC)
     # (H, W, 3) -> (3, H, W), same normalization as the config: (x / 255 - 0.5) / 0.5
     ours = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0

@@ -263,10 +263,11 @@ class Journal:
         for run, path in files:
             for entry, _ in read_entries(path, payloads=False):
                 latest_run[entry.path] = run
-        streams = [
-            (entry for entry, _ in read_entries(path) if latest_run.get(entry.path) == run)
-            for run, path in files
-        ]
+
+        def answers(run: int, path: str) -> Iterator[Entry]:
+            return (entry for entry, _ in read_entries(path) if latest_run[entry.path] == run)
+
+        streams = [answers(run, path) for run, path in files]
         yield from heapq.merge(*streams, key=lambda entry: entry.index)
 
     def remove(self) -> None:
