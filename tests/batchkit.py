@@ -136,6 +136,20 @@ def line_count(path: Path) -> int:
         return 0
 
 
+def journal_entries(output: Path) -> int:
+    """How many whole entries the journal beside `output` holds (all runs, all ranks)."""
+    from vithybrid_cli.journal import journal_dir, read_entries
+
+    folder = Path(journal_dir(str(output)))
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    return sum(1 for file in files for _ in read_entries(str(file), payloads=False))
+
+
+def hidden(directory: Path) -> list[str]:
+    """Names starting with a dot in `directory`: only journals may stay after a run."""
+    return sorted(name for name in os.listdir(directory) if name.startswith("."))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Every line parsed (raises on any invalid line, a torn last one included)."""
     data = path.read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import signal
 import struct
@@ -24,7 +25,8 @@ import pytest
 from batchkit import (
     block_with_fifo,
     cli,
-    line_count,
+    hidden,
+    journal_entries,
     make_images,
     png_bytes,
     read_jsonl,
@@ -70,104 +72,200 @@ def stalled(tmp_path):
     return folder, paths, write_list(tmp_path / "list.txt", paths)
 
 
-def stop(child, sig: int, fifo: str) -> int:
-    """Deliver `sig`; for SIGINT wait for the summary, then release the stalled decoder."""
+def stop(child, sig: int, fifo: str, log) -> int:
+    """Deliver `sig`; for SIGINT wait for the summary, then release the stalled decoder.
+
+    The FIFO is opened only once the run has said it was interrupted: released earlier, the
+    decoder would go on while the signal is still on its way, and the test would race it.
+    """
     os.kill(child.pid, sig)
     if sig == signal.SIGINT:
+        wait_for(lambda: "(interrupted)" in log.read_text(), child, "the interrupted summary")
         deadline = time.monotonic() + 60
         while child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            # the interpreter's exit waits for the decode thread stuck on the FIFO
+            # in case the exit waits for the decode thread stuck on the FIFO
             with contextlib.suppress(OSError):
                 unblock_fifo(fifo)
+            time.sleep(0.05)
     return child.wait(timeout=60)
+
+
+def read_output(out: Path, fmt: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(paths in file order, {path: top labels}) of a classify output in any format."""
+    if fmt == "jsonl":
+        records = read_jsonl(out)
+    elif fmt == "json":
+        records = json.loads(out.read_text())
+    else:
+        with open(out, newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0][0] == "path"
+        labels = {row[0]: [row[1 + 3 * r] for r in range(5)] for row in rows[1:]}
+        return [row[0] for row in rows[1:]], labels
+    return [r["path"] for r in records], top_labels(records)
 
 
 # --------------------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt, sig",
-    [("jsonl", signal.SIGKILL), ("jsonl", signal.SIGINT), ("csv", signal.SIGKILL)],
-    ids=["jsonl-sigkill", "jsonl-sigint", "csv-sigkill"],
-)
+    [("jsonl", signal.SIGKILL), ("jsonl", signal.SIGINT), ("csv", signal.SIGKILL),
+     ("json", signal.SIGKILL)],
+    ids=["jsonl-sigkill", "jsonl-sigint", "csv-sigkill", "json-sigkill"],
+)  # fmt: skip
 def test_killed_classify_resumes_exactly_once(tmp_path, tiny, reference, stalled, fmt, sig):
     folder, paths, listing = stalled
     out = tmp_path / f"out.{fmt}"
+    out.write_text("an earlier run's file\n")  # a kill must leave it as it was
     log = tmp_path / "log.txt"
-    # --resume from the start: a CSV then streams rows (else it is written atomically at the end)
     args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
-    child = spawn([str(a) for a in [*args, "--workers", "1", "--resume"]], log)
-    header = 1 if fmt == "csv" else 0
-    wait_for(lambda: line_count(out) >= STALL_AT + header, child, "the first records")
+    child = spawn([str(a) for a in [*args, "--workers", "1"]], log)
+    wait_for(lambda: journal_entries(out) >= STALL_AT, child, "the first results")
     time.sleep(0.2)  # nothing more may come: the next batch waits for the FIFO
-    status = stop(child, sig, paths[STALL_AT])
-    assert line_count(out) == STALL_AT + header  # flushed per record: nothing lost but the batch
+    status = stop(child, sig, paths[STALL_AT], log)
+    assert journal_entries(out) == STALL_AT  # written as they came: nothing lost but the batch
     if sig == signal.SIGINT:
         assert status == 130
         assert f"{STALL_AT} labeled, 0 failed" in log.read_text()
         assert "(interrupted)" in log.read_text()
     else:
         assert status == -signal.SIGKILL
-    with open(out, "ab") as torn:  # as if the kill had come in the middle of a line
-        torn.write(b'{"path": "' if fmt == "jsonl" else b'"half a row')
+    assert out.read_text() == "an earlier run's file\n"  # never half-written under its name
+    [journal] = (tmp_path / f".out.{fmt}.journal").iterdir()
+    with open(journal, "ab") as torn:  # as if the kill had come in the middle of an entry
+        torn.write(b'{"index": 10, "path": "')
 
     restore_image(paths[STALL_AT], STALL_AT)
-    cli("classify", folder, "-o", out, "--model", tiny, "--batch-size", "2", "--resume", "-q")
+    result = cli("classify", folder, "-o", out, "--model", tiny, "--batch-size", "2", "--resume")
+    assert f"{N_IMAGES - STALL_AT} labeled, 0 failed" in result.stderr  # only what was left
 
-    if fmt == "jsonl":
-        records = read_jsonl(out)
-        got = top_labels(records)
-        assert [r["path"] for r in records] == paths  # each once, in input order
-    else:
-        with open(out, newline="") as f:
-            rows = list(csv.reader(f))
-        assert rows[0][0] == "path" and [row[0] for row in rows[1:]] == paths
-        got = {row[0]: [row[1 + 3 * r] for r in range(5)] for row in rows[1:]}
+    order, got = read_output(out, fmt)
+    assert order == paths  # each once, in input order
     expected = {os.path.basename(p): labels for p, labels in top_labels(reference[2]).items()}
     assert {os.path.basename(p): labels for p, labels in got.items()} == expected
-    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []
+    assert hidden(tmp_path) == [f".out.{fmt}.journal"]  # no temp file left, the journal kept
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
-def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, sig):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, sig", [("vectors.npy", signal.SIGKILL), ("vectors.npy", signal.SIGINT),
+                  ("vectors.npz", signal.SIGKILL)], ids=["npy-sigkill", "npy-sigint", "npz-sigkill"]
+)  # fmt: skip
+def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, name, sig):
     folder, paths, listing = stalled
-    out = tmp_path / "vectors.npy"
+    out = tmp_path / name
     out.write_bytes(b"an earlier run's file")  # a kill must leave it as it was
-    partial_paths = tmp_path / ".vectors.npy.partial.paths"
     log = tmp_path / "log.txt"
     args = ["embed", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
     child = spawn([str(a) for a in [*args, "--workers", "1"]], log)
-    wait_for(lambda: line_count(partial_paths) >= STALL_AT, child, "the first rows")
+    wait_for(lambda: journal_entries(out) >= STALL_AT, child, "the first rows")
     time.sleep(0.2)
-    status = stop(child, sig, paths[STALL_AT])
+    status = stop(child, sig, paths[STALL_AT], log)
     assert status == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     if sig == signal.SIGINT:
         assert f"{STALL_AT} embedded, 0 failed" in log.read_text()
     assert out.read_bytes() == b"an earlier run's file"  # never half-written under its name
     assert not (tmp_path / "vectors.paths.txt").exists()
-    assert line_count(partial_paths) == STALL_AT
+    assert journal_entries(out) == STALL_AT
 
     restore_image(paths[STALL_AT], STALL_AT)
     cli("embed", folder, "-o", out, "--model", tiny, "--batch-size", "2", "--resume", "-q")
-    rows = np.load(out)
+    if name.endswith(".npy"):
+        rows = np.load(out)
+        assert (tmp_path / "vectors.paths.txt").read_text().splitlines() == paths
+    else:
+        with np.load(out) as archive:
+            rows, saved_paths = archive["embeddings"], archive["paths"].tolist()
+        assert saved_paths == paths
     assert rows.dtype == np.float32 and rows.shape == reference[3].shape
     np.testing.assert_allclose(rows, reference[3], rtol=1e-4, atol=1e-5)
-    assert (tmp_path / "vectors.paths.txt").read_text().splitlines() == paths
-    assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []
+    assert hidden(tmp_path) == [f".{name}.journal"]
 
 
-def test_killed_json_run_leaves_no_half_written_output(tmp_path, tiny, stalled):
-    folder, paths, listing = stalled
-    out = tmp_path / "out.json"
-    out.write_text("[]\n")
-    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
-    child = spawn([str(a) for a in [*args, "--workers", "1"]], tmp_path / "log.txt")
-    spooled = lambda: any(n.startswith(".out.json.") for n in os.listdir(tmp_path))  # noqa: E731
-    wait_for(spooled, child, "the spool file")
-    time.sleep(0.5)  # the run is stalled at the FIFO: any moment from here on is mid-run
-    stop(child, signal.SIGKILL, paths[STALL_AT])
-    assert out.read_text() == "[]\n"  # the old file, whole; the new one only ever in a temp file
+def test_resume_refuses_other_settings_and_goes_on_with_the_same(tmp_path, tiny, reference):
+    paths = reference[1]
+    half = tmp_path / "half"
+    half.mkdir()
+    for path in paths[:5]:
+        os.symlink(path, half / os.path.basename(path))
+    out, exact = tmp_path / "e.npy", ["--model", tiny, "--dtype", "float32"]
+    cli("embed", half, "-o", out, *exact, "--pool", "cls", "-q")
+    refused = cli("embed", half, "-o", out, *exact, "--pool", "mean", "--normalize", "--resume",
+                  code=2)  # fmt: skip
+    assert "--resume: " in refused.stderr and "with --pool cls, not mean" in refused.stderr
+    assert "without --normalize, not with" in refused.stderr
+    assert np.load(out).shape[0] == 5  # untouched
+    other_size = cli("embed", half, "-o", out, *exact, "--image-size", "32",
+                     "--interpolate-pos-encoding", "--resume", code=2)  # fmt: skip
+    assert "with --image-size 64x64, not 32x32" in other_size.stderr
+    other_dtype = cli("embed", half, "-o", out, "--model", tiny, "--dtype", "bfloat16",
+                      "--resume", code=2)  # fmt: skip
+    assert "with --dtype float32, not bfloat16" in other_dtype.stderr
+    more = [*map(str, sorted(half.iterdir())), *paths[5:8]]
+    result = cli("embed", *more, "-o", out, *exact, "--resume")
+    assert "3 embedded, 0 failed" in result.stderr and "wrote 8 rows" in result.stderr
+    cli("embed", *more, "-o", tmp_path / "at-once.npy", *exact, "-q")
+    np.testing.assert_allclose(np.load(out), np.load(tmp_path / "at-once.npy"), atol=1e-5)
+
+
+def test_resume_of_a_file_without_journal_is_one_clear_line(tmp_path, tiny, reference):
+    out = tmp_path / "labels.jsonl"
+    out.write_text("{}\n")
+    result = cli("classify", reference[1][0], "-o", out, "--model", tiny, "--resume", code=2)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: --resume: ") and "no journal" in line
+
+
+def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatch):
+    """-q with a file output neither counts the inputs nor waits for the walk to finish."""
+    import vithybrid_cli.inputs as inputs
+
+    folder = tmp_path / "many"
+    make_images(folder, 60, (8, 8))
+    out = tmp_path / "out.jsonl"
+    walks, written_at_end = [], []
+    real = inputs.iter_inputs
+
+    def watched(*args, **kwargs):
+        walks.append(1)
+        yield from real(*args, **kwargs)
+        written_at_end.append(journal_entries(out))
+
+    monkeypatch.setattr(inputs, "iter_inputs", watched)
+    cli("classify", folder, "-o", out, "--model", tiny, "--batch-size", "4", "--workers", "1",
+        "-q")  # fmt: skip
+    assert len(walks) == 1  # walked once: nothing counted
+    # the runner reads at most 2 batches + 1 worker ahead of what it has written
+    assert written_at_end[0] >= 60 - (2 * 4 + 1) - 4
+    assert len(read_jsonl(out)) == 60
+
+
+def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
+    from vithybrid_cli.inputs import InputItem
+    from vithybrid_cli.job import CollectOutput, run_job
+    from vithybrid_cli.runner import Runner, classify_task
+
+    paths = make_images(tmp_path / "few", 5, (8, 8))
+    walks = []
+
+    def inputs():
+        walks.append(1)
+        return (InputItem(p) for p in paths)
+
+    class Bar:
+        wants_total, total, seen = True, None, 0
+
+        def start(self, total):
+            self.total = total
+
+        def advance(self, result):
+            self.seen += 1
+
+    bar = Bar()
+    run_job(Runner(tiny_model), inputs, classify_task(2, {}), CollectOutput(), progress=bar)
+    assert len(walks) == 2 and bar.total == bar.seen == 5
 
 
 # --------------------------------------------------------------------------- hostile inputs
@@ -299,6 +397,7 @@ KINDS = ["good", "good", "empty", "text", "truncated", "missing", "input-error",
 def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch_size, workers,
                                               shard):  # fmt: skip
     from vithybrid_cli.inputs import InputError, InputItem
+    from vithybrid_cli.job import select
     from vithybrid_cli.runner import Runner, RunOptions, classify_task
 
     good = png_bytes(0)
@@ -319,8 +418,9 @@ def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch
         if kind != "missing":
             Path(path).write_bytes(good if kind == "good" else contents[kind])
         items.append(InputItem(path))
-    options = RunOptions(batch_size=batch_size, workers=workers, shard=shard)
-    results = list(Runner(tiny_model, options).run(iter(items), classify_task(3, {})))
+    options = RunOptions(batch_size=batch_size, workers=workers)
+    pairs = select(iter(items), set(), *shard)
+    results = list(Runner(tiny_model, options).run_indexed(pairs, classify_task(3, {})))
     rank, world = shard
     mine = list(range(rank, len(kinds), world))
     assert [r.index for r in results] == mine
@@ -389,12 +489,12 @@ def test_memory_stays_flat_over_10000_images(tmp_path, tiny):
     child = spawn([*args, "--workers", "2", "-q"], tmp_path / "log.txt")
     samples: list[tuple[int, int]] = []  # (records written, RSS KiB)
     while child.poll() is None:
-        rss, done = rss_kib(child.pid), line_count(out)
+        rss, done = rss_kib(child.pid), journal_entries(out)
         if rss is not None and done:
             samples.append((done, rss))
         time.sleep(0.05)
     assert child.returncode == 0, (tmp_path / "log.txt").read_text()
-    assert line_count(out) == count
+    assert len(read_jsonl(out)) == count
     # While records are coming (the interpreter's teardown after the last one allocates briefly)
     first = [rss for done, rss in samples if done < count // 2]
     second = [rss for done, rss in samples if count // 2 <= done < count]
