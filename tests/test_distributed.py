@@ -1,7 +1,8 @@
-"""Scale-out (issue #5): several processes share a run, rank 0 merges their parts in input order.
+"""Scale-out: several processes share a run, each with its own journal; rank 0 writes the output.
 
-The torchrun tests start 2 CPU processes on loopback (gloo), so they need no GPU; the in-process
-tests drive RecordOutput / EmbeddingOutput for 2 "ranks" in threads to cover every format fast.
+The torchrun tests start 2 CPU processes on loopback (gloo), so they need no GPU (slow: each
+process imports torch); the in-process tests drive JournalOutput for several "ranks" in threads to
+cover every format fast.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from batchkit import (
     block_with_fifo,
     child_env,
     cli,
+    journal_entries,
     kill_tree,
-    line_count,
     make_images,
     read_jsonl,
     restore_image,
@@ -32,16 +33,11 @@ from batchkit import (
     write_list,
 )
 
-from vithybrid_cli.runner import shard_size
+from vithybrid_cli.inputs import InputItem
+from vithybrid_cli.job import JournalOutput, select
+from vithybrid_cli.journal import journal_dir
+from vithybrid_cli.runner import Result
 from vithybrid_cli.runtime import Distributed
-from vithybrid_cli.shards import (
-    EmbeddingOutput,
-    EmbeddingPartWriter,
-    RecordOutput,
-    RecordPartWriter,
-    find_parts,
-    part_path,
-)
 
 N_IMAGES = 24
 STALL_AT = 8  # rank 0's fifth input: it writes 0, 2, 4, 6 and stalls in its batch [8, 10]
@@ -90,13 +86,15 @@ def finish(child: subprocess.Popen, log: Path) -> str:
     return log.read_text(errors="replace")
 
 
-def no_parts(directory: Path) -> bool:
-    return not [name for name in os.listdir(directory) if ".part" in name]
+def only_journals(directory: Path) -> bool:
+    """No temp or part file left beside the outputs: only the kept journals."""
+    return all(name.endswith(".journal") for name in os.listdir(directory) if name[0] == ".")
 
 
 # --------------------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow
 def test_torchrun_classify_matches_one_process(tmp_path, tiny, folder):
     single, merged, log = tmp_path / "single.jsonl", tmp_path / "merged.jsonl", tmp_path / "log"
     cli("classify", folder, "-o", single, "--model", tiny, "--batch-size", "2", "-q", code=1)
@@ -112,9 +110,10 @@ def test_torchrun_classify_matches_one_process(tmp_path, tiny, folder):
             np.testing.assert_allclose(
                 [p["score"] for p in b["top_k"]], [p["score"] for p in a["top_k"]], rtol=1e-5
             )
-    assert no_parts(tmp_path)
+    assert only_journals(tmp_path)
 
 
+@pytest.mark.slow
 def test_torchrun_embed_matches_one_process(tmp_path, tiny, folder):
     single, merged, log = tmp_path / "single.npy", tmp_path / "merged.npy", tmp_path / "log"
     cli("embed", folder, "-o", single, "--model", tiny, "--batch-size", "2", "-q", code=1)
@@ -125,9 +124,10 @@ def test_torchrun_embed_matches_one_process(tmp_path, tiny, folder):
     np.testing.assert_allclose(np.load(merged), np.load(single), rtol=1e-4, atol=1e-6)
     paths = (tmp_path / "merged.paths.txt").read_text()
     assert paths == (tmp_path / "single.paths.txt").read_text()
-    assert no_parts(tmp_path)
+    assert only_journals(tmp_path)
 
 
+@pytest.mark.slow
 def test_torchrun_killed_then_resumed(tmp_path, tiny):
     folder = tmp_path / "images"
     paths = make_images(folder, N_IMAGES)
@@ -138,16 +138,15 @@ def test_torchrun_killed_then_resumed(tmp_path, tiny):
     out, log = tmp_path / "out.jsonl", tmp_path / "log"
     args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
     child = torchrun(args, log)
-    part0, part1 = (Path(part_path(str(out), rank, 2)) for rank in (0, 1))
-    wait_for(
-        lambda: line_count(part0) >= STALL_AT // 2 and line_count(part1) >= N_IMAGES // 2,
-        child,
-        "both ranks' records",
-    )
+    # rank 0 writes 0, 2, 4, 6 and stalls at 8; rank 1 writes all its 12
+    done = STALL_AT // 2 + N_IMAGES // 2
+    wait_for(lambda: journal_entries(out) >= done, child, "both ranks' results")
     kill_tree(child.pid)  # torchrun and its workers (in their own sessions)
     child.wait(timeout=TIMEOUT)
     assert not out.exists()
-    assert line_count(part0) == STALL_AT // 2 and line_count(part1) == N_IMAGES // 2
+    assert journal_entries(out) == done
+    journals = sorted(os.listdir(journal_dir(str(out))))
+    assert journals == ["run0000.rank0of2", "run0000.rank1of2"]
 
     restore_image(paths[STALL_AT], STALL_AT)
     child = torchrun(
@@ -155,25 +154,27 @@ def test_torchrun_killed_then_resumed(tmp_path, tiny):
     )
     output = finish(child, log)
     assert child.returncode == 0, output
-    # the killed run's 4 + 12 records were merged first; the other 8 inputs shared out afresh
-    assert f"{N_IMAGES - STALL_AT // 2 - N_IMAGES // 2} labeled, 0 failed" in output
+    assert f"{N_IMAGES - done} labeled, 0 failed" in output  # the rest, shared out afresh
     records = read_jsonl(out)
-    assert sorted(r["path"] for r in records) == paths  # each input exactly once
+    assert [r["path"] for r in records] == paths  # each input exactly once, in input order
     assert top_labels(records) == top_labels(read_jsonl(reference))
-    assert no_parts(tmp_path)
+    assert only_journals(tmp_path)
 
 
 # --------------------------------------------------------------------------- in process
 
 
 class ThreadJob:
-    """A stand-in for runner.Distributed: `world` ranks as threads of this process."""
+    """A stand-in for runtime.Distributed: `world` ranks as threads of this process."""
 
     def __init__(self, rank: int, barrier: threading.Barrier) -> None:
-        self.rank, self.world, self._barrier = rank, barrier.parties, barrier
+        self.rank, self.world, self.meeting = rank, barrier.parties, barrier
 
     def barrier(self) -> None:
-        self._barrier.wait(timeout=30)
+        self.meeting.wait(timeout=30)
+
+    def all_sum(self, *values: int) -> tuple[int, ...]:
+        return values
 
 
 def run_ranks(world: int, body) -> None:
@@ -196,99 +197,104 @@ def run_ranks(world: int, body) -> None:
         raise errors[0]
 
 
-def record(i: int) -> dict:
+def result(i: int) -> Result:
     if i % 5 == 4:
-        return {"path": f"img{i:02d}.png", "error": "cannot decode"}
-    return {"path": f"img{i:02d}.png", "top_k": [{"index": i, "label": f"L{i}", "score": 0.5}]}
+        return Result(i, f"img{i:02d}.png", error="cannot decode")
+    return Result(i, f"img{i:02d}.png", payload=[(i, f"L{i}", 0.5)])
+
+
+SETTINGS = {"command": "classify", "model": "m", "top-k": 1}
+
+
+def run_ranks_over(out: str, fmt: str, kind: str, world: int, inputs: list[str], make, **kw):
+    """Every rank opens a JournalOutput, writes its share of the inputs not done, finishes;
+    returns {rank: done set}."""
+    seen: dict[int, set] = {}
+
+    def rank_body(job):
+        target = JournalOutput(out, fmt, kind, SETTINGS, job=job, **kw)
+        seen[job.rank] = done = target.open()
+        for index, item in select(map(InputItem, inputs), done, job.rank, job.world):
+            target.write(make(index, item.path))
+        target.finish()
+
+    run_ranks(world, rank_body)
+    return seen
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
-def test_record_parts_merge_in_input_order(tmp_path, fmt):
+def test_rank_journals_merge_in_input_order(tmp_path, fmt):
     out = str(tmp_path / f"out.{fmt}")
-    n, world = 11, 3
-
-    def rank_body(job):
-        with RecordOutput(fmt, out, top_k=1, job=job) as target:
-            assert target.done is None
-            for i in range(job.rank, n, job.world):
-                target.write(i, record(i))
-
-    run_ranks(world, rank_body)
+    names = [f"img{i:02d}.png" for i in range(11)]
+    run_ranks_over(out, fmt, "records", 3, names, lambda i, p: result(i), top_k=1)
     if fmt == "jsonl":
-        paths = [r["path"] for r in read_jsonl(Path(out))]
+        records = read_jsonl(Path(out))
     elif fmt == "json":
-        paths = [r["path"] for r in json.loads(Path(out).read_text())]
+        records = json.loads(Path(out).read_text())
     else:
         with open(out, newline="") as f:
-            paths = [row[0] for row in list(csv.reader(f))[1:]]
-    assert paths == [f"img{i:02d}.png" for i in range(n)]
-    assert no_parts(tmp_path)
+            records = [{"path": row[0], "error": row[-1]} for row in list(csv.reader(f))[1:]]
+    assert [r["path"] for r in records] == names
+    assert [bool(r.get("error")) for r in records] == [i % 5 == 4 for i in range(11)]
+    assert only_journals(tmp_path)
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_resume_merges_a_killed_runs_parts(tmp_path, world):
+def test_resume_across_world_sizes(tmp_path, world):
+    """A killed 3-process run (journals, one torn), resumed with `world` processes."""
     out = str(tmp_path / "out.jsonl")
-    Path(out).write_text(json.dumps(record(0)) + "\n")  # finished by an earlier run
-    for rank, indices in ((0, [0, 3]), (1, [1, 4, 7]), (2, [2])):  # a killed 3-process run
-        part = RecordPartWriter(part_path(out, rank, 3))
-        for i in indices:
-            part.write(i, record(i + 1))  # that run's input i is img{i+1}
-        part.close()
-    with open(part_path(out, 0, 3), "a") as torn:
-        torn.write('{"index": 6, "rec')
-    seen: dict[int, set] = {}
+    names = [f"img{i:02d}.png" for i in range(10)]
 
-    def rank_body(job):
-        with RecordOutput("jsonl", out, resume=True, top_k=1, job=job) as target:
-            seen[job.rank] = set(target.done)
-            todo = [i for i in range(10) if f"img{i:02d}.png" not in target.done]
-            for i, index in enumerate(todo):
-                if i % job.world == job.rank:
-                    target.write(index, record(index))
+    def killed_rank(job):  # stops at input 6, output never written
+        target = JournalOutput(out, "jsonl", "records", SETTINGS, job=job, top_k=1)
+        target.open()
+        for index, _ in select(names, set(), job.rank, job.world):
+            if index >= 6:
+                break
+            target.write(result(index))
+        target.abort()
 
-    run_ranks(world, rank_body)
-    expected_done = {f"img{i:02d}.png" for i in (0, 1, 2, 3, 5, 8)}  # img04 failed: retried
-    assert all(done == expected_done for done in seen.values())
+    run_ranks(3, killed_rank)
+    assert not os.path.exists(out)
+    [torn] = [p for p in Path(journal_dir(out)).iterdir() if p.name.endswith("rank1of3")]
+    with open(torn, "ab") as file:
+        file.write(b'{"index": 7, "pa')
+    make = lambda i, p: result(i)  # noqa: E731
+    seen = run_ranks_over(out, "jsonl", "records", world, names, make, top_k=1, resume=True)
+    assert all(done == {names[i] for i in (0, 1, 2, 3, 5)} for done in seen.values())  # 4 failed
     records = read_jsonl(Path(out))
-    assert sorted(r["path"] for r in records) == [f"img{i:02d}.png" for i in range(10)]
-    assert no_parts(tmp_path)
+    assert [r["path"] for r in records] == names  # each once, in input order
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_embedding_parts_merge_and_resume(tmp_path, world):
-    out = str(tmp_path / "v.npy")
+@pytest.mark.parametrize("name", ["v.npy", "v.npz"])
+def test_embedding_journals_merge_and_resume(tmp_path, name):
+    out = str(tmp_path / name)
+    names = [f"img{i}" for i in range(9)]
     rows = {i: np.full(4, i, dtype=np.float32) for i in range(9)}
-    for rank, indices in ((0, [0, 2]), (1, [1, 3])):  # a killed 2-process run: img0..img3
-        part = EmbeddingPartWriter(part_path(out, rank, 2))
-        part.write(indices, [f"img{i}" for i in indices], np.stack([rows[i] for i in indices]))
-        part.close()
-    with open(part_path(out, 1, 2), "ab") as torn:
-        torn.write(b"\0\0")  # half a row past the last indexed one
-    assert len(find_parts(out)) == 2
-    seen: dict[int, set] = {}
-
-    def rank_body(job):
-        with EmbeddingOutput(out, resume=True, job=job) as target:
-            seen[job.rank] = set(target.done)
-            todo = [i for i in range(9) if f"img{i}" not in target.done]
-            for i, index in enumerate(todo):
-                if i % job.world == job.rank:
-                    target.write(i, f"img{index}", rows[index])
-
-    run_ranks(world, rank_body)
-    assert all(done == {"img0", "img1", "img2", "img3"} for done in seen.values())
-    saved = np.load(out)
-    assert (tmp_path / "v.paths.txt").read_text().splitlines() == [f"img{i}" for i in range(9)]
+    make = lambda i, p: Result(i, p, payload=rows[i])  # noqa: E731
+    run_ranks_over(out, name[-3:], "embeddings", 2, names[:4], make)
+    seen = run_ranks_over(out, name[-3:], "embeddings", 3, names, make, resume=True)
+    assert all(done == set(names[:4]) for done in seen.values())
+    if name.endswith(".npy"):
+        saved = np.load(out)
+        assert (tmp_path / "v.paths.txt").read_text().splitlines() == names
+    else:
+        with np.load(out) as archive:
+            saved, saved_names = archive["embeddings"], archive["paths"].tolist()
+        assert saved_names == names
     np.testing.assert_array_equal(saved, np.stack([rows[i] for i in range(9)]))
-    assert no_parts(tmp_path) and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+    assert only_journals(tmp_path)
 
 
-def test_single_process_job_and_shard_sizes():
+def test_single_process_job_and_shares():
     with Distributed(0, 1) as job:
         assert job.is_main and job.all_sum(3, 4) == (3, 4)
         job.barrier()
-    assert [shard_size(10, r, 3) for r in range(3)] == [4, 3, 3]
-    assert shard_size(None, 0, 2) is None
+    shares = [[i for i, _ in select(range(10), set(), r, 3)] for r in range(3)]  # nothing done
+    assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    items = [InputItem(str(i)) for i in range(6)]
+    done_skipped = [[i for i, _ in select(items, {"1", "2"}, r, 2)] for r in range(2)]
+    assert done_skipped == [[0, 4], [3, 5]]  # the rest shared evenly, indices kept
     with pytest.raises(ValueError):
         Distributed(2, 2)
 

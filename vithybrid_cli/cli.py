@@ -463,8 +463,9 @@ def classify(
 
         fmt, inputs = record_format(format, output), Inputs(paths, files_from)
         ensure_parent(output)
-        with Distributed.from_env() as job:
-            needs_file(output, job)
+        job = Distributed.from_env()
+        needs_file(output, job)
+        with job:
             loaded = common.load()
             runner, task = common.runner(loaded), classify_task(top_k, loaded.config.id2label)
             if fmt == "table":
