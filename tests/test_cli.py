@@ -313,6 +313,72 @@ def test_classify_matches_the_python_api(tiny, photos):
         )
 
 
+@pytest.fixture(scope="module")
+def camera_photos(tmp_path_factory) -> list[str]:
+    """Five 1600x1200 JPEGs made from scikit-image's photographs: camera-sized, so the CLI's
+    reduced-size (draft) JPEG decoding applies."""
+    root = tmp_path_factory.mktemp("camera")
+    paths = []
+    for i, image in enumerate(checkpoints.photographs(5)):
+        path = root / f"photo{i}.jpg"
+        image.convert("RGB").resize((1600, 1200), Image.BICUBIC).save(path, quality=92)
+        paths.append(str(path))
+    return paths
+
+
+def test_the_api_gives_the_clis_results_in_bounded_batches(tiny, camera_photos, monkeypatch):
+    import vithybrid_cli
+    from vithybrid_cli.model import ViTHybrid
+
+    model = vithybrid_cli.load_model(tiny)
+    batches = []
+    forward = ViTHybrid.forward
+
+    def spy(self, pixels, **kwargs):
+        batches.append(pixels.shape[0])
+        return forward(self, pixels, **kwargs)
+
+    monkeypatch.setattr(ViTHybrid, "forward", spy)
+    labels = vithybrid_cli.classify(model, camera_photos, top_k=3, batch_size=2)
+    assert batches == [2, 2, 1]  # never one forward over all the images
+    vectors = vithybrid_cli.embed(model, camera_photos, pool="mean", batch_size=2)
+    monkeypatch.setattr(ViTHybrid, "forward", forward)
+
+    options = ["--model", tiny, "--dtype", "float32", "--batch-size", "2"]
+    records = jsonl(cli("classify", *camera_photos, *options, "-k", 3).stdout)
+    for record, api in zip(records, labels, strict=True):
+        assert [(e["index"], e["label"]) for e in record["top_k"]] == [(i, s) for i, s, _ in api]
+        assert [e["score"] for e in record["top_k"]] == [score for _, _, score in api]
+    out = Path(camera_photos[0]).parent / "vectors.npy"
+    assert cli("embed", *camera_photos, "-o", out, *options, "--pool", "mean").exit_code == 0
+    np.testing.assert_array_equal(np.load(out), vectors)  # same decoding, same batches
+
+
+def test_load_model_takes_the_clis_dtype_names(tiny):
+    import torch
+
+    import vithybrid_cli
+
+    cases = (("bf16", torch.bfloat16), ("float32", torch.float32), (None, torch.float32))
+    for name, dtype in cases:
+        model = vithybrid_cli.load_model(tiny, dtype=name)
+        assert next(model.parameters()).dtype == dtype
+    with pytest.raises(ValueError, match="unknown dtype"):
+        vithybrid_cli.load_model(tiny, dtype="float64")
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tiny, photos, tmp_path, monkeypatch):
+    from vithybrid_cli.journal import Journal
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Journal, "append", full)
+    out = tmp_path / "out.jsonl"
+    result = cli("classify", photos[0], "-o", out, "--model", tiny)
+    assert_clean_error(result, f"error: {out}: no space left on device")
+
+
 # ---------------------------------------------------------------------------- failures
 
 
@@ -521,6 +587,23 @@ def test_embed_needs_npy_or_npz(tiny, photos, tmp_path):
 
 
 # ---------------------------------------------------------------------------- attention-map
+
+
+def test_attention_map_decodes_each_image_once(tiny, photos, tmp_path, monkeypatch):
+    import vithybrid_cli.runner as runner
+
+    opened = []
+    load_image = runner.load_image
+
+    def counted(path, **kwargs):
+        opened.append(path)
+        return load_image(path, **kwargs)
+
+    monkeypatch.setattr(runner, "load_image", counted)
+    result = cli("attention-map", *photos, "-d", tmp_path / "maps", "--model", tiny)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(opened) == sorted(photos)  # the overlay reuses the model's decode
+    assert len(list((tmp_path / "maps").iterdir())) == 4
 
 
 def test_attention_map_png_has_the_upright_image_size(tiny, photo_dir, tmp_path):
