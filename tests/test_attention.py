@@ -34,6 +34,7 @@ def crop_box(image_size, input_size, config=GOOGLE):
     native = config.target_size == tuple(input_size)
     return preprocess_crop_box(image_size, config, None if native else input_size)
 
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -142,12 +142,16 @@ def test_csv_layout(tmp_path):
     write_all("records", "csv", str(out), [*records, success('odd,"name"\n.jpg', k=1)], top_k=3)
     with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == csv_header(3) == [
-        "path",
-        *["label_1", "score_1", "index_1", "label_2", "score_2", "index_2"],
-        *["label_3", "score_3", "index_3"],
-        "error",
-    ]
+    assert (
+        rows[0]
+        == csv_header(3)
+        == [
+            "path",
+            *["label_1", "score_1", "index_1", "label_2", "score_2", "index_2"],
+            *["label_3", "score_3", "index_3"],
+            "error",
+        ]
+    )
     third = ["label 2", "0.25", "2", ""]
     assert rows[1] == ["a.jpg", "label 0", "0.5", "0", "label 1", repr(1 / 3), "1", *third]
     assert rows[2] == ["short.jpg", "label 0", "0.5", "0"] + [""] * 6 + [""]
@@ -307,10 +311,7 @@ def test_embedding_writer_memory_is_bounded(tmp_path, fmt):
     assert child.returncode == 0, child.stderr
     before_kb, after_kb = map(int, child.stdout.split())
     assert (after_kb - before_kb) < 60 * 1024, "peak RSS grew with the data size"
-    if fmt == "npy":
-        data = np.load(target, mmap_mode="r")
-    else:
-        data = np.load(target)["embeddings"]
+    data = np.load(target, mmap_mode="r") if fmt == "npy" else np.load(target)["embeddings"]
     assert data.shape == (100_000, 512)
     assert data[-1, 0] == 99 and data[1000, 3] == 1
 
