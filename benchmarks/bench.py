@@ -317,7 +317,7 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(batch)
     else:
-        from vithybrid_cli.runner import Runner, RunOptions, classify_task
+        from vithybrid_cli.runner import FunctionTask, Runner, RunOptions, classify_task
         from vithybrid_cli.runtime import prepare_model
         from vithybrid_cli.weights import load_model
 
@@ -326,7 +326,11 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
         runner = Runner(model, RunOptions(batch_size=BATCH))
         # What `classify` runs (logits only: the last block computes the CLS token alone); the
         # all-tokens variant is what `embed --pool mean` / `--tokens` and timm compute.
-        task = classify_task(5, {}) if not name.endswith("all-tokens") else lambda out: [out]
+        task = (
+            classify_task(5, {})
+            if not name.endswith("all-tokens")
+            else FunctionTask(lambda out: [out])
+        )
 
         def forward():
             return runner.forward(pixels, task)

@@ -33,6 +33,28 @@ if "huggingface_hub.constants" in sys.modules:  # imported earlier, e.g. by a py
 sys.path.insert(0, str(Path(__file__).parent))
 import checkpoints  # noqa: E402  (needs the path above)
 
+# ---------------------------------------------------------------------------- markers
+
+# Tests that use google's full-size model (or timm's) take seconds to minutes each on a CPU: they
+# are `slow`, so `pytest -m "not slow"` is a fast loop. (Plain `pytest`, as CI runs it, runs all.)
+FULL_SIZE_FIXTURES = {
+    "full_hf_model",
+    "full_checkpoint",
+    "full_checkpoint_bin",
+    "full_model",
+    "full_reference_outputs",
+    "full_model_outputs",
+    "timm_checkpoint",
+    "timm_ours",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if FULL_SIZE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 

@@ -184,8 +184,8 @@ def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, na
     assert hidden(tmp_path) == [f".{name}.journal"]
 
 
-def test_resume_refuses_other_settings_and_goes_on_with_the_same(tmp_path, tiny, reference):
-    paths = reference[1]
+def test_resume_refuses_other_settings_and_goes_on_with_the_same(tmp_path, tiny):
+    paths = make_images(tmp_path / "all", 8, (16, 16))
     half = tmp_path / "half"
     half.mkdir()
     for path in paths[:5]:
@@ -210,10 +210,11 @@ def test_resume_refuses_other_settings_and_goes_on_with_the_same(tmp_path, tiny,
     np.testing.assert_allclose(np.load(out), np.load(tmp_path / "at-once.npy"), atol=1e-5)
 
 
-def test_resume_of_a_file_without_journal_is_one_clear_line(tmp_path, tiny, reference):
+def test_resume_of_a_file_without_journal_is_one_clear_line(tmp_path, tiny):
     out = tmp_path / "labels.jsonl"
     out.write_text("{}\n")
-    result = cli("classify", reference[1][0], "-o", out, "--model", tiny, "--resume", code=2)
+    [image] = make_images(tmp_path / "one", 1)
+    result = cli("classify", image, "-o", out, "--model", tiny, "--resume", code=2)
     [line] = result.stderr.splitlines()
     assert line.startswith("error: --resume: ") and "no journal" in line
 
@@ -223,7 +224,7 @@ def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatc
     import vithybrid_cli.inputs as inputs
 
     folder = tmp_path / "many"
-    make_images(folder, 60, (8, 8))
+    make_images(folder, 36, (8, 8))
     out = tmp_path / "out.jsonl"
     walks, written_at_end = [], []
     real = inputs.iter_inputs
@@ -238,8 +239,8 @@ def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatc
         "-q")  # fmt: skip
     assert len(walks) == 1  # walked once: nothing counted
     # the runner reads at most 2 batches + 1 worker ahead of what it has written
-    assert written_at_end[0] >= 60 - (2 * 4 + 1) - 4
-    assert len(read_jsonl(out)) == 60
+    assert written_at_end[0] >= 36 - (2 * 4 + 1) - 4
+    assert len(read_jsonl(out)) == 36
 
 
 def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
@@ -335,6 +336,7 @@ def locked_file(monkeypatch):
     return lock
 
 
+@pytest.mark.slow
 def test_hostile_inputs_through_the_cli(tmp_path, tiny, locked_file):
     folder, expected = hostile_folder(tmp_path)
     locked_file(folder / "locked.png")

@@ -723,6 +723,7 @@ def test_help_does_not_import_torch():
 # ---------------------------------------------------------------------------- real processes
 
 
+@pytest.mark.slow
 def test_installed_script_streams_jsonl_to_a_pipe(tiny, photo_dir, photos):
     result = run([script_path(), "classify", photo_dir, "--model", tiny, "-k", 2])
     assert result.returncode == 0, result.stderr
@@ -733,6 +734,7 @@ def test_installed_script_streams_jsonl_to_a_pipe(tiny, photo_dir, photos):
     assert "4 labeled, 0 failed" in result.stderr
 
 
+@pytest.mark.slow
 def test_installed_script_fast_exit_keeps_files_streams_and_status(tiny, photos, tmp_path):
     """The script ends with os._exit once torch is loaded (see cli.exit_now): the exit status,
     the stderr summary and every output file must still be complete."""
@@ -758,6 +760,7 @@ def test_python_dash_m():
     assert result.stdout.strip() == f"vithybrid {__version__}"
 
 
+@pytest.mark.slow
 def test_offline_default_model_is_a_one_line_error(photos, tmp_path):
     home = tmp_path / "empty-hf-home"
     (home / "hub").mkdir(parents=True)
@@ -788,6 +791,7 @@ def example_folder(tmp_path, photos) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_example_nearest_neighbours(tiny, example_folder, photos):
     result = run(
         [sys.executable, REPO / "examples" / "nearest_neighbours.py", example_folder,
@@ -805,6 +809,7 @@ def test_example_nearest_neighbours(tiny, example_folder, photos):
         assert -1.0 <= float(cosine.rstrip(")")) <= 1.0
 
 
+@pytest.mark.slow
 def test_example_label_folder(tiny, example_folder, tmp_path):
     result = run(["bash", REPO / "examples" / "label_folder.sh", example_folder, "--model", tiny],
                  cwd=tmp_path)  # fmt: skip
@@ -814,6 +819,7 @@ def test_example_label_folder(tiny, example_folder, tmp_path):
     assert all(row["label_1"] in checkpoints.TINY_LABELS for row in rows)
 
 
+@pytest.mark.slow
 def test_example_attention_folder(tiny, example_folder, tmp_path):
     result = run(
         ["bash", REPO / "examples" / "attention_folder.sh", example_folder, "--model", tiny],

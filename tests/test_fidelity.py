@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from vithybrid_cli.inputs import iter_inputs
-from vithybrid_cli.runner import Runner, RunOptions
+from vithybrid_cli.runner import FunctionTask, Runner, RunOptions
 from vithybrid_cli.runtime import prepare_model, resolve_dtype
 from vithybrid_cli.weights import load_model
 
@@ -77,7 +77,7 @@ def run_pipeline(checkpoint: Path, photos: Path, dtype: torch.dtype, fast_decode
         logits = output.logits.float().cpu().numpy()
         return list(zip(cls, logits, strict=True))
 
-    results = list(runner.run(iter_inputs([str(photos)]), task))
+    results = list(runner.run(iter_inputs([str(photos)]), FunctionTask(task)))
     assert results and all(result.ok for result in results), [r.error for r in results]
     cls = torch.from_numpy(np.stack([r.payload[0] for r in results]))
     logits = torch.from_numpy(np.stack([r.payload[1] for r in results]))

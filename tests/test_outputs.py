@@ -322,7 +322,7 @@ surrogates = st.integers(0xD800, 0xDFFF).map(chr)
 path_text = st.text(st.one_of(st.characters(), surrogates), min_size=1, max_size=30)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(path_text, st.booleans()), max_size=20))
 def test_every_format_takes_any_path(items):
     with tempfile.TemporaryDirectory() as directory:

@@ -15,7 +15,9 @@ A task turns one forward pass into per-image payloads. It is any object with
                               journal records it and a --resume with other values is refused
     __call__(output) -> list  one payload per image of the batch, from a ViTHybridOutput
 
-`classify_task` and `embed_task` build the two here; `attention.attention_task` a third.
+`classify_task` and `embed_task` build the two here, `attention.attention_task` a third;
+`FunctionTask(f)` makes one of any function. A new task (a head, say) is a small dataclass with
+these four members; the CLI and the API then run it with `job.run_job` like the others.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -167,6 +169,19 @@ class EmbedTask:
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return list(vectors.cpu().numpy())
+
+
+@dataclass
+class FunctionTask:
+    """Any function of a ViTHybridOutput as a task (tests, benchmarks, one-off uses)."""
+
+    function: Callable[[ViTHybridOutput], list[Any]]
+    cls_only: bool = False
+    kind: str = "records"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, output: ViTHybridOutput) -> list[Any]:
+        return self.function(output)
 
 
 def classify_task(top_k: int, id2label: dict[int, str]) -> ClassifyTask:
