@@ -55,6 +55,19 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_small_work(request):
+    """Outside slow tests, models are tiny: their ops take microseconds, and with other work
+    sharing the CPU, waking a second OpenMP thread per op costs far more than it saves."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 

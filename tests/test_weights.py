@@ -70,6 +70,7 @@ def test_hub_id_loads_from_offline_cache(hf_hub_cache, make_checkpoint_dir, no_n
     assert no_network == []  # everything came from the cache
 
 
+@pytest.mark.slow
 def test_hub_id_from_cache_named_only_by_environment(hf_hub_cache, tiny_checkpoint, tmp_path):
     """A fresh process sees the cache through HF_HOME alone (the remedy the errors suggest)."""
     commit = hf_hub_cache.add(FULL_MODEL_ID, tiny_checkpoint)
