@@ -78,6 +78,16 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C does what it does in a terminal.
+
+    A process started with SIGINT ignored (pytest run as a background job of a script, under
+    nohup, by some CI runners) passes that on, and Python then leaves SIGINT ignored: the
+    SIGINT tests would see the run go on to the end (issue 9's `assert 40 == 10`).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
     """`python -m vithybrid_cli ARGS` in its own session; stdout+stderr go to `log`."""
     with open(log, "wb") as handle:
@@ -89,6 +99,7 @@ def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Pop
             env=child_env(),
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=default_sigint,
         )
 
 

@@ -269,6 +269,22 @@ def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
     assert len(walks) == 2 and bar.total == bar.seen == 5
 
 
+def test_ctrl_c_stops_the_job_and_an_ignored_sigint_stays_ignored():
+    from vithybrid_cli.job import stop_on_interrupt
+
+    with stop_on_interrupt() as stopping, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises here at once
+    assert stopping.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_on_interrupt() as stopping:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nohup stays nohup
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # --------------------------------------------------------------------------- hostile inputs
 
 

@@ -268,7 +268,10 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
     before writing each result: no result is written after Ctrl-C, even if the exception is
     swallowed somewhere (a finalizer, a callback) or lands late."""
     stopping = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    # Only where Ctrl-C would raise anyway: a process started with SIGINT ignored (nohup, a
+    # background job of a script) keeps ignoring it, and a caller's own handler stays.
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield stopping
         return
 
