@@ -207,12 +207,13 @@ class Journal:
 
     def open(self) -> set[str]:
         name = safe_text(self.output)
+        # Every rank checks (the same files), so all stop together, none waits at a barrier.
+        if self.resume and not os.path.isdir(self.folder) and os.path.exists(self.output):
+            raise ValueError(
+                f"--resume: {name} has no journal beside it (written by an older version, "
+                "or the journal was deleted): run without --resume to write it anew"
+            )
         if self.job.rank == 0:
-            if self.resume and not os.path.isdir(self.folder) and os.path.exists(self.output):
-                raise ValueError(
-                    f"--resume: {name} has no journal beside it (written by an older version, "
-                    "or the journal was deleted): run without --resume to write it anew"
-                )
             if not self.resume:
                 shutil.rmtree(self.folder, ignore_errors=True)
             os.makedirs(self.folder, exist_ok=True)
