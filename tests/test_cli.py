@@ -367,6 +367,19 @@ def test_load_model_takes_the_clis_dtype_names(tiny):
         vithybrid_cli.load_model(tiny, dtype="float64")
 
 
+def test_the_api_names_an_image_it_cannot_read(tiny, photos, bad_inputs):
+    import vithybrid_cli
+    from vithybrid_cli.preprocess import ImageError
+
+    model = vithybrid_cli.load_model(tiny)
+    with pytest.raises(ImageError, match="empty file") as failed:
+        vithybrid_cli.embed(model, [photos[0], bad_inputs["zero bytes"]])
+    assert failed.value.path == bad_inputs["zero bytes"]
+    with Image.open(photos[1]) as image:  # PIL images go through the same pipeline
+        [from_pil] = vithybrid_cli.classify(model, [image.convert("RGB")], top_k=2)
+    assert len(from_pil) == 2
+
+
 def test_a_full_disk_is_one_line_naming_the_file(tiny, photos, tmp_path, monkeypatch):
     from vithybrid_cli.journal import Journal
 

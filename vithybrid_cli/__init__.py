@@ -77,18 +77,20 @@ def preprocess_images(
 
 def run(model: ViTHybrid, images: Sequence[Any], task: Any, **options: Any) -> list[Any]:
     """The task's payload per image, through the CLI's Runner (batches, decode threads, draft
-    decoding); a failed image raises ValueError naming it."""
+    decoding); an image that cannot be read raises ImageError naming it."""
     from .inputs import InputItem
     from .job import CollectOutput, run_job
+    from .preprocess import ImageError
     from .runner import Runner, RunOptions
 
     runner = Runner(model, RunOptions(**options))
     items = [image if hasattr(image, "mode") else InputItem(os.fspath(image)) for image in images]
     collected = CollectOutput()
-    run_job(runner, lambda: items, task, collected)
+    if run_job(runner, lambda: items, task, collected).interrupted:
+        raise KeyboardInterrupt
     for result in collected.results:
         if not result.ok:
-            raise ValueError(f"{result.path}: {result.error}")
+            raise ImageError(result.path, result.error)
     return [result.payload for result in collected.results]
 
 
