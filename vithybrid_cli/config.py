@@ -13,22 +13,28 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL_ID = "google/vit-hybrid-base-bit-384"
-ACTIVATIONS = (
-    "gelu",
-    "gelu_new",
-    "gelu_pytorch_tanh",
-    "gelu_fast",
-    "quick_gelu",
-    "relu",
-    "silu",
-    "swish",
-    "tanh",
-)
+# hidden_act names (transformers') -> the kind of function model.ACTIVATION_KINDS implements
+ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 class ConfigError(ValueError):
     """A config.json or preprocessor_config.json that cannot describe a working model."""
+
+
+def placeholder_labels(count: int) -> dict[int, str]:
+    """transformers' names for the classes of a head that comes without id2label: LABEL_i."""
+    return {i: f"LABEL_{i}" for i in range(count)}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -50,6 +56,16 @@ def _read_json(path: str | Path, what: str) -> dict[str, Any]:
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One backbone stage: output channels, blocks, the first block's stride, the dilation."""
+
+    width: int
+    depth: int
+    stride: int
+    dilation: int
 
 
 @dataclass
@@ -87,7 +103,8 @@ class BitConfig:
             raise ConfigError(f"unsupported BiT layer_type {self.layer_type!r}: only 'bottleneck'")
         if self.hidden_act != "relu":
             raise ConfigError(f"unsupported BiT hidden_act {self.hidden_act!r}: only 'relu'")
-        if not self.depths or any(depth < 1 for depth in self.depths):
+        # No stages at all is valid: timm's vit_tiny_r_s16_p8 reads the stem's output directly.
+        if any(depth < 1 for depth in self.depths):
             raise ConfigError(f"BiT depths must be positive, got {list(self.depths)}")
         if len(self.hidden_sizes) < len(self.depths):
             raise ConfigError("BiT hidden_sizes needs one entry per stage in depths")
@@ -109,8 +126,23 @@ class BitConfig:
 
     @property
     def stage_widths(self) -> list[int]:
-        widths = self.hidden_sizes[: self.num_stages]
-        return [make_divisible(size * self.width_factor) for size in widths]
+        return [stage.width for stage in self.stage_plan()]
+
+    def stage_plan(self) -> list[StagePlan]:
+        """Width, stride and dilation of every stage run: the one place BiT's schedule lives.
+
+        The stem (conv stride 2 + max-pool stride 2) downsamples by 4, every stage after the first
+        by 2 until output_stride is reached; later stages dilate instead.
+        """
+        plans, current_stride, dilation = [], 4, 1
+        for index in range(self.num_stages):
+            stride = 1 if index == 0 else 2
+            if current_stride >= self.output_stride:
+                dilation, stride = dilation * stride, 1
+            width = make_divisible(self.hidden_sizes[index] * self.width_factor)
+            plans.append(StagePlan(width, self.depths[index], stride, dilation))
+            current_stride *= stride
+        return plans
 
     @property
     def num_stages(self) -> int:
@@ -121,17 +153,16 @@ class BitConfig:
 
     @property
     def stride(self) -> int:
-        # The stem (conv stride 2 + max-pool stride 2) downsamples by 4, every stage after the
-        # first by 2 until output_stride is reached (later stages dilate instead).
+        """Input pixels per feature-map pixel (per side)."""
         stride = 4
-        for _ in range(1, self.num_stages):
-            if stride < self.output_stride:
-                stride *= 2
+        for stage in self.stage_plan():
+            stride *= stage.stride
         return stride
 
     @property
     def out_channels(self) -> int:
-        return self.stage_widths[-1]
+        plans = self.stage_plan()
+        return plans[-1].width if plans else self.embedding_size
 
 
 @dataclass
@@ -167,7 +198,7 @@ class ViTHybridConfig:
         values["backbone_config"] = BitConfig.from_dict(data.get("backbone_config") or {})
         values["id2label"] = {int(k): str(v) for k, v in (data.get("id2label") or {}).items()}
         if "num_labels" in data and not values["id2label"]:
-            values["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
+            values["id2label"] = placeholder_labels(int(data["num_labels"]))
         values["pruned_heads"] = {
             int(k): sorted(int(h) for h in v) for k, v in (data.get("pruned_heads") or {}).items()
         }

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL_ID, ConfigError, PreprocessConfig, ViTHybridConfig
+from .config import (
+    DEFAULT_MODEL_ID,
+    ConfigError,
+    PreprocessConfig,
+    ViTHybridConfig,
+    placeholder_labels,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -412,7 +418,7 @@ def read_configs(
         if state_dict is not None:
             head = state_dict.get("head.weight", state_dict.get("classifier.weight"))
             if head is not None and head.shape[0] != 1000:
-                config.id2label = {i: f"LABEL_{i}" for i in range(head.shape[0])}
+                config.id2label = placeholder_labels(head.shape[0])
         config.validate()
     if resolved.preprocessor_file is not None:
         preprocess = PreprocessConfig.from_json(resolved.preprocessor_file)
@@ -431,7 +437,7 @@ def _num_labels(config: ViTHybridConfig, state_dict: dict[str, Any]) -> int:
         return 0  # a bare ViTHybridModel: no head, whatever id2label says
     if not config.id2label:
         outputs = state_dict["classifier.weight"].shape[0]
-        config.id2label = {i: f"LABEL_{i}" for i in range(outputs)}
+        config.id2label = placeholder_labels(outputs)
     return config.num_labels
 
 
@@ -483,13 +489,10 @@ def load_model(
     model.float()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    dtype = dtype or torch.float32
     if inference:
-        # Standardize conv weights in float32, before any cast to a lower precision.
-        model.prepare_for_inference()
-    model.to(device=device, dtype=dtype)
-    if inference and dtype != torch.float32:
-        model.backbone.to(memory_format=torch.channels_last)
+        model.prepare_for_inference(device, dtype)
+    else:
+        model.to(device=device, dtype=dtype or torch.float32)
     model.preprocess_config = preprocess
     model.checkpoint = resolved
     return model
