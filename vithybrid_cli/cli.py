@@ -423,6 +423,7 @@ def classify(
     def body() -> int:
         from .outputs import format_from_path
         from .runner import classify_task, shard_size
+        from .weights import require_classifier
         from .runtime import Distributed
         from .shards import RecordOutput
 
@@ -448,6 +449,7 @@ def classify(
             with target:
                 items, total = discover(paths, files_from, target.done)
                 loaded = load(model, revision, device, dtype, compile)
+                require_classifier(loaded)  # features-only checkpoints: a one-line hint
                 runner = make_runner(
                     loaded, batch_size, workers, interpolate_pos_encoding, image_size
                 )

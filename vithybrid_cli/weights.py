@@ -19,7 +19,11 @@ from .config import (
     ConfigError,
     PreprocessConfig,
     ViTHybridConfig,
+    is_timm_config,
     placeholder_labels,
+    read_json,
+    timm_model_config,
+    timm_preprocess_config,
 )
 
 if TYPE_CHECKING:
@@ -75,17 +79,43 @@ HF_TABLE: list[tuple[str, str]] = [
     (r"^classifier\.", "classifier."),
 ]
 
-# timm's vit_base_r50_s16_384 -> ours (qkv is already fused there).
+# timm's vision_transformer_hybrid models -> ours (qkv is already fused there). The tiny models'
+# backbone is the stem alone, a Sequential whose conv and norm sit right under the backbone.
 TIMM_TABLE: list[tuple[str, str]] = [
     (r"^cls_token$", "embeddings.cls_token"),
     (r"^pos_embed$", "embeddings.position_embeddings"),
     (r"^patch_embed\.backbone\.(stem|stages)\.", r"embeddings.patch_embed.backbone.\1."),
+    (r"^patch_embed\.backbone\.(conv|norm)\.", r"embeddings.patch_embed.backbone.stem.\1."),
     (r"^patch_embed\.proj\.", "embeddings.patch_embed.projection."),
     (r"^blocks\.(\d+)\.attn\.", r"blocks.\1.attention."),
     (r"^blocks\.(\d+)\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.", r"blocks.\1.\2."),
     (r"^norm\.", "norm."),
     (r"^head\.", "classifier."),
 ]
+
+
+# The family's short names (README "Choosing a model"): hybrid-<size>-<input side> is the
+# ImageNet-1k classifier (pre-trained on ImageNet-21k, fine-tuned on 1k); the -in21k suffix is
+# the ImageNet-21k model before fine-tuning (21,843 classes; base's has no head: features only).
+MODEL_ALIASES: dict[str, str] = {
+    "hybrid-tiny-224": "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k",
+    "hybrid-tiny-384": "timm/vit_tiny_r_s16_p8_384.augreg_in21k_ft_in1k",
+    "hybrid-tiny-224-in21k": "timm/vit_tiny_r_s16_p8_224.augreg_in21k",
+    "hybrid-small-224": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
+    "hybrid-small-384": "timm/vit_small_r26_s32_384.augreg_in21k_ft_in1k",
+    "hybrid-small-224-in21k": "timm/vit_small_r26_s32_224.augreg_in21k",
+    "hybrid-base-384": "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k",
+    "hybrid-base-224-in21k": "timm/vit_base_r50_s16_224.orig_in21k",
+    "hybrid-large-224": "timm/vit_large_r50_s32_224.augreg_in21k_ft_in1k",
+    "hybrid-large-384": "timm/vit_large_r50_s32_384.augreg_in21k_ft_in1k",
+    "hybrid-large-224-in21k": "timm/vit_large_r50_s32_224.augreg_in21k",
+    "hybrid-base-384-google": DEFAULT_MODEL_ID,
+}
+
+
+def resolve_alias(name: str) -> str:
+    """The hub id a short name stands for; anything else unchanged."""
+    return MODEL_ALIASES.get(name, name)
 
 
 class CheckpointError(RuntimeError):
@@ -118,7 +148,7 @@ def resolve_checkpoint(
         return _resolve_file(path)
     if path.is_dir():
         return _resolve_directory(path, str(name_or_path), revision)
-    name = str(name_or_path)
+    name = resolve_alias(str(name_or_path))
     if not HUB_ID.fullmatch(name):
         raise CheckpointError(
             f"model {name!r} is neither an existing file or directory nor a Hugging Face Hub id "
@@ -394,21 +424,42 @@ def load_state_dict_into(
 # ---------------------------------------------------------------------------- configs
 
 
-def imagenet_labels() -> dict[int, str]:
+def _label_file(filename: str) -> dict[int, str]:
     # Read beside this module rather than via importlib.resources.files("vithybrid_cli"), which
     # fails (NotADirectoryError) whenever the package resolves as a namespace package, e.g. an
     # editable install of a tree without __init__.py.
-    text = Path(__file__).with_name("imagenet_labels.txt").read_text("utf-8")
+    text = Path(__file__).with_name(filename).read_text("utf-8")
     return dict(enumerate(text.splitlines()))
+
+
+def imagenet_labels() -> dict[int, str]:
+    """The 1,000 ImageNet-1k class names, in the classifiers' output order."""
+    return _label_file("imagenet_labels.txt")
+
+
+def imagenet21k_labels() -> dict[int, str]:
+    """The 21,843 ImageNet-21k class names of Google's (and timm's) in21k checkpoints
+    (scripts/make_imagenet21k_labels.py made the file from timm's package data)."""
+    return _label_file("imagenet21k_labels.txt")
+
+
+KNOWN_LABEL_SETS = {1000: imagenet_labels, 21843: imagenet21k_labels}
 
 
 def read_configs(
     resolved: ResolvedCheckpoint, state_dict: dict[str, Any] | None = None
 ) -> tuple[ViTHybridConfig, PreprocessConfig]:
-    """config.json and preprocessor_config.json, or google's defaults when a bare weights file
+    """config.json and preprocessor_config.json (transformers' layout), config.json alone
+    (timm's: architecture + pretrained_cfg), or google's defaults when a bare weights file
     (e.g. timm's release) comes without them."""
     if resolved.config_file is not None:
-        config = ViTHybridConfig.from_json(resolved.config_file)
+        data = read_json(resolved.config_file, "model config")
+        if is_timm_config(data):
+            config = timm_model_config(data)
+            if config.num_labels in KNOWN_LABEL_SETS:
+                config.id2label = KNOWN_LABEL_SETS[config.num_labels]()
+            return config, timm_preprocess_config(data)
+        config = ViTHybridConfig.from_dict(data)
     else:
         logger.info(
             "no config.json beside %s: assuming google's vit-hybrid-base-bit-384 layout",
@@ -439,6 +490,21 @@ def _num_labels(config: ViTHybridConfig, state_dict: dict[str, Any]) -> int:
         outputs = state_dict["classifier.weight"].shape[0]
         config.id2label = placeholder_labels(outputs)
     return config.num_labels
+
+
+class FeaturesOnlyError(ValueError):
+    """`classify` asked of a checkpoint without a classifier head; str() is one line."""
+
+
+def require_classifier(model: ViTHybrid) -> None:
+    """Refuse a features-only checkpoint (e.g. timm's vit_base_r50_s16_224.orig_in21k) for
+    classification, pointing at what it can do instead."""
+    if model.classifier is None:
+        name = model.checkpoint.name if model.checkpoint is not None else "this checkpoint"
+        raise FeaturesOnlyError(
+            f"{name} is features only (no classifier head): use `vithybrid embed` for its "
+            "vectors, or `vithybrid fit` to train a head on them"
+        )
 
 
 # ---------------------------------------------------------------------------- the entry point
