@@ -423,9 +423,9 @@ def classify(
     def body() -> int:
         from .outputs import format_from_path
         from .runner import classify_task, shard_size
-        from .weights import require_classifier
         from .runtime import Distributed
         from .shards import RecordOutput
+        from .weights import require_classifier
 
         fmt = (
             (format.value if format else None)
