@@ -337,3 +337,47 @@ def test_small_384_classifies_end_to_end(tmp_path, hf_hub_cache):
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["path"].endswith("cat.jpg") and len(record["top_k"]) == 5
+
+
+# ---------------------------------------------------------------------------- 5. the menu
+
+
+def test_menu_cost_is_timms(monkeypatch):
+    """Parameters and FLOPs of a member equal timm's model's, counted the same way."""
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vithybrid_cli.family import cost
+
+    with torch.device("meta"), torch.no_grad():
+        reference = timm.create_model("vit_tiny_r_s16_p8_384", pretrained=False)
+        with FlopCounterMode(display=False) as counter:
+            reference(torch.empty(1, 3, 384, 384))
+    ours = cost("vit_tiny_r_s16_p8_384", 1000)
+    assert ours.parameters == sum(p.numel() for p in reference.parameters())
+    assert ours.gflops == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+    assert ours.input_size == 384
+
+
+def test_readme_documents_every_short_name():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    section = readme.split("## Choosing a model", 1)[1].split("\n## ", 1)[0]
+    for name, hub_id in MODEL_ALIASES.items():
+        assert f"`{name}`" in section
+        assert hub_id.split("/", 1)[1].split(".")[0] in section or name.endswith("google")
+
+
+@pytest.mark.slow
+def test_models_command_prints_the_menu():
+    from typer.testing import CliRunner
+
+    from vithybrid_cli.cli import app
+    from vithybrid_cli.family import MEMBERS
+
+    result = CliRunner().invoke(app, ["models"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for member in MEMBERS:
+        assert member.short_name in result.output
+    assert "329.1M" in result.output and "86.2" in result.output  # large-384, timm's table

@@ -700,25 +700,14 @@ def models(debug: Debug = False) -> None:
     """The ViT-Hybrid family: short names for --model, size, cost, accuracy, speed."""
 
     def body() -> int:
-        from .family import menu, read_throughput
+        from .family import MENU_COLUMNS, menu_cells
 
-        measured = read_throughput()
-        table = Table(caption=f"img/s measured on {measured.get('machine', '-')}")
-        table.add_column("--model", no_wrap=True)
-        table.add_column("labels", no_wrap=True)
-        for title in ("input", "params", "GFLOPs", "top-1", "img/s model", "img/s classify"):
-            table.add_column(title, justify="right")
-        for row in menu(measured):
-            table.add_row(
-                row.member.short_name,
-                row.member.labels,
-                str(row.cost.input_size),
-                f"{row.cost.parameters / 1e6:.1f}M",
-                f"{row.cost.gflops:.1f}",
-                f"{row.member.top1:.1f}" if row.member.top1 else "-",
-                f"{row.model_img_s:.1f}" if row.model_img_s else "-",
-                f"{row.process_img_s:.1f}" if row.process_img_s else "-",
-            )
+        rows, caption = menu_cells()
+        table = Table(box=None, caption=caption)
+        for index, title in enumerate(MENU_COLUMNS):
+            table.add_column(title, no_wrap=True, justify="left" if index < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
         stdout.print(table)
         return 0
 

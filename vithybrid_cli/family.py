@@ -116,3 +116,34 @@ def menu(throughput: dict | None = None) -> list[MenuRow]:
             )
         )
     return rows
+
+
+MENU_COLUMNS = ("--model", "labels", "input", "params", "GFLOPs", "top-1", "fwd/s", "run/s")
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if value else "-"
+
+
+def menu_cells(throughput: dict | None = None) -> tuple[list[list[str]], str]:
+    """(one row of strings per member in MENU_COLUMNS' order, a caption saying what the
+    throughput columns are and where they were measured): what `vithybrid models` prints."""
+    measured = throughput if throughput is not None else read_throughput()
+    rows = [
+        [
+            row.member.short_name,
+            row.member.labels,
+            str(row.cost.input_size),
+            f"{row.cost.parameters / 1e6:.1f}M",
+            _number(row.cost.gflops),
+            _number(row.member.top1),
+            _number(row.model_img_s),
+            _number(row.process_img_s),
+        ]
+        for row in menu(measured)
+    ]
+    caption = (
+        "fwd/s: images per second, the model alone (bf16, batch 8); run/s: `classify DIR` as a "
+        f"whole process; measured on {measured.get('machine', '-')}"
+    )
+    return rows, caption
