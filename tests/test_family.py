@@ -381,3 +381,25 @@ def test_models_command_prints_the_menu():
     for member in MEMBERS:
         assert member.short_name in result.output
     assert "329.1M" in result.output and "86.2" in result.output  # large-384, timm's table
+
+
+def test_input_box_is_the_region_timm_crops():
+    """preprocess.input_box maps the model's input back onto the photo: with crop_pct 0.9 the
+    centre 224/248 of the short side, offsets rounded as torchvision rounds them."""
+    import timm
+
+    from vithybrid_cli.preprocess import input_box
+
+    cfg = timm.models.get_pretrained_cfg("vit_tiny_r_s16_p8_224.augreg_in21k").to_dict()
+    config = timm_preprocess_config({"pretrained_cfg": json.loads(json.dumps(cfg))})
+    left, top, right, bottom = input_box(config, (600, 400))
+    # 600x400 -> 372x248 (int(248 * 600 / 400)), crop 224 at round(148 / 2), round(24 / 2)
+    scale = 400 / 248
+    assert (left, top) == pytest.approx((74 * scale, 12 * scale))
+    assert (right - left, bottom - top) == pytest.approx((224 * scale, 224 * scale))
+    image = photographs(1)[0].convert("RGB").resize((600, 400))
+    box = tuple(round(v) for v in (left, top, right, bottom))
+    pixels = np.asarray(image.crop(box).resize((224, 224), 3), dtype=np.float32)
+    cropped = (pixels.transpose(2, 0, 1) / 255 - 0.5) / 0.5  # timm's mean and std: 0.5
+    full = preprocess_image(image, config)
+    assert np.abs(cropped - full).mean() < 0.05  # the same picture, resampled once more

@@ -309,6 +309,32 @@ def _resize(
     return window, crop
 
 
+def input_box(
+    config: PreprocessConfig,
+    image_size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the original (W, H) image that preprocess_image turns into
+    the model's input, in original pixels (beyond the image where the crop pads).
+
+    Follows the config exactly: transformers' or timm's rounding, and timm's crop_pct (a 224
+    input seen from a 248 shortest edge covers the centre 90%, not the whole short side).
+    `input_size` as preprocess_image's image_size.
+    """
+    width, height = image_size
+    resized = _resized_size(config, input_size, width, height) or (width, height)
+    crop = _crop_size(config, input_size) or resized
+    left = crop_offset(resized[0], crop[0], config.pipeline)
+    top = crop_offset(resized[1], crop[1], config.pipeline)
+    scale_x, scale_y = width / resized[0], height / resized[1]
+    return (
+        left * scale_x,
+        top * scale_y,
+        (left + crop[0]) * scale_x,
+        (top + crop[1]) * scale_y,
+    )
+
+
 def _center_crop(
     pixels: np.ndarray, crop: tuple[int, int], pipeline: str = "transformers"
 ) -> np.ndarray:
