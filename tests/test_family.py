@@ -108,7 +108,7 @@ def test_full_size_members_match_timm(tmp_path, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hub_id", TIMM_IDS)
-def test_every_member_has_timms_tensors_and_parameters(hub_id):
+def test_every_member_has_timms_tensors_and_parameters(hub_id, tmp_path):
     """On the meta device (no weights): our model for each id's config holds exactly timm's
     tensors, under timm's names once converted, with the same shapes."""
     import timm
@@ -120,7 +120,7 @@ def test_every_member_has_timms_tensors_and_parameters(hub_id):
 
     with torch.device("meta"):
         reference = timm.create_model(hub_id.removeprefix("timm/"), pretrained=False)
-    config_file = f"/tmp/vithybrid-{hub_id.replace('/', '-')}.json"
+    config_file = tmp_path / "config.json"
     save_config_for_hf(reference, config_file)
     config = timm_model_config(read_json(config_file, "config"))
     converted, unknown = convert_state_dict(reference.state_dict(), "timm")
@@ -199,6 +199,8 @@ def test_all_eleven_ids_resolve_from_an_offline_cache(hf_hub_cache, tmp_path, no
         source.mkdir()
         (source / "config.json").write_text(json.dumps(published_config(hub_id)))
         (source / "model.safetensors").write_bytes(b"")  # resolving reads no weights
+        if hub_id == MODEL_ALIASES["hybrid-tiny-384"]:  # loaded too: one block, 64 pixels
+            make_timm_checkpoint(source, hub_id[5:], depth=1, img_size=64)
         commit = hf_hub_cache.add(hub_id, source)
         short = next(name for name, target in MODEL_ALIASES.items() if target == hub_id)
         for name in (hub_id, short):
@@ -209,7 +211,8 @@ def test_all_eleven_ids_resolve_from_an_offline_cache(hf_hub_cache, tmp_path, no
         arch = TIMM_ARCHITECTURES[config.architecture]
         assert config.backbone_config.depths == arch.layers
         assert config.hidden_size == arch.embed_dim and config.patch_size == arch.patch_size
-        cfg = timm.models.get_pretrained_cfg(hub_id.removeprefix("timm/")).to_dict()
+        cfg = json.loads((source / "config.json").read_text())["pretrained_cfg"]
+        assert cfg["tag"] == hub_id.split(".", 1)[1]
         assert config.num_labels == cfg["num_classes"]
         expected = resolve_data_config(pretrained_cfg=cfg)
         assert preprocess.crop_size == {
@@ -220,6 +223,11 @@ def test_all_eleven_ids_resolve_from_an_offline_cache(hf_hub_cache, tmp_path, no
         assert preprocess.image_mean == tuple(expected["mean"])
         if config.num_labels == 21843:
             assert config.id2label[2397] == "tabby, tabby cat"
+        if short == "hybrid-tiny-384":
+            model = load_model(short)
+            assert model.checkpoint.name == hub_id and model.config.patch_size == 8
+            pixels = torch.zeros(1, 3, 64, 64)
+            assert our_logits(model, pixels).shape[-1] == cfg["num_classes"]
     assert no_network == []
 
 
