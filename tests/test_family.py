@@ -189,7 +189,6 @@ def published_config(hub_id: str) -> dict:
 def test_all_eleven_ids_resolve_from_an_offline_cache(hf_hub_cache, tmp_path, no_network):
     """Every id (and its short name) resolves in an offline cache populated with its published
     config.json; the architecture, labels and preprocessing follow from it."""
-    import timm
     from timm.data import resolve_data_config
 
     from vithybrid_cli.weights import read_configs
