@@ -520,11 +520,14 @@ def load_model(
 ) -> ViTHybrid:
     """Build the model a checkpoint describes and load its weights.
 
-    `name_or_path` is a hub id (default google/vit-hybrid-base-bit-384), a checkpoint directory
-    (config.json + model.safetensors / pytorch_model.bin / sharded *.index.json) or a weights file
-    in transformers' or timm's naming. With `inference` (the default) the model is put in eval
-    mode with weight standardization precomputed, and reduced-precision dtypes get a
-    channels_last backbone (float32 keeps the reference's layout for exact parity). It carries
+    `name_or_path` is a hub id (default google/vit-hybrid-base-bit-384, or any of timm's BiT
+    hybrids), a short name (MODEL_ALIASES, e.g. hybrid-small-384), a checkpoint directory
+    (transformers' config.json + preprocessor_config.json, or timm's config.json with
+    architecture and pretrained_cfg; model.safetensors / pytorch_model.bin / sharded
+    *.index.json) or a weights file in transformers' or timm's naming. With `inference` (the
+    default) the model is prepared by ViTHybrid.prepare_for_inference: eval mode, weight
+    standardization precomputed in float32, cast, and a channels_last backbone for reduced
+    precision (float32 keeps the reference's layout for exact parity). It carries
     `.config`, `.preprocess_config` and `.checkpoint` (a ResolvedCheckpoint).
     """
     import torch
