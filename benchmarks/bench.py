@@ -12,6 +12,10 @@ subprocess so none shares another's thread pools, allocator or caches:
   model      forward pass alone at 384x384, batch 8: ours bf16 (logits, as classify runs it;
              and all tokens, as embed --tokens), ours float32, timm bf16 autocast
   cold       `vithybrid classify one.jpg` as a new process vs model load + one forward + 1 s
+  family     timm's hybrid family (--members, short names; default small, base and large 384):
+             the forward pass alone (bf16, batch 8, the member's input size) and
+             `vithybrid classify DIR --model MEMBER` as a whole process, on random weights in
+             timm's hub layout; --record stores them for `vithybrid models`
 
 Pipelines are timed as whole processes (interpreter start-up, imports, model load included).
 
@@ -19,6 +23,7 @@ Pipelines are timed as whole processes (interpreter start-up, imports, model loa
     python benchmarks/bench.py --repeat 3           # best of three, runs interleaved
     python benchmarks/bench.py --only ours,model    # a subset
     python benchmarks/bench.py --count 16 --json results.json
+    python benchmarks/bench.py --only family --members hybrid-small-384,hybrid-base-384 --record
 
 Needs the dev extras (transformers 4.x, timm, scikit-image). Numbers are only comparable within
 one run: other load on the machine changes them all, so the load average is printed with them.
@@ -42,7 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PIPELINES = ("reference", "timm", "ours")
 MODELS = ("ours-bf16", "ours-bf16-all-tokens", "ours-fp32", "timm-bf16")
-SECTIONS = ("reference", "timm", "ours", "model", "cold")
+SECTIONS = ("reference", "timm", "ours", "model", "cold", "family")
+FAMILY_MEMBERS = "hybrid-small-384,hybrid-base-384,hybrid-large-384"
 BATCH = 8
 
 
@@ -87,6 +93,23 @@ def ensure_checkpoint(work: Path) -> Path:
 
     shutil.rmtree(target, ignore_errors=True)
     make_checkpoint(target, "full", seed=0)
+    return target
+
+
+def ensure_family_checkpoint(work: Path, member: str) -> Path:
+    """A family member's full architecture with seeded random weights in timm's hub layout
+    (timm's save_for_hf), as its Hub repo has it; random weights cost the same compute."""
+    from vithybrid_cli.weights import MODEL_ALIASES
+
+    target = work / "family" / member
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    sys.path.insert(0, str(REPO / "tests"))
+    from checkpoints import make_timm_model, save_timm_checkpoint
+
+    shutil.rmtree(target, ignore_errors=True)
+    model = make_timm_model(MODEL_ALIASES[member].removeprefix("timm/"))
+    save_timm_checkpoint(model, target)
     return target
 
 
@@ -350,6 +373,58 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
     }
 
 
+def worker_family_model(ckpt: str, iters: str) -> dict:
+    """A family member's forward pass alone, as classify runs it: bf16, batch 8, its size."""
+    import numpy as np
+    import torch
+
+    from vithybrid_cli.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.runtime import prepare_model
+    from vithybrid_cli.weights import load_model
+
+    model = prepare_model(load_model(ckpt, dtype=torch.bfloat16))
+    side = model.config.image_size
+    pixels = np.random.default_rng(0).standard_normal((BATCH, 3, side, side), dtype=np.float32)
+    runner = Runner(model, RunOptions(batch_size=BATCH))
+    task = classify_task(5, {})
+    runner.forward(pixels, task)  # warm-up
+    times = []
+    for _ in range(int(iters)):
+        start = time.perf_counter()
+        runner.forward(pixels, task)
+        times.append(time.perf_counter() - start)
+    return {"img_s": BATCH / statistics.median(times), "best_img_s": BATCH / min(times)}
+
+
+def bench_family(member: str, photos: Path, work: Path, out_dir: Path, iters: int) -> dict:
+    ckpt = ensure_family_checkpoint(work, member)
+    _, model, _ = run_child(worker("family-model", str(ckpt), str(iters)))
+    process = bench_pipeline("ours", photos, ckpt, out_dir)
+    return {
+        "model_img_s": model["img_s"],
+        "process_img_s": process["img_s"],
+        "img_s": process["img_s"],
+    }
+
+
+def record_family(summary: dict, info: dict) -> Path:
+    """Store the family's best throughputs for `vithybrid models` (family_throughput.json)."""
+    from vithybrid_cli.family import THROUGHPUT_FILE, read_throughput
+
+    data = read_throughput() or {}
+    members = data.get("members", {})
+    for name, entry in summary.items():
+        if name.startswith("family:"):
+            best = entry["runs"]
+            members[name.removeprefix("family:")] = {
+                "model_img_s": round(max(r["model_img_s"] for r in best), 2),
+                "process_img_s": round(max(r["process_img_s"] for r in best), 2),
+            }
+    machine = f"{info.get('cpu')}, {info.get('cores')} cores, torch {info.get('torch')}"
+    THROUGHPUT_FILE.write_text(json.dumps({"machine": machine, "members": members}, indent=2))
+    return THROUGHPUT_FILE
+
+
 def worker_parts(image: str, ckpt: str) -> dict:
     """The cold CLI's parts: imports, model load, one forward, in a fresh process."""
     t0 = time.perf_counter()
@@ -389,6 +464,12 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--members", default=FAMILY_MEMBERS, help=f"family short names (default {FAMILY_MEMBERS})"
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="store family results for `vithybrid models`"
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -399,6 +480,7 @@ def main() -> None:
             "timm": worker_timm,
             "model": worker_model,
             "parts": worker_parts,
+            "family-model": worker_family_model,
         }[kind]
         print(json.dumps(function(*rest)))
         return
@@ -409,7 +491,8 @@ def main() -> None:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
     args.work.mkdir(parents=True, exist_ok=True)
     photos = ensure_photos(args.work, args.count, args.photos)
-    ckpt = ensure_checkpoint(args.work)
+    ckpt = ensure_checkpoint(args.work) if set(only) - {"family"} else None
+    members = [m.strip() for m in args.members.split(",") if m.strip()]
     out_dir = Path(tempfile.mkdtemp(prefix="vithybrid-bench-"))
     info = machine_info()
     print(
@@ -455,6 +538,17 @@ def main() -> None:
                 f"+ forward {result['forward_s']:.2f} s: {result['overhead_s']:.2f} s more"
             )
 
+        if "family" in only:
+            for member in members:
+                result = bench_family(member, photos, args.work, out_dir, args.iters)
+                result["loadavg"] = loadavg()
+                results.setdefault(f"family:{member}", []).append(result)
+                print(
+                    f"[{repeat + 1}] {member:18s} model {result['model_img_s']:6.2f} img/s, "
+                    f"classify {result['process_img_s']:6.2f} img/s whole process "
+                    f"(load {result['loadavg']})"
+                )
+
     summary = {name: summarize(runs) for name, runs in results.items()}
     print(f"\nsummary (best of {args.repeat}; load average at end: {loadavg()})")
     for name, entry in summary.items():
@@ -477,6 +571,20 @@ def main() -> None:
             f"{cold['budget_s']:.2f} s; slowest imports: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in cold["top_imports_s"].items())
         )
+    family = {n: e for n, e in summary.items() if n.startswith("family:")}
+    for name, entry in family.items():
+        print(
+            f"  {name:26s} model {max(r['model_img_s'] for r in entry['runs']):7.2f} img/s, "
+            f"classify {max(r['process_img_s'] for r in entry['runs']):7.2f} img/s"
+        )
+    small, base = family.get("family:hybrid-small-384"), family.get("family:hybrid-base-384")
+    if small and base:
+        ratio = max(r["process_img_s"] for r in small["runs"]) / max(
+            r["process_img_s"] for r in base["runs"]
+        )
+        print(f"  classify small-384 / base-384 {ratio:.2f}x   (goal >= 2.5x)")
+    if args.record and family:
+        print(f"  recorded in {record_family(summary, info)}")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": summary}, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)

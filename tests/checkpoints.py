@@ -169,3 +169,37 @@ def photographs(count: int = 4) -> list:
             array = (array * 255).astype(np.uint8)
         images.append(Image.fromarray(array))
     return images
+
+
+# ---------------------------------------------------------------------------- timm's hub layout
+
+
+def make_timm_model(name: str, seed: int = 0, **model_args):
+    """A timm model (pretrained=False) with seeded random weights spread enough to matter.
+
+    Built on the meta device and materialized uninitialized: randomize() writes every parameter
+    anyway, and skipping timm's own initialization of ~100M weights saves seconds.
+    """
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **model_args)
+    model = model.to_empty(device="cpu")
+    assert not list(model.buffers()), "randomize() would leave buffers uninitialized"
+    randomize(model, seed)
+    return model.eval()
+
+
+def save_timm_checkpoint(model, directory: Path, **model_args) -> Path:
+    """timm's own save_for_hf: config.json (architecture, num_classes, pretrained_cfg,
+    model_args) + model.safetensors, the layout of timm's Hub repos."""
+    from timm.models._hub import save_for_hf
+
+    save_for_hf(model, str(directory), model_args=model_args or None, safe_serialization=True)
+    return directory
+
+
+def make_timm_checkpoint(directory: Path, name: str, seed: int = 0, **model_args):
+    """(directory, timm model) for timm's `name` with `model_args` overrides."""
+    model = make_timm_model(name, seed, **model_args)
+    return save_timm_checkpoint(model, directory, **model_args), model

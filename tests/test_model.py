@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from checkpoints import make_hf_model, save_checkpoint
 from PIL import Image
 
+from vithybrid_cli import kernels
 from vithybrid_cli.config import ConfigError, ViTHybridConfig
 from vithybrid_cli.weights import CheckpointError, load_model
 
@@ -149,7 +150,7 @@ def test_fused_and_explicit_attention_agree(tiny_checkpoint, monkeypatch):
         explicit = model(pixels, output_hidden_states=True, output_attentions=True)
         assert len(calls) == 2  # attention maps need the explicit softmax
         for block in model.blocks:
-            block.attention.fused = False
+            block.attention.sdpa = False
         unfused = model(pixels, output_hidden_states=True)
         assert len(calls) == 2
 
@@ -424,7 +425,7 @@ def test_cls_only_gives_the_same_cls_outputs(tiny_checkpoint, dtype, attention):
     are unchanged (bfloat16 takes the fused-linear path), only the CLS token comes back."""
     model = load_model(tiny_checkpoint, dtype=dtype)
     for block in model.blocks:
-        block.attention.fused = attention == "fused"
+        block.attention.sdpa = attention == "fused"
     pixels = tiny_pixels()
     head_mask = torch.tensor([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]])
     with torch.no_grad():
@@ -494,7 +495,7 @@ def test_folded_bottleneck_tail_matches_plain_ops_and_spares_the_callers_input(
 ):
     from vithybrid_cli import backbone
 
-    if not backbone.fused_conv_available():
+    if not kernels.conv_available():
         pytest.skip("oneDNN's fused conv is not available on this CPU")
     model = load_model(tiny_checkpoint, dtype=torch.bfloat16)
     block = model.backbone.stages[0].blocks[0]  # 16 -> 32 channels, with a downsample
@@ -535,7 +536,7 @@ def test_bfloat16_backbone_paths_agree_with_plain_ops_at_larger_maps(tiny_checkp
     calls = fold_used(monkeypatch)
     with torch.no_grad():
         fast = model(pixels, interpolate_pos_encoding=True)
-        if backbone.fused_conv_available():
+        if kernels.conv_available():
             assert len(calls) == 2  # stage 1 and stage 2 (one block each)
         monkeypatch.setattr(backbone, "FOLD_MIN_PIXELS", 10**9)
         monkeypatch.setattr(backbone.GroupNormAct, "forward", plain_group_norm_act)

@@ -11,13 +11,13 @@ map is large (see "folded GroupNorm" below); everywhere else the ops are the ref
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .config import BitConfig, make_divisible
 
 
@@ -177,48 +177,13 @@ class Stem(nn.Module):
 FOLD_MIN_PIXELS = 1024  # below this (24x24 at 384 input) the maps stay cached and plain is faster
 
 
-@functools.cache
-def fused_conv_available() -> bool:
-    """Whether torch.ops.mkldnn._convolution_pointwise_.binary (add + ReLU) works here."""
-    return _probe_fused_conv()
-
-
-def _probe_fused_conv() -> bool:
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        generator = torch.Generator().manual_seed(0)
-        x, weight, other = (
-            torch.randn(shape, generator=generator)
-            .to(torch.bfloat16)
-            .contiguous(memory_format=torch.channels_last)
-            for shape in ((1, 8, 5, 5), (16, 8, 1, 1), (1, 16, 5, 5))
-        )
-        bias = torch.randn(16, generator=generator).to(torch.bfloat16)
-        want = F.relu(F.conv2d(x, weight, bias) + other)
-        with torch.no_grad():
-            got = torch.ops.mkldnn._convolution_pointwise_.binary(
-                other, x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], ""
-            )
-        return got.shape == want.shape and torch.allclose(
-            got.float(), want.float(), rtol=1 / 32, atol=1 / 32
-        )
-    except Exception:  # no oneDNN, an op that changed signature, an unsupported CPU
-        return False
-
-
 def can_fold_norm(h: torch.Tensor, conv: StdConv2dSame) -> bool:
     return (
-        h.device.type == "cpu"
-        and h.dtype == torch.bfloat16
-        and h.is_contiguous(memory_format=torch.channels_last)
-        and h.shape[-2] * h.shape[-1] >= FOLD_MIN_PIXELS
+        h.shape[-2] * h.shape[-1] >= FOLD_MIN_PIXELS
         and conv.frozen
         and conv.kernel_size == (1, 1)
         and conv.stride == (1, 1)
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and fused_conv_available()
+        and kernels.conv_epilogue(h)
     )
 
 
@@ -254,20 +219,11 @@ def conv_norm_add_relu(
     scale, shift = group_norm_of_conv1x1(h, weight, norm)
     for i in range(h.shape[0]):
         sample_weight = (weight * scale[i].view(-1, 1, 1, 1)).to(h.dtype)
-        torch.ops.mkldnn._convolution_pointwise_.binary(
+        kernels.conv1x1_add_relu_(
             shortcut[i : i + 1],
             h[i : i + 1],
             sample_weight.contiguous(memory_format=torch.channels_last),
             shift[i].to(h.dtype),
-            [0, 0],
-            [1, 1],
-            [1, 1],
-            1,
-            "add",
-            1.0,
-            "relu",
-            [],
-            "",
         )
     return shortcut
 
@@ -358,26 +314,24 @@ class Stage(nn.Module):
 
 
 class BitBackbone(nn.Module):
-    """Pixels (B, 3, H, W) -> feature map (B, out_channels, ceil(H/stride), ceil(W/stride))."""
+    """Pixels (B, 3, H, W) -> feature map (B, out_channels, ceil(H/stride), ceil(W/stride)).
+
+    With no stages (timm's vit_tiny_r_s16_p8) the stem's output is the feature map.
+    """
 
     def __init__(self, config: BitConfig) -> None:
         super().__init__()
         self.config = config
         self.stem = Stem(config)
-        stages = []
-        in_channels, current_stride, dilation = config.embedding_size, 4, 1
-        for index in range(config.num_stages):
-            out_channels = make_divisible(config.hidden_sizes[index] * config.width_factor)
-            stride = 1 if index == 0 else 2
-            if current_stride >= config.output_stride:
-                dilation, stride = dilation * stride, 1
+        stages, in_channels = [], config.embedding_size
+        for plan in config.stage_plan():
             stages.append(
-                Stage(config, in_channels, out_channels, config.depths[index], stride, dilation)
+                Stage(config, in_channels, plan.width, plan.depth, plan.stride, plan.dilation)
             )
-            in_channels, current_stride = out_channels, current_stride * stride
+            in_channels = plan.width
         self.stages = nn.ModuleList(stages)
-        self.out_channels = in_channels
-        self.stride = current_stride
+        self.out_channels = config.out_channels
+        self.stride = config.stride
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.stem(pixel_values)

@@ -460,6 +460,7 @@ def classify(
         from .job import CollectOutput, StreamOutput
         from .runner import classify_task
         from .runtime import Distributed
+        from .weights import require_classifier
 
         fmt, inputs = record_format(format, output), Inputs(paths, files_from)
         ensure_parent(output)
@@ -467,6 +468,7 @@ def classify(
         needs_file(output, job)
         with job:
             loaded = common.load()
+            require_classifier(loaded)  # features-only checkpoints: a one-line hint
             runner, task = common.runner(loaded), classify_task(top_k, loaded.config.id2label)
             if fmt == "table":
                 target: Any = CollectOutput()
@@ -675,6 +677,25 @@ def describe(loaded: Any) -> list[tuple[str, str]]:
         ("dtype", str(parameter.dtype).removeprefix("torch.")),
         ("cache", str(constants.HF_HUB_CACHE)),
     ]
+
+
+@app.command()
+def models(debug: Debug = False) -> None:
+    """The ViT-Hybrid family: short names for --model, size, cost, accuracy, speed."""
+
+    def body() -> int:
+        from .family import MENU_COLUMNS, menu_cells
+
+        rows, caption = menu_cells()
+        table = Table(box=None, caption=caption)
+        for index, title in enumerate(MENU_COLUMNS):
+            table.add_column(title, no_wrap=True, justify="left" if index < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
+        stdout.print(table)
+        return 0
+
+    run_command(body, debug)
 
 
 def main() -> None:

@@ -8,27 +8,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL_ID = "google/vit-hybrid-base-bit-384"
-ACTIVATIONS = (
-    "gelu",
-    "gelu_new",
-    "gelu_pytorch_tanh",
-    "gelu_fast",
-    "quick_gelu",
-    "relu",
-    "silu",
-    "swish",
-    "tanh",
-)
+# hidden_act names (transformers') -> the kind of function model.ACTIVATION_KINDS implements
+ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 class ConfigError(ValueError):
     """A config.json or preprocessor_config.json that cannot describe a working model."""
+
+
+def placeholder_labels(count: int) -> dict[int, str]:
+    """transformers' names for the classes of a head that comes without id2label: LABEL_i."""
+    return {i: f"LABEL_{i}" for i in range(count)}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -50,6 +57,16 @@ def _read_json(path: str | Path, what: str) -> dict[str, Any]:
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One backbone stage: output channels, blocks, the first block's stride, the dilation."""
+
+    width: int
+    depth: int
+    stride: int
+    dilation: int
 
 
 @dataclass
@@ -87,7 +104,8 @@ class BitConfig:
             raise ConfigError(f"unsupported BiT layer_type {self.layer_type!r}: only 'bottleneck'")
         if self.hidden_act != "relu":
             raise ConfigError(f"unsupported BiT hidden_act {self.hidden_act!r}: only 'relu'")
-        if not self.depths or any(depth < 1 for depth in self.depths):
+        # No stages at all is valid: timm's vit_tiny_r_s16_p8 reads the stem's output directly.
+        if any(depth < 1 for depth in self.depths):
             raise ConfigError(f"BiT depths must be positive, got {list(self.depths)}")
         if len(self.hidden_sizes) < len(self.depths):
             raise ConfigError("BiT hidden_sizes needs one entry per stage in depths")
@@ -109,8 +127,23 @@ class BitConfig:
 
     @property
     def stage_widths(self) -> list[int]:
-        widths = self.hidden_sizes[: self.num_stages]
-        return [make_divisible(size * self.width_factor) for size in widths]
+        return [stage.width for stage in self.stage_plan()]
+
+    def stage_plan(self) -> list[StagePlan]:
+        """Width, stride and dilation of every stage run: the one place BiT's schedule lives.
+
+        The stem (conv stride 2 + max-pool stride 2) downsamples by 4, every stage after the first
+        by 2 until output_stride is reached; later stages dilate instead.
+        """
+        plans, current_stride, dilation = [], 4, 1
+        for index in range(self.num_stages):
+            stride = 1 if index == 0 else 2
+            if current_stride >= self.output_stride:
+                dilation, stride = dilation * stride, 1
+            width = make_divisible(self.hidden_sizes[index] * self.width_factor)
+            plans.append(StagePlan(width, self.depths[index], stride, dilation))
+            current_stride *= stride
+        return plans
 
     @property
     def num_stages(self) -> int:
@@ -121,17 +154,16 @@ class BitConfig:
 
     @property
     def stride(self) -> int:
-        # The stem (conv stride 2 + max-pool stride 2) downsamples by 4, every stage after the
-        # first by 2 until output_stride is reached (later stages dilate instead).
+        """Input pixels per feature-map pixel (per side)."""
         stride = 4
-        for _ in range(1, self.num_stages):
-            if stride < self.output_stride:
-                stride *= 2
+        for stage in self.stage_plan():
+            stride *= stage.stride
         return stride
 
     @property
     def out_channels(self) -> int:
-        return self.stage_widths[-1]
+        plans = self.stage_plan()
+        return plans[-1].width if plans else self.embedding_size
 
 
 @dataclass
@@ -155,19 +187,20 @@ class ViTHybridConfig:
     id2label: dict[int, str] = field(default_factory=dict)
     problem_type: str | None = None
     model_type: str = "vit-hybrid"
+    architecture: str | None = None  # timm's architecture name, for timm checkpoints
     pruned_heads: dict[int, list[int]] = field(default_factory=dict)
     backbone_featmap_shape: list[int] | None = None  # (1, C, h, w) the checkpoint was trained at
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViTHybridConfig:
         model_type = data.get("model_type", "vit-hybrid")
-        if model_type not in ("vit-hybrid", "vit_hybrid"):
+        if model_type not in ("vit-hybrid", "vit_hybrid", "timm"):
             raise ConfigError(f"unsupported model_type {model_type!r}: expected 'vit-hybrid'")
         values = _known_fields(cls, data)
         values["backbone_config"] = BitConfig.from_dict(data.get("backbone_config") or {})
         values["id2label"] = {int(k): str(v) for k, v in (data.get("id2label") or {}).items()}
         if "num_labels" in data and not values["id2label"]:
-            values["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
+            values["id2label"] = placeholder_labels(int(data["num_labels"]))
         values["pruned_heads"] = {
             int(k): sorted(int(h) for h in v) for k, v in (data.get("pruned_heads") or {}).items()
         }
@@ -259,6 +292,12 @@ class PreprocessConfig:
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     do_convert_rgb: bool = True
+    # "transformers" (ViTHybridImageProcessor's rounding) or "timm" (torchvision's: the crop
+    # offset rounds half to even, pixels are divided by 255 in float32). timm's crop_pct and
+    # crop_mode are kept for display; size and crop_size already say what they mean.
+    pipeline: str = "transformers"
+    crop_pct: float | None = None
+    crop_mode: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
@@ -291,3 +330,156 @@ class PreprocessConfig:
             return self.size["width"], self.size["height"]
         edge = self.size["shortest_edge"]
         return edge, edge
+
+
+# ---------------------------------------------------------------------------- timm's hub layout
+# timm publishes its checkpoints as config.json {architecture, num_classes, pretrained_cfg,
+# optional model_args} beside model.safetensors; the architecture name stands for code in
+# timm/models/vision_transformer_hybrid.py, transcribed here.
+
+
+@dataclass(frozen=True)
+class TimmArchitecture:
+    """One of timm's BiT-hybrid ViTs: `_resnetv2(layers)` feeding `VisionTransformer(...)`."""
+
+    layers: tuple[int, ...]  # BiT stage depths; () = the stem alone (the tiny models)
+    embed_dim: int
+    depth: int
+    num_heads: int
+    img_size: int
+    patch_size: int = 1  # on the backbone's feature map
+
+
+TIMM_ARCHITECTURES: dict[str, TimmArchitecture] = {
+    "vit_tiny_r_s16_p8_224": TimmArchitecture((), 192, 12, 3, 224, patch_size=8),
+    "vit_tiny_r_s16_p8_384": TimmArchitecture((), 192, 12, 3, 384, patch_size=8),
+    "vit_small_r26_s32_224": TimmArchitecture((2, 2, 2, 2), 384, 12, 6, 224),
+    "vit_small_r26_s32_384": TimmArchitecture((2, 2, 2, 2), 384, 12, 6, 384),
+    "vit_base_r26_s32_224": TimmArchitecture((2, 2, 2, 2), 768, 12, 12, 224),
+    "vit_base_r50_s16_224": TimmArchitecture((3, 4, 9), 768, 12, 12, 224),
+    "vit_base_r50_s16_384": TimmArchitecture((3, 4, 9), 768, 12, 12, 384),
+    "vit_large_r50_s32_224": TimmArchitecture((3, 4, 6, 3), 1024, 24, 16, 224),
+    "vit_large_r50_s32_384": TimmArchitecture((3, 4, 6, 3), 1024, 24, 16, 384),
+}
+# model_args (timm's create_model keyword overrides) that map onto our config; any other is refused
+TIMM_MODEL_ARGS = frozenset(
+    {"embed_dim", "depth", "num_heads", "img_size", "patch_size", "mlp_ratio", "num_classes"}
+    | {"in_chans", "qkv_bias", "global_pool", "class_token"}
+)
+# timm's interpolation names -> PIL resample filters (torchvision's pil_modes_mapping)
+PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+TIMM_DEFAULT_CROP_PCT = 0.875  # timm.data.constants.DEFAULT_CROP_PCT
+
+
+def is_timm_config(data: dict[str, Any]) -> bool:
+    return "architecture" in data and "model_type" not in data
+
+
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`, or ConfigError naming the file."""
+    return _read_json(path, what)
+
+
+def timm_model_config(data: dict[str, Any]) -> ViTHybridConfig:
+    """Our config for a timm config.json; id2label holds placeholders (weights.py names them)."""
+    name = data.get("architecture")
+    if name not in TIMM_ARCHITECTURES:
+        raise ConfigError(
+            f"unsupported timm architecture {name!r}; known: {', '.join(TIMM_ARCHITECTURES)}"
+        )
+    arch = TIMM_ARCHITECTURES[name]
+    args = dict(data.get("model_args") or {})
+    unknown = sorted(set(args) - TIMM_MODEL_ARGS)
+    if unknown:
+        raise ConfigError(f"unsupported timm model_args for {name}: {', '.join(unknown)}")
+    if args.get("global_pool", data.get("global_pool", "token")) != "token":
+        raise ConfigError("only timm's global_pool='token' (the CLS token) is supported")
+    if args.get("class_token", True) is not True:
+        raise ConfigError("timm models without a class token are not supported")
+    img_size = args.get("img_size", arch.img_size)
+    if isinstance(img_size, (list, tuple)):
+        if len(set(img_size)) != 1:
+            raise ConfigError(f"non-square img_size {list(img_size)} is not supported")
+        img_size = img_size[0]
+    embed_dim = int(args.get("embed_dim", arch.embed_dim))
+    num_classes = int(
+        args.get("num_classes", data.get("num_classes", pretrained_cfg_of(data).get("num_classes")))
+    )
+    in_chans = int(args.get("in_chans", 3))
+    backbone = BitConfig(
+        num_channels=in_chans,
+        depths=arch.layers,
+        output_stride=32,  # timm's ResNetV2 default; r50_s16 gets 16 from having 3 stages
+        global_padding="same",
+        embedding_dynamic_padding=True,
+    )
+    backbone.validate()
+    config = ViTHybridConfig(
+        hidden_size=embed_dim,
+        num_hidden_layers=int(args.get("depth", arch.depth)),
+        num_attention_heads=int(args.get("num_heads", arch.num_heads)),
+        intermediate_size=int(embed_dim * float(args.get("mlp_ratio", 4.0))),
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,  # timm's ViT LayerNorm
+        image_size=int(img_size),
+        patch_size=int(args.get("patch_size", arch.patch_size)),
+        num_channels=in_chans,
+        qkv_bias=bool(args.get("qkv_bias", True)),
+        backbone_config=backbone,
+        id2label=placeholder_labels(num_classes),
+        model_type="timm",
+        architecture=name,
+    )
+    config.validate()
+    return config
+
+
+def pretrained_cfg_of(data: dict[str, Any]) -> dict[str, Any]:
+    cfg = data.get("pretrained_cfg") or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError("pretrained_cfg must be a JSON object")
+    return cfg
+
+
+def timm_preprocess_config(data: dict[str, Any]) -> PreprocessConfig:
+    """timm's resolve_data_config + transforms_imagenet_eval for a config.json's pretrained_cfg.
+
+    scale = floor(input_size / crop_pct); crop_mode "center" resizes the shortest edge to it
+    (torchvision Resize) and center-crops input_size; "squash" resizes both edges to it, then
+    crops. Then ToTensor (float32 / 255) and Normalize(mean, std).
+    """
+    cfg = pretrained_cfg_of(data)
+    input_size = cfg.get("input_size", (3, 224, 224))
+    if len(input_size) != 3:
+        raise ConfigError(f"pretrained_cfg input_size must be (C, H, W), got {input_size}")
+    _, height, width = (int(v) for v in input_size)
+    crop_pct = float(cfg.get("crop_pct") or TIMM_DEFAULT_CROP_PCT)
+    crop_mode = cfg.get("crop_mode") or "center"
+    interpolation = cfg.get("interpolation") or "bilinear"
+    if interpolation not in PIL_RESAMPLE:
+        raise ConfigError(f"unsupported timm interpolation {interpolation!r}")
+    scale_h, scale_w = math.floor(height / crop_pct), math.floor(width / crop_pct)
+    if crop_mode == "squash":
+        size = {"height": scale_h, "width": scale_w}
+    elif crop_mode == "center" and height == width:
+        size = {"shortest_edge": scale_h}
+    else:
+        raise ConfigError(
+            f"timm crop_mode {crop_mode!r} at {height}x{width} is not supported "
+            "(center on square inputs, or squash)"
+        )
+    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+    config = PreprocessConfig(
+        size=size,
+        resample=PIL_RESAMPLE[interpolation],
+        crop_size={"height": height, "width": width},
+        image_mean=mean,
+        image_std=std,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        pipeline="timm",
+    )
+    if any(value == 0 for value in config.image_std):
+        raise ConfigError("pretrained_cfg std must not contain zeros")
+    return config

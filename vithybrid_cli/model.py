@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .backbone import BitBackbone
-from .config import ViTHybridConfig
+from .config import ACTIVATIONS, ViTHybridConfig
+
+if TYPE_CHECKING:
+    from .config import PreprocessConfig
 
 
 def resample_position_embeddings(
@@ -110,81 +116,26 @@ class Embeddings(nn.Module):
         return self.dropout(tokens + position_embeddings), grid
 
 
-# oneDNN's fused linear (bias, GELU or a residual add in the matmul's epilogue) saves a full
-# pass over the activations per op; it serves bfloat16 inference on CPU only, so float32 (the
-# exact-parity path), CUDA and autograd always take the plain ops. Probed once per process.
-_GELU_ALGORITHMS = {
-    "gelu": "none",
-    "gelu_new": "tanh",
-    "gelu_pytorch_tanh": "tanh",
-    "gelu_fast": "tanh",
-}
-
-
-@functools.cache
-def fused_linear_available() -> bool:
-    """Whether torch.ops.mkldnn._linear_pointwise exists here and agrees with the plain ops."""
-    return _probe_fused_linear()
-
-
-def _probe_fused_linear() -> bool:
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        op = torch.ops.mkldnn._linear_pointwise
-        generator = torch.Generator().manual_seed(0)
-        x, w, residual = (
-            torch.randn(shape, generator=generator).to(torch.bfloat16)
-            for shape in ((3, 5, 32), (16, 32), (3, 5, 16))
-        )
-        b = torch.randn(16, generator=generator).to(torch.bfloat16)
-        with torch.no_grad():
-            checks = [
-                (op(x, w, b, "none", [], ""), F.linear(x, w, b)),
-                (op(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b))),
-                (op.binary(x, residual, w, b, "add"), F.linear(x, w, b) + residual),
-            ]
-        return all(
-            got.shape == want.shape
-            and torch.allclose(got.float(), want.float(), rtol=1 / 32, atol=1 / 32)
-            for got, want in checks
-        )
-    except Exception:  # no oneDNN, an op that changed signature, an unsupported CPU
-        return False
-
-
-def use_fused_linear(x: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.bfloat16
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()  # inductor fuses these itself
-        and fused_linear_available()
-    )
-
-
-def linear(x: torch.Tensor, layer: nn.Linear, fused: bool) -> torch.Tensor:
-    if fused:
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
-    return layer(x)
+def linear(x: torch.Tensor, layer: nn.Linear, epilogue: bool) -> torch.Tensor:
+    """layer(x); with `epilogue`, oneDNN's fused kernel (see kernels.py)."""
+    return kernels.linear(x, layer.weight, layer.bias) if epilogue else layer(x)
 
 
 def linear_add(
-    x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor, fused: bool
+    x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor, epilogue: bool
 ) -> torch.Tensor:
-    """residual + layer(x)."""
-    if fused:
-        return torch.ops.mkldnn._linear_pointwise.binary(
-            x, residual, layer.weight, layer.bias, "add"
-        )
+    """residual + layer(x); with `epilogue`, the add rides in the matmul's epilogue."""
+    if epilogue:
+        return kernels.linear_add(x, layer.weight, layer.bias, residual)
     return residual + layer(x)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
-    The fused kernel (scaled_dot_product_attention) is chosen once at construction; the explicit
-    softmax path is the reference and the only one that can hand back attention probabilities.
+    `sdpa` (torch's fused scaled_dot_product_attention) is chosen once at construction; the
+    explicit softmax path is the reference and the only one that can hand back attention
+    probabilities.
     """
 
     def __init__(self, config: ViTHybridConfig) -> None:
@@ -195,7 +146,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_dropout = config.attention_probs_dropout_prob
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.fused = hasattr(F, "scaled_dot_product_attention")
+        self.sdpa = hasattr(F, "scaled_dot_product_attention")
         self.pruned_heads: set[int] = set()
 
     def forward(
@@ -213,20 +164,20 @@ class Attention(nn.Module):
         x: torch.Tensor,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-        fused: bool = False,
+        epilogue: bool = False,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The heads' outputs, concatenated, before the output projection; with `cls_only`,
         for the first (CLS) query alone: (B, 1, C)."""
         batch, tokens, _ = x.shape
         # (B, T, 3*heads*head_dim) -> (3, B, heads, T, head_dim)
-        qkv = linear(x, self.qkv, fused).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.qkv, epilogue).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if cls_only:
             q = q[:, :, :1]
         dropout = self.attention_dropout if self.training else 0.0
         probs = None
-        if self.fused and not output_attentions:
+        if self.sdpa and not output_attentions:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             if head_mask is not None:
                 # A per-head factor on the probabilities is the same factor on the head's output.
@@ -283,16 +234,14 @@ def _linear_subset(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear
     return subset
 
 
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
+# config.ACTIVATIONS' kinds -> (function, oneDNN GELU approximation for the fused epilogue)
+ACTIVATION_KINDS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str | None]] = {
+    "gelu": (F.gelu, "none"),
+    "gelu_tanh": (functools.partial(F.gelu, approximate="tanh"), "tanh"),
+    "quick_gelu": (lambda x: x * torch.sigmoid(1.702 * x), None),
+    "relu": (F.relu, None),
+    "silu": (F.silu, None),
+    "tanh": (torch.tanh, None),
 }
 
 
@@ -301,22 +250,19 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.activation = ACTIVATIONS[config.hidden_act]
-        self.gelu_algorithm = _GELU_ALGORITHMS.get(config.hidden_act)
+        self.activation, self.onednn_gelu = ACTIVATION_KINDS[ACTIVATIONS[config.hidden_act]]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.activation(self.fc1(x))))
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """residual + forward(x), inference only, with the fused kernels (see linear_add)."""
-        if self.gelu_algorithm is None:
-            hidden = self.activation(linear(x, self.fc1, True))
+        """residual + forward(x), inference only, with oneDNN's fused epilogues (kernels.py)."""
+        if self.onednn_gelu is None:
+            hidden = self.activation(kernels.linear(x, self.fc1.weight, self.fc1.bias))
         else:
-            hidden = torch.ops.mkldnn._linear_pointwise(
-                x, self.fc1.weight, self.fc1.bias, "gelu", [], self.gelu_algorithm
-            )
-        return linear_add(hidden, self.fc2, residual, True)
+            hidden = kernels.linear(x, self.fc1.weight, self.fc1.bias, gelu=self.onednn_gelu)
+        return kernels.linear_add(hidden, self.fc2.weight, self.fc2.bias, residual)
 
 
 class Block(nn.Module):
@@ -338,13 +284,13 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T, C) -> (B, T, C); with `cls_only`, only the CLS token's output, (B, 1, C):
         every token still serves as a key and value, but no other query or MLP row is run."""
-        if not self.training and use_fused_linear(x):
+        if not self.training and kernels.linear_epilogue(x):
             # bias, GELU and both residual adds ride in the matmuls' epilogues
             context, probs = self.attention.context(
-                self.norm1(x), head_mask, output_attentions, fused=True, cls_only=cls_only
+                self.norm1(x), head_mask, output_attentions, epilogue=True, cls_only=cls_only
             )
             residual = x[:, :1].contiguous() if cls_only else x
-            x = linear_add(context, self.attention.proj, residual, fused=True)
+            x = linear_add(context, self.attention.proj, residual, epilogue=True)
             return self.mlp.forward_add(self.norm2(x), x), probs
         attended, probs = self.attention(self.norm1(x), head_mask, output_attentions, cls_only)
         x = (x[:, :1] if cls_only else x) + attended
@@ -406,6 +352,10 @@ class ViTHybrid(nn.Module):
             nn.Linear(config.hidden_size, self.num_labels) if self.num_labels > 0 else None
         )
         self.apply(self._init_weights)
+        # What a loaded model carries besides its weights (set by weights.load_model): how pixels
+        # become its input, and the checkpoint (a weights.ResolvedCheckpoint) it came from.
+        self.preprocess_config: PreprocessConfig | None = None
+        self.checkpoint: Any = None
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Conv2d)) and not hasattr(module, "frozen"):
@@ -487,16 +437,36 @@ class ViTHybrid(nn.Module):
             pruned = self.blocks[int(layer)].attention.pruned_heads
             self.config.pruned_heads[int(layer)] = sorted(pruned)
 
-    def prepare_for_inference(self, channels_last: bool = False) -> ViTHybrid:
-        """Eval mode with weight standardization computed once; optionally a channels_last backbone.
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout the backbone's convolutions want their input in."""
+        weight = self.backbone.stem.conv.weight
+        if (
+            weight.dim() == 4
+            and not weight.is_contiguous()
+            and weight.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def prepare_for_inference(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> ViTHybrid:
+        """Eval mode, weight standardization computed once (in float32), then cast to `dtype` on
+        `device`, then a channels_last backbone for reduced precision.
 
         Irreversible for training (the conv weights now hold standardized values). channels_last
         is faster for reduced precision but reorders float32 sums (~1e-3 drift in hidden states
         of a deep backbone), so float32 keeps the reference's layout for exact parity.
         """
         self.eval()
+        # Standardize in float32, before any cast to a lower precision.
+        if next(self.parameters()).dtype != torch.float32:
+            self.float()
         self.backbone.freeze_standardization()
-        if channels_last:
+        dtype = dtype or torch.float32
+        self.to(device=device, dtype=dtype)
+        if dtype != torch.float32:
             self.backbone.to(memory_format=torch.channels_last)
         return self
 

@@ -282,14 +282,17 @@ def crop_box(
     """(left, top, right, bottom): the region of a (W, H) image that preprocess_image keeps.
 
     The resize and centre crop of preprocess_image, mapped back to the image's pixels and
-    rounded to the nearest one; zero padding (a crop larger than the resized image) adds none.
+    rounded to the nearest one: transformers' or timm's rounding, and timm's crop_pct (a 224
+    input seen from a 248 shortest edge covers the centre 90%). Zero padding (a crop larger than
+    the resized image) adds none.
     """
     width, height = size
     if min(width, height) < 1:
         raise ValueError(f"sizes must be positive, got image {size}")
     resized_w, resized_h = _resized_size(config, image_size, width, height) or (width, height)
     crop_w, crop_h = _crop_size(config, image_size) or (resized_w, resized_h)
-    left, top = (resized_w - crop_w) // 2, (resized_h - crop_h) // 2
+    left = crop_offset(resized_w, crop_w, config.pipeline)
+    top = crop_offset(resized_h, crop_h, config.pipeline)
     scale_x, scale_y = width / resized_w, height / resized_h
     return (
         round(max(0, left) * scale_x),
@@ -299,8 +302,22 @@ def crop_box(
     )
 
 
+def crop_offset(length: int, crop: int, pipeline: str = "transformers") -> int:
+    """Where a centre crop of `crop` starts in `length` pixels (negative: it pads).
+
+    transformers floors (length - crop) / 2; torchvision (timm) rounds it half to even.
+    """
+    if pipeline == "timm":
+        return int(round((length - crop) / 2.0))
+    return (length - crop) // 2
+
+
 def _resize(
-    image: Image.Image, size: tuple[int, int], crop: tuple[int, int] | None, resample: int
+    image: Image.Image,
+    size: tuple[int, int],
+    crop: tuple[int, int] | None,
+    resample: int,
+    pipeline: str = "transformers",
 ) -> tuple[Image.Image, tuple[int, int] | None]:
     """Resize to `size`; for extreme aspect ratios resample only the centre crop window."""
     if image.size == size:
@@ -310,7 +327,7 @@ def _resize(
         return image.resize(size, resample=resample), crop
     # Same source->output mapping as the full resize, restricted to the window (float box).
     crop_w, crop_h = min(crop[0], out_w), min(crop[1], out_h)
-    left, top = (out_w - crop_w) // 2, (out_h - crop_h) // 2
+    left, top = crop_offset(out_w, crop_w, pipeline), crop_offset(out_h, crop_h, pipeline)
     scale_x, scale_y = image.width / out_w, image.height / out_h
     box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
     window = image.resize((crop_w, crop_h), resample=resample, box=box)
@@ -318,11 +335,14 @@ def _resize(
     return window, crop
 
 
-def _center_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    """transformers' center_crop on an (H, W, C) array, zero padding included."""
+def _center_crop(
+    pixels: np.ndarray, crop: tuple[int, int], pipeline: str = "transformers"
+) -> np.ndarray:
+    """transformers' (or torchvision's) center_crop on an (H, W, C) array, zero padding
+    included."""
     crop_w, crop_h = crop
     height, width = pixels.shape[:2]
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    top, left = crop_offset(height, crop_h, pipeline), crop_offset(width, crop_w, pipeline)
     if top >= 0 and left >= 0:
         return pixels[top : top + crop_h, left : left + crop_w]
     new_h, new_w = max(crop_h, height), max(crop_w, width)
@@ -340,15 +360,19 @@ def _value_table(
     do_normalize: bool,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    pipeline: str = "transformers",
 ) -> np.ndarray:
     """(3, 256) float32: what rescale + normalize make of each uint8 value, per channel.
 
     Computed with the reference's exact dtype steps, so a lookup is bit-identical to it and
-    cheaper than any arithmetic over the image.
+    cheaper than any arithmetic over the image: transformers rescales in float64, torchvision's
+    ToTensor (timm) divides by 255 in float32.
     """
     values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, axis=0)
     table = values.astype(np.float32)
-    if do_rescale:
+    if pipeline == "timm":
+        table = table / np.float32(255)
+    elif do_rescale:
         table = (values.astype(np.float64) * rescale_factor).astype(np.float32)
     if do_normalize:
         if len(mean) != 3 or len(std) != 3:
@@ -368,6 +392,7 @@ def _normalize(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         bool(config.do_normalize),
         tuple(float(v) for v in config.image_mean),
         tuple(float(v) for v in config.image_std),
+        config.pipeline,
     )
     out = np.empty((3,) + pixels.shape[:2], dtype=np.float32)
     for channel in range(3):
@@ -387,10 +412,10 @@ def preprocess_image(
     crop = _crop_size(config, image_size)
     size = _resized_size(config, image_size, image.width, image.height)
     if size is not None:
-        image, crop = _resize(image, size, crop, config.resample)
+        image, crop = _resize(image, size, crop, config.resample, config.pipeline)
     pixels = np.asarray(image)
     if crop is not None:
-        pixels = _center_crop(pixels, crop)
+        pixels = _center_crop(pixels, crop, config.pipeline)
     return _normalize(pixels, config)
 
 

@@ -201,16 +201,12 @@ class Runner:
     """Runs a loaded model over a stream of inputs; see the module docstring."""
 
     def __init__(self, model: ViTHybrid, options: RunOptions | None = None) -> None:
-        import torch
 
         self.model = model
         self.options = options or RunOptions()
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
-        self.channels_last = (
-            model.backbone.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
-            and parameter.dtype != torch.float32
-        )
+        self.memory_format = model.memory_format
         self.preprocess_config = model.preprocess_config
         if self.options.image_size and not self.options.interpolate_pos_encoding:
             side = model.config.image_size
@@ -339,8 +335,7 @@ class Runner:
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         # one copy: dtype and layout together
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        pixels = pixels.to(self.dtype, memory_format=layout)
+        pixels = pixels.to(self.dtype, memory_format=self.memory_format)
         output_attentions = self.options.output_attentions
         with torch.inference_mode():
             output = self.model(

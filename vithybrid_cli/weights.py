@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL_ID, ConfigError, PreprocessConfig, ViTHybridConfig
+from .config import (
+    DEFAULT_MODEL_ID,
+    ConfigError,
+    PreprocessConfig,
+    ViTHybridConfig,
+    is_timm_config,
+    placeholder_labels,
+    read_json,
+    timm_model_config,
+    timm_preprocess_config,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -69,17 +79,43 @@ HF_TABLE: list[tuple[str, str]] = [
     (r"^classifier\.", "classifier."),
 ]
 
-# timm's vit_base_r50_s16_384 -> ours (qkv is already fused there).
+# timm's vision_transformer_hybrid models -> ours (qkv is already fused there). The tiny models'
+# backbone is the stem alone, a Sequential whose conv and norm sit right under the backbone.
 TIMM_TABLE: list[tuple[str, str]] = [
     (r"^cls_token$", "embeddings.cls_token"),
     (r"^pos_embed$", "embeddings.position_embeddings"),
     (r"^patch_embed\.backbone\.(stem|stages)\.", r"embeddings.patch_embed.backbone.\1."),
+    (r"^patch_embed\.backbone\.(conv|norm)\.", r"embeddings.patch_embed.backbone.stem.\1."),
     (r"^patch_embed\.proj\.", "embeddings.patch_embed.projection."),
     (r"^blocks\.(\d+)\.attn\.", r"blocks.\1.attention."),
     (r"^blocks\.(\d+)\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.", r"blocks.\1.\2."),
     (r"^norm\.", "norm."),
     (r"^head\.", "classifier."),
 ]
+
+
+# The family's short names (README "Choosing a model"): hybrid-<size>-<input side> is the
+# ImageNet-1k classifier (pre-trained on ImageNet-21k, fine-tuned on 1k); the -in21k suffix is
+# the ImageNet-21k model before fine-tuning (21,843 classes; base's has no head: features only).
+MODEL_ALIASES: dict[str, str] = {
+    "hybrid-tiny-224": "timm/vit_tiny_r_s16_p8_224.augreg_in21k_ft_in1k",
+    "hybrid-tiny-384": "timm/vit_tiny_r_s16_p8_384.augreg_in21k_ft_in1k",
+    "hybrid-tiny-224-in21k": "timm/vit_tiny_r_s16_p8_224.augreg_in21k",
+    "hybrid-small-224": "timm/vit_small_r26_s32_224.augreg_in21k_ft_in1k",
+    "hybrid-small-384": "timm/vit_small_r26_s32_384.augreg_in21k_ft_in1k",
+    "hybrid-small-224-in21k": "timm/vit_small_r26_s32_224.augreg_in21k",
+    "hybrid-base-384": "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k",
+    "hybrid-base-224-in21k": "timm/vit_base_r50_s16_224.orig_in21k",
+    "hybrid-large-224": "timm/vit_large_r50_s32_224.augreg_in21k_ft_in1k",
+    "hybrid-large-384": "timm/vit_large_r50_s32_384.augreg_in21k_ft_in1k",
+    "hybrid-large-224-in21k": "timm/vit_large_r50_s32_224.augreg_in21k",
+    "hybrid-base-384-google": DEFAULT_MODEL_ID,
+}
+
+
+def resolve_alias(name: str) -> str:
+    """The hub id a short name stands for; anything else unchanged."""
+    return MODEL_ALIASES.get(name, name)
 
 
 class CheckpointError(RuntimeError):
@@ -112,7 +148,7 @@ def resolve_checkpoint(
         return _resolve_file(path)
     if path.is_dir():
         return _resolve_directory(path, str(name_or_path), revision)
-    name = str(name_or_path)
+    name = resolve_alias(str(name_or_path))
     if not HUB_ID.fullmatch(name):
         raise CheckpointError(
             f"model {name!r} is neither an existing file or directory nor a Hugging Face Hub id "
@@ -388,21 +424,42 @@ def load_state_dict_into(
 # ---------------------------------------------------------------------------- configs
 
 
-def imagenet_labels() -> dict[int, str]:
+def _label_file(filename: str) -> dict[int, str]:
     # Read beside this module rather than via importlib.resources.files("vithybrid_cli"), which
     # fails (NotADirectoryError) whenever the package resolves as a namespace package, e.g. an
     # editable install of a tree without __init__.py.
-    text = Path(__file__).with_name("imagenet_labels.txt").read_text("utf-8")
+    text = Path(__file__).with_name(filename).read_text("utf-8")
     return dict(enumerate(text.splitlines()))
+
+
+def imagenet_labels() -> dict[int, str]:
+    """The 1,000 ImageNet-1k class names, in the classifiers' output order."""
+    return _label_file("imagenet_labels.txt")
+
+
+def imagenet21k_labels() -> dict[int, str]:
+    """The 21,843 ImageNet-21k class names of Google's (and timm's) in21k checkpoints
+    (scripts/make_imagenet21k_labels.py made the file from timm's package data)."""
+    return _label_file("imagenet21k_labels.txt")
+
+
+KNOWN_LABEL_SETS = {1000: imagenet_labels, 21843: imagenet21k_labels}
 
 
 def read_configs(
     resolved: ResolvedCheckpoint, state_dict: dict[str, Any] | None = None
 ) -> tuple[ViTHybridConfig, PreprocessConfig]:
-    """config.json and preprocessor_config.json, or google's defaults when a bare weights file
+    """config.json and preprocessor_config.json (transformers' layout), config.json alone
+    (timm's: architecture + pretrained_cfg), or google's defaults when a bare weights file
     (e.g. timm's release) comes without them."""
     if resolved.config_file is not None:
-        config = ViTHybridConfig.from_json(resolved.config_file)
+        data = read_json(resolved.config_file, "model config")
+        if is_timm_config(data):
+            config = timm_model_config(data)
+            if config.num_labels in KNOWN_LABEL_SETS:
+                config.id2label = KNOWN_LABEL_SETS[config.num_labels]()
+            return config, timm_preprocess_config(data)
+        config = ViTHybridConfig.from_dict(data)
     else:
         logger.info(
             "no config.json beside %s: assuming google's vit-hybrid-base-bit-384 layout",
@@ -412,7 +469,7 @@ def read_configs(
         if state_dict is not None:
             head = state_dict.get("head.weight", state_dict.get("classifier.weight"))
             if head is not None and head.shape[0] != 1000:
-                config.id2label = {i: f"LABEL_{i}" for i in range(head.shape[0])}
+                config.id2label = placeholder_labels(head.shape[0])
         config.validate()
     if resolved.preprocessor_file is not None:
         preprocess = PreprocessConfig.from_json(resolved.preprocessor_file)
@@ -431,8 +488,23 @@ def _num_labels(config: ViTHybridConfig, state_dict: dict[str, Any]) -> int:
         return 0  # a bare ViTHybridModel: no head, whatever id2label says
     if not config.id2label:
         outputs = state_dict["classifier.weight"].shape[0]
-        config.id2label = {i: f"LABEL_{i}" for i in range(outputs)}
+        config.id2label = placeholder_labels(outputs)
     return config.num_labels
+
+
+class FeaturesOnlyError(ValueError):
+    """`classify` asked of a checkpoint without a classifier head; str() is one line."""
+
+
+def require_classifier(model: ViTHybrid) -> None:
+    """Refuse a features-only checkpoint (e.g. timm's vit_base_r50_s16_224.orig_in21k) for
+    classification, pointing at what it can do instead."""
+    if model.classifier is None:
+        name = model.checkpoint.name if model.checkpoint is not None else "this checkpoint"
+        raise FeaturesOnlyError(
+            f"{name} is features only (no classifier head): use `vithybrid embed` for its "
+            "vectors, or `vithybrid fit` to train a head on them"
+        )
 
 
 # ---------------------------------------------------------------------------- the entry point
@@ -448,11 +520,14 @@ def load_model(
 ) -> ViTHybrid:
     """Build the model a checkpoint describes and load its weights.
 
-    `name_or_path` is a hub id (default google/vit-hybrid-base-bit-384), a checkpoint directory
-    (config.json + model.safetensors / pytorch_model.bin / sharded *.index.json) or a weights file
-    in transformers' or timm's naming. With `inference` (the default) the model is put in eval
-    mode with weight standardization precomputed, and reduced-precision dtypes get a
-    channels_last backbone (float32 keeps the reference's layout for exact parity). It carries
+    `name_or_path` is a hub id (default google/vit-hybrid-base-bit-384, or any of timm's BiT
+    hybrids), a short name (MODEL_ALIASES, e.g. hybrid-small-384), a checkpoint directory
+    (transformers' config.json + preprocessor_config.json, or timm's config.json with
+    architecture and pretrained_cfg; model.safetensors / pytorch_model.bin / sharded
+    *.index.json) or a weights file in transformers' or timm's naming. With `inference` (the
+    default) the model is prepared by ViTHybrid.prepare_for_inference: eval mode, weight
+    standardization precomputed in float32, cast, and a channels_last backbone for reduced
+    precision (float32 keeps the reference's layout for exact parity). It carries
     `.config`, `.preprocess_config` and `.checkpoint` (a ResolvedCheckpoint).
     """
     import torch
@@ -483,13 +558,10 @@ def load_model(
     model.float()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    dtype = dtype or torch.float32
     if inference:
-        # Standardize conv weights in float32, before any cast to a lower precision.
-        model.prepare_for_inference()
-    model.to(device=device, dtype=dtype)
-    if inference and dtype != torch.float32:
-        model.backbone.to(memory_format=torch.channels_last)
+        model.prepare_for_inference(device, dtype)
+    else:
+        model.to(device=device, dtype=dtype or torch.float32)
     model.preprocess_config = preprocess
     model.checkpoint = resolved
     return model
