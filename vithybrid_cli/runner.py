@@ -225,7 +225,7 @@ class Runner:
             return index, item.path, item.message
         future = pool.submit(
             load_and_preprocess,
-            item.path,
+            item,
             self.preprocess_config,
             self.options.image_size,
             fast_decode=self.options.fast_decode,
