@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
 from .sources import (
-    DEFAULT_OPTIONS,
     RemoteFileOpener,
     RemoteOptions,
     SourceError,
@@ -124,7 +123,7 @@ def iter_inputs(
     specs = [os.fsdecode(spec) for spec in specs]
     if files_from == STDIN and STDIN in specs:
         raise ValueError("'-' reads an image from stdin, so --files-from cannot also be '-'")
-    expander = _Expander(options or DEFAULT_OPTIONS, stdin, list_on_stdin=files_from == STDIN)
+    expander = _Expander(options or RemoteOptions(), stdin, list_on_stdin=files_from == STDIN)
     return expander.stream(specs, files_from)
 
 
@@ -374,7 +373,13 @@ def _expand_remote_glob(
     except Exception as error:
         yield InputError(spec, describe_os_error(error))
         return
-    infos = [info for info in matches.values() if _remote_wanted(info)]
+    # As for local globs, wildcards do not match hidden names unless the pattern spells a dot.
+    hidden_ok = "/." in pattern
+    infos = [
+        info
+        for info in matches.values()
+        if _remote_wanted(info) and (hidden_ok or "/." not in info["name"])
+    ]
     if not infos:
         yield InputError(spec, "glob matched no files")
         return
@@ -511,7 +516,7 @@ class _Walk:
     """
 
     root: str
-    options: RemoteOptions = DEFAULT_OPTIONS
+    options: RemoteOptions = field(default_factory=RemoteOptions)
     root_real: str = ""
     on_path: set[tuple[int, int]] = field(default_factory=set)
     external_dirs: set[tuple[int, int]] = field(default_factory=set)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import socket
 import tarfile
@@ -19,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.client import HTTPException
 from types import ModuleType
 from typing import Any, BinaryIO
@@ -59,14 +60,35 @@ def require(module: str, extra: str, package: str | None = None) -> ModuleType:
         raise MissingExtra(f"{hint} (needs {package or module})") from error
 
 
+def _env_number(name: str, default: float) -> float:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
 @dataclass(frozen=True)
 class RemoteOptions:
-    """How remote inputs are fetched (the CLI's --max-download-mb sets max_download_mb)."""
+    """How remote inputs are fetched (the CLI's --max-download-mb sets max_download_mb).
 
-    max_download_mb: float = 64.0  # per image (stdin, URL, tar member, object)
-    timeout: float = 30.0  # seconds, for the connection and for each read
-    retries: int = 3  # extra attempts on 5xx, 429, connection errors and timeouts
-    backoff: float = 0.5  # seconds before the first retry, doubled each time
+    Fields left out come from the environment (VITHYBRID_MAX_DOWNLOAD_MB, VITHYBRID_HTTP_TIMEOUT,
+    VITHYBRID_HTTP_RETRIES, VITHYBRID_HTTP_BACKOFF) or else the defaults below.
+    """
+
+    # per image (stdin, URL, tar member, object); default 64
+    max_download_mb: float = field(
+        default_factory=lambda: _env_number("VITHYBRID_MAX_DOWNLOAD_MB", 64.0)
+    )
+    # seconds, for the connection and for each read; default 30
+    timeout: float = field(default_factory=lambda: _env_number("VITHYBRID_HTTP_TIMEOUT", 30.0))
+    # extra attempts on 5xx, 429, connection errors and timeouts; default 3
+    retries: int = field(default_factory=lambda: int(_env_number("VITHYBRID_HTTP_RETRIES", 3)))
+    # seconds before the first retry, doubled each time; default 0.5
+    backoff: float = field(default_factory=lambda: _env_number("VITHYBRID_HTTP_BACKOFF", 0.5))
+
+    def __post_init__(self) -> None:
+        if self.max_download_mb <= 0:
+            raise ValueError(f"max_download_mb must be positive, not {self.max_download_mb}")
 
     @property
     def max_bytes(self) -> int:
@@ -74,9 +96,6 @@ class RemoteOptions:
 
     def too_large(self) -> SourceError:
         return SourceError(f"larger than {self.max_download_mb:g} MB")
-
-
-DEFAULT_OPTIONS = RemoteOptions()
 
 
 # ---------------------------------------------------------------------------- names
@@ -151,11 +170,12 @@ def _network_error(error: BaseException) -> SourceError:
     return SourceError(f"download failed: {text}" if text else "download failed")
 
 
-def fetch_url(url: str, options: RemoteOptions = DEFAULT_OPTIONS) -> bytes:
+def fetch_url(url: str, options: RemoteOptions | None = None) -> bytes:
     """The body of `url`, at most options.max_bytes; SourceError (one line) on any failure.
 
     A body cut short is retried like a failed connection; an oversized one is not.
     """
+    options = options or RemoteOptions()
     attempt = 0
     while True:
         response = _open_http(url, options)
@@ -182,8 +202,8 @@ class UrlOpener:
     it is decoded, so memory stays bounded by the decode look-ahead.
     """
 
-    def __init__(self, url: str, options: RemoteOptions = DEFAULT_OPTIONS) -> None:
-        self.url, self.options = url, options
+    def __init__(self, url: str, options: RemoteOptions | None = None) -> None:
+        self.url, self.options = url, options or RemoteOptions()
         self._data: bytes | None = None
 
     def __call__(self) -> BinaryIO:
@@ -192,9 +212,9 @@ class UrlOpener:
         return io.BytesIO(self._data)
 
 
-def open_url_stream(url: str, options: RemoteOptions = DEFAULT_OPTIONS) -> BinaryIO:
+def open_url_stream(url: str, options: RemoteOptions | None = None) -> BinaryIO:
     """The response body as a stream (for tar archives, read once from start to end)."""
-    return _open_http(url, options)
+    return _open_http(url, options or RemoteOptions())
 
 
 # ---------------------------------------------------------------------------- tar archives
