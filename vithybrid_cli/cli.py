@@ -91,7 +91,7 @@ ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Hub id, checkpoint directory or weights file.")
 ]
 Revision = Annotated[str | None, typer.Option(help="Hub revision: branch, tag or commit.")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA when present.")]
+DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA, else Apple MPS, when present.")]
 DTypeOpt = Annotated[
     DType,
     typer.Option(help="auto: bfloat16 where the hardware has native bf16 matmul, else float32."),
