@@ -238,6 +238,49 @@ def assert_same(record: dict, expected_record: dict) -> None:
     assert [e["score"] for e in got] == pytest.approx([e["score"] for e in want], abs=1e-5)
 
 
+# ---------------------------------------------------------------------------- decoding items
+
+
+class Unseekable(io.RawIOBase):
+    """A pipe-like stream: reads only."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_load_image_takes_items_and_file_objects_with_draft_decoding(tmp_path):
+    big = Image.new("RGB", (1200, 900))
+    big.paste((200, 30, 30), (0, 0, 600, 900))
+    path = tmp_path / "big.jpg"
+    big.save(path, quality=90)
+    data = path.read_bytes()
+    reference = load_image(str(path), min_size=(64, 64))
+    assert reference.size[0] < 1200  # JPEG draft mode decoded it at a reduced scale
+    stream = io.BytesIO(data)
+    sources_of_same_bytes = [
+        InputItem("in-memory.jpg", lambda: io.BytesIO(data)),
+        InputItem(str(path)),
+        stream,
+        io.BufferedReader(Unseekable(data)),
+    ]
+    for source in sources_of_same_bytes:
+        image = load_image(source, min_size=(64, 64))
+        assert image.size == reference.size and image.tobytes() == reference.tobytes()
+    assert not stream.closed  # the caller's file object stays the caller's
+    with pytest.raises(ImageError, match=r"^empty.jpg: empty file \(0 bytes\)$"):
+        load_image(InputItem("empty.jpg", io.BytesIO))
+    with pytest.raises(ImageError, match=r"^x.jpg: HTTP 404$"):
+        load_image(InputItem("x.jpg", lambda: (_ for _ in ()).throw(SourceError("HTTP 404"))))
+
+
 # ---------------------------------------------------------------------------- HTTP
 
 
@@ -421,6 +464,13 @@ def test_stdin_and_files_from_stdin_together_is_an_error(tiny_checkpoint, images
     assert "--files-from cannot also be '-'" in result.stderr
 
 
+def test_classify_stdin_matches_the_local_file(tiny_checkpoint, images, expected):
+    records, result = classify(tiny_checkpoint, "-", input=images["coffee.png"])
+    assert result.exit_code == 0, result.stderr
+    assert [r["path"] for r in records] == ["-"]
+    assert_same(records[0], expected["coffee.png"])
+
+
 def test_stdin_item_is_read_once_and_capped(images):
     stream = io.TextIOWrapper(io.BytesIO(images["cat.jpg"]))
     results = list(iter_inputs(["-", "-"], stdin=stream))
@@ -439,6 +489,7 @@ def script_path() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_installed_script_reads_an_image_from_stdin(tiny_checkpoint, local, images):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [script_path(), "classify", "-", local["cat.jpg"], "--model", str(tiny_checkpoint)]

@@ -82,6 +82,11 @@ class InputItem:
     path: str
     opener: Callable[[], BinaryIO] | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def local_path(self) -> str | None:
+        """The local file's path, or None when the bytes come from elsewhere."""
+        return self.path if self.opener is None else None
+
     def open(self) -> BinaryIO:
         if self.opener is None:
             return open(self.path, "rb")  # noqa: SIM115 - the caller closes it

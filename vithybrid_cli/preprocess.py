@@ -94,10 +94,15 @@ def source_name(source: ImageSource) -> str:
 
 
 def _open_source(source: ImageSource) -> contextlib.AbstractContextManager[IO[bytes]]:
+    if isinstance(source, Openable):
+        # A local item is opened by its path, exactly as a path is; the others by their opener
+        # (an HTTP download, a tar member, an object-store file, stdin's bytes), closed after use.
+        local = getattr(source, "local_path", None)
+        if local is None:
+            return source.open()
+        source = local
     if isinstance(source, (str, bytes, os.PathLike)):
         return open(source, "rb")
-    if isinstance(source, Openable):
-        return source.open()  # an HTTP download, tar member, object-store file, stdin bytes...
     return contextlib.nullcontext(source)  # the caller's file object: the caller closes it
 
 

@@ -299,8 +299,9 @@ def describe_os_error(error: BaseException) -> str:
         return "is a directory"
     if isinstance(error, (TimeoutError, socket.timeout)):
         return "timed out"
-    text = " ".join(str(getattr(error, "strerror", None) or error).split())
-    return text.lower() if text else type(error).__name__
+    if getattr(error, "strerror", None):
+        return " ".join(str(error.strerror).split()).lower()  # "No such device" -> as ls says
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class RemoteFileOpener:
