@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from vithybrid_cli import sources
 from vithybrid_cli.cli import app
-from vithybrid_cli.inputs import InputError, InputItem, iter_inputs
+from vithybrid_cli.inputs import InputError, InputItem, cheap_to_count, iter_inputs
 from vithybrid_cli.preprocess import ImageError, load_and_preprocess, load_image
 from vithybrid_cli.sources import RemoteOptions, SourceError, fetch_url, iter_tar
 
@@ -608,3 +608,29 @@ def test_require_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(sources.MissingExtra, match=r'vithybrid\[parquet\]" \(needs pyarrow\)'):
         sources.require("pyarrow", "parquet")
+
+
+# ---------------------------------------------------------------------------- mixing
+
+
+def test_files_from_lines_mix_every_kind_in_order(server, tmp_path, images, local):
+    shard = make_tar(tmp_path / "s.tar", [("m.png", images["coffee.png"])])
+    listing = tmp_path / "list.txt"
+    url = f"{server.url}/img/cat.jpg"
+    listing.write_text(f"# a comment\n{url}\n{shard}\n\n{local['rocket.jpg']}\n")
+    results = list(iter_inputs([local["cat.jpg"]], files_from=str(listing)))
+    assert [r.path for r in results] == [
+        local["cat.jpg"],
+        url,
+        f"{shard}/m.png",
+        local["rocket.jpg"],
+    ]
+    assert [load_image(r).size for r in results] == [(96, 64)] * 4
+
+
+def test_cheap_to_count():
+    assert cheap_to_count(["photos/", "a.jpg", "photos/**/*.png"])
+    assert cheap_to_count(["a.jpg"], files_from="list.txt")
+    for specs in (["-"], ["http://h/a.jpg"], ["s3://b/"], ["x.tar.gz"], ["shards/*.tar"]):
+        assert not cheap_to_count(["a.jpg", *specs]), specs
+    assert not cheap_to_count(["a.jpg"], files_from="-")

@@ -132,6 +132,21 @@ def iter_inputs(
     return expander.stream(specs, files_from)
 
 
+def cheap_to_count(specs: Iterable[str], files_from: str | None = None) -> bool:
+    """Whether counting the inputs first (for a progress bar's total) costs only local listing.
+
+    Not when stdin or a network is involved, or an archive must be read to know its members:
+    `-`, `--files-from -`, URLs, object stores, tar archives. (Tar archives met in a directory
+    walk are still read when counting; a caller can cap the count's time instead.)
+    """
+    if files_from == STDIN:
+        return False
+    return not any(
+        spec == STDIN or is_remote(spec) or is_tar_name(spec) or ".tar" in spec.lower()
+        for spec in (os.fsdecode(spec) for spec in specs)
+    )
+
+
 @dataclass
 class _Expander:
     options: RemoteOptions
