@@ -15,20 +15,22 @@ import logging
 import os
 import re
 import socket
-import tarfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import urllib.request
+
+# urllib.request (with http.client and ssl) and tarfile are imported where used: a run over
+# local files never pays for them.
 
 logger = logging.getLogger(__name__)
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK = 1 << 20
 CLOUD_HINT = 'install the cloud extra: pip install "vithybrid[cloud]"'
@@ -132,6 +134,8 @@ def read_capped(stream: BinaryIO, options: RemoteOptions) -> bytes:
 
 
 def _request(url: str) -> urllib.request.Request:
+    import urllib.request
+
     from . import __version__
 
     # No Accept restriction and the Content-Type of the answer is ignored: decoding decides.
@@ -140,6 +144,10 @@ def _request(url: str) -> urllib.request.Request:
 
 def _open_http(url: str, options: RemoteOptions) -> Any:
     """The response to GET `url` (redirects followed), retried on transient failures."""
+    import urllib.error
+    import urllib.request
+    from http.client import HTTPException
+
     attempt = 0
     while True:
         try:
@@ -175,6 +183,8 @@ def fetch_url(url: str, options: RemoteOptions | None = None) -> bytes:
 
     A body cut short is retried like a failed connection; an oversized one is not.
     """
+    from http.client import HTTPException
+
     options = options or RemoteOptions()
     attempt = 0
     while True:
@@ -229,6 +239,8 @@ def iter_tar(
     so memory holds one member at a time. `wanted(name, head)` sees the name and the first bytes.
     A broken archive raises SourceError after the members read so far.
     """
+    import tarfile
+
     try:
         archive = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - `with` below
     except (tarfile.TarError, OSError, EOFError) as error:
