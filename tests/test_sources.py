@@ -634,3 +634,28 @@ def test_cheap_to_count():
     for specs in (["-"], ["http://h/a.jpg"], ["s3://b/"], ["x.tar.gz"], ["shards/*.tar"]):
         assert not cheap_to_count(["a.jpg", *specs]), specs
     assert not cheap_to_count(["a.jpg"], files_from="-")
+
+
+def test_resume_keys_are_record_paths_for_urls_and_tar_members(
+    tiny_checkpoint, server, tmp_path, images
+):
+    shard = make_tar(tmp_path / "s.tar", webdataset_members(images))
+    flaky = fresh(f"{server.url}/flaky/3/rocket.jpg")  # fails a first run (2 tries), then works
+    good = f"{server.url}/img/cat.jpg"
+    out = tmp_path / "out.jsonl"
+    args = (good, flaky, shard, "-o", out, "--resume")
+    _, first = classify(tiny_checkpoint, *args, env=FAST_ENV)
+    assert first.exit_code == 1, first.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["path"] for r in records if "error" in r} == {flaky, f"{shard}/001.jpg"}
+    good_hits = server.hits[good.removeprefix(server.url)]
+    assert good_hits >= 1
+    _, second = classify(tiny_checkpoint, *args, env=FAST_ENV)
+    assert server.hits[good.removeprefix(server.url)] == good_hits  # done: not fetched again
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    paths = [r["path"] for r in records]
+    assert sorted(paths) == sorted(
+        [good, flaky, f"{shard}/000.jpg", f"{shard}/001.jpg", f"{shard}/002.png"]
+    )
+    assert [r["path"] for r in records if "error" in r] == [f"{shard}/001.jpg"]
+    assert second.exit_code == 1  # the corrupt member is still corrupt

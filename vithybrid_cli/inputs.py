@@ -142,7 +142,7 @@ def cheap_to_count(specs: Iterable[str], files_from: str | None = None) -> bool:
     if files_from == STDIN:
         return False
     return not any(
-        spec == STDIN or is_remote(spec) or is_tar_name(spec) or ".tar" in spec.lower()
+        spec == STDIN or is_remote(spec) or ".tar" in spec.lower()  # also globs of archives
         for spec in (os.fsdecode(spec) for spec in specs)
     )
 
