@@ -608,9 +608,9 @@ def test_attention_map_decodes_each_image_once(tiny, photos, tmp_path, monkeypat
     opened = []
     load_image = runner.load_image
 
-    def counted(path, **kwargs):
-        opened.append(path)
-        return load_image(path, **kwargs)
+    def counted(item, **kwargs):
+        opened.append(item.path)
+        return load_image(item, **kwargs)
 
     monkeypatch.setattr(runner, "load_image", counted)
     result = cli("attention-map", *photos, "-d", tmp_path / "maps", "--model", tiny)

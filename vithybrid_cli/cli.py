@@ -28,6 +28,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import DEFAULT_MODEL_ID
+from .sources import MissingExtra
 
 app = typer.Typer(
     name="vithybrid",
@@ -47,6 +48,7 @@ class Format(str, Enum):
     json = "json"
     jsonl = "jsonl"
     csv = "csv"
+    parquet = "parquet"
 
 
 class Device(str, Enum):
@@ -92,11 +94,20 @@ FilesFrom = Annotated[
     str | None,
     typer.Option("--files-from", help="Read paths from this file, one per line ('-' for stdin)."),
 ]
+MaxDownload = Annotated[
+    float | None,
+    typer.Option(
+        "--max-download-mb",
+        min=0.001,
+        help="Largest image read from a URL, stdin, tar member or bucket (default 64).",
+        show_default=False,
+    ),
+]
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Hub id, checkpoint directory or weights file.")
 ]
 Revision = Annotated[str | None, typer.Option(help="Hub revision: branch, tag or commit.")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA when present.")]
+DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA, else Apple MPS, when present.")]
 DTypeOpt = Annotated[
     DType,
     typer.Option(help="auto: bfloat16 where the hardware has native bf16 matmul, else float32."),
@@ -213,7 +224,7 @@ def run_command(body: Callable[[], int], debug: bool) -> None:
         if not isinstance(interrupt, Interrupted):  # else the summary said so
             stderr.print("interrupted")
         raise typer.Exit(130) from None
-    except (UserError, OSError, ValueError) as error:
+    except (UserError, OSError, ValueError, MissingExtra) as error:
         if debug:
             raise
         stderr.print(f"[red]error:[/red] {error_line(error)}", markup=True, soft_wrap=True)
@@ -273,8 +284,7 @@ class Common:
             on_result: Callable[[Any], None] | None = None) -> Any:  # fmt: skip
         from .job import run_job
 
-        countable = inputs.files_from != "-"
-        with Reporter(verb, not self.quiet and job.rank == 0, countable) as reporter:
+        with Reporter(verb, not self.quiet and job.rank == 0, inputs.countable) as reporter:
             summary = run_job(
                 runner, inputs, task, output,
                 job=job, progress=reporter, strict=self.strict, on_result=on_result,
@@ -296,15 +306,30 @@ class Inputs:
 
     paths: list[str] | None
     files_from: str | None
+    max_download_mb: float | None = None
 
     def __post_init__(self) -> None:
         if not self.paths and not self.files_from:
-            raise UserError("no inputs: give image paths, directories or globs, or --files-from")
+            raise UserError(
+                "no inputs: give image paths, directories, globs, URLs, tar archives, '-' "
+                "(stdin) or --files-from"
+            )
 
     def __call__(self) -> Iterator[Any]:
         from .inputs import iter_inputs
+        from .sources import RemoteOptions
 
-        return iter_inputs(self.paths or [], files_from=self.files_from)
+        limit = {} if self.max_download_mb is None else {"max_download_mb": self.max_download_mb}
+        return iter_inputs(
+            self.paths or [], files_from=self.files_from, options=RemoteOptions(**limit)
+        )
+
+    @property
+    def countable(self) -> bool:
+        """Whether a progress bar's total costs only a local listing (no stdin, network, tar)."""
+        from .inputs import cheap_to_count
+
+        return cheap_to_count(self.paths or [], self.files_from)
 
 
 class Reporter:
@@ -375,8 +400,10 @@ def record_format(format: Format | None, output: str | None) -> str:
     fmt = fmt or ("table" if stdout.is_terminal and not to_file else "jsonl")
     if fmt == "table" and to_file:
         raise UserError(
-            "--format table prints to the terminal; use json, jsonl or csv with --output"
+            "--format table prints to the terminal; use json, jsonl, csv or parquet with --output"
         )
+    if fmt == "parquet" and not to_file:
+        raise UserError("--format parquet is a binary file: give --output FILE.parquet")
     return fmt
 
 
@@ -425,6 +452,7 @@ def status_of(summary: Any) -> int:
 def classify(
     paths: Paths = None,
     files_from: FilesFrom = None,
+    max_download_mb: MaxDownload = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
     format: Annotated[
         Format | None,
@@ -462,7 +490,7 @@ def classify(
         from .runtime import Distributed
         from .weights import require_classifier
 
-        fmt, inputs = record_format(format, output), Inputs(paths, files_from)
+        fmt, inputs = record_format(format, output), Inputs(paths, files_from, max_download_mb)
         ensure_parent(output)
         job = Distributed.from_env()
         needs_file(output, job)
@@ -492,6 +520,7 @@ def embed(
         str, typer.Option("--output", "-o", help="A .npy (paths in NAME.paths.txt) or .npz file.")
     ] = ...,
     files_from: FilesFrom = None,
+    max_download_mb: MaxDownload = None,
     pool: Annotated[
         Pool,
         typer.Option(
@@ -528,7 +557,8 @@ def embed(
         from .runner import embed_task
         from .runtime import Distributed
 
-        inputs, task = Inputs(paths, files_from), embed_task(pool.value, normalize, tokens)
+        inputs = Inputs(paths, files_from, max_download_mb)
+        task = embed_task(pool.value, normalize, tokens)
         ensure_parent(output)
         with Distributed.from_env() as job:
             loaded = common.load()
@@ -555,6 +585,7 @@ def attention_map(
         typer.Option("--output-dir", "-d", help="Folder for many images (NAME.png each)."),
     ] = None,
     files_from: FilesFrom = None,
+    max_download_mb: MaxDownload = None,
     method: Annotated[
         Method, typer.Option(help="Attention rollout or the last layer's CLS attention.")
     ] = Method.rollout,
@@ -590,7 +621,7 @@ def attention_map(
         from .job import NoOutput
         from .runtime import Distributed
 
-        inputs = one_or_many(Inputs(paths, files_from), output, output_dir)
+        inputs = one_or_many(Inputs(paths, files_from, max_download_mb), output, output_dir)
         task = attention_task(method.value, head_fusion.value, discard_ratio)
         ensure_parent(output, raw)
         with Distributed.from_env() as job:

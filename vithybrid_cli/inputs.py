@@ -1,22 +1,42 @@
-"""Turn what the user named (files, directories, globs, list files) into a stream of images.
+"""Turn what the user named into a stream of images: files, directories, globs, list files,
+http(s) URLs, `-` (stdin), tar archives (WebDataset shards) and fsspec object stores.
 
-Everything is lazy: directories are walked one directory listing at a time, so the first image of
-a huge tree arrives at once and memory stays bounded by the tree's depth and widest directory.
-Paths stay `str` as the OS gave them (undecodable bytes as surrogates, see os.fsdecode), so they
-still open; display_path() makes them printable.
+Everything is lazy: directories are walked one directory listing at a time and tar archives are
+read as a stream, one member at a time, so the first image of a huge tree arrives at once and
+memory stays bounded. Each InputItem knows how to open its bytes (`item.open()`); its `path` is
+what the user named (a URL as given, `shard-000.tar/member.jpg`, `-`), the key for records and
+resume. Local paths stay `str` as the OS gave them (undecodable bytes as surrogates, see
+os.fsdecode), so they still open; display_path() makes them printable.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
+import io
 import logging
 import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, BinaryIO, TextIO
+
+from .sources import (
+    RemoteFileOpener,
+    RemoteOptions,
+    SourceError,
+    UrlOpener,
+    describe_os_error,
+    is_http_url,
+    is_remote,
+    is_tar_name,
+    iter_tar,
+    open_url_stream,
+    read_capped,
+    remote_filesystem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +66,31 @@ _SNIFF_BYTES = 12
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+STDIN = "-"
+
+
 @dataclass(frozen=True)
 class InputItem:
-    """A file to process."""
+    """An image to process: `path` names it in records, `open()` gives its bytes.
+
+    Without an opener the path is a local file. Otherwise the opener is a callable returning a
+    binary file object: an HTTP download, a tar member's bytes held in memory, an fsspec file,
+    stdin's bytes. Opening may raise SourceError (one line); preprocess.load_image(item) opens,
+    decodes and turns every failure into ImageError.
+    """
 
     path: str
+    opener: Callable[[], BinaryIO] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def local_path(self) -> str | None:
+        """The local file's path, or None when the bytes come from elsewhere."""
+        return self.path if self.opener is None else None
+
+    def open(self) -> BinaryIO:
+        if self.opener is None:
+            return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+        return self.opener()
 
 
 @dataclass(frozen=True)
@@ -72,55 +112,321 @@ def display_path(path: str) -> str:
 
 
 def iter_inputs(
-    specs: Iterable[str], *, files_from: str | None = None, stdin: TextIO | None = None
+    specs: Iterable[str],
+    *,
+    files_from: str | None = None,
+    stdin: TextIO | None = None,
+    options: RemoteOptions | None = None,
 ) -> Iterator[InputItem | InputError]:
-    """Images named by `specs`, then by the lines of `files_from` ("-": `stdin`), in order."""
-    for spec in specs:
-        yield from _expand(os.fsdecode(spec))
-    if files_from is not None:
-        for spec in _read_list(files_from, stdin):
-            if isinstance(spec, InputError):
-                yield spec
-            else:
-                yield from _expand(spec)
+    """Images named by `specs`, then by the lines of `files_from` ("-": `stdin`), in order.
+
+    A spec is a local file, directory (walked recursively), glob, tar archive, http(s) URL,
+    `scheme://` object-store URL (fsspec) or `-` (one image's bytes from `stdin`). `options`
+    bound downloads (size cap, timeout, retries). ValueError at once when `-` and
+    `files_from="-"` would both need stdin.
+    """
+    specs = [os.fsdecode(spec) for spec in specs]
+    if files_from == STDIN and STDIN in specs:
+        raise ValueError("'-' reads an image from stdin, so --files-from cannot also be '-'")
+    expander = _Expander(options or RemoteOptions(), stdin, list_on_stdin=files_from == STDIN)
+    return expander.stream(specs, files_from)
+
+
+def cheap_to_count(specs: Iterable[str], files_from: str | None = None) -> bool:
+    """Whether counting the inputs first (for a progress bar's total) costs only local listing.
+
+    Not when stdin or a network is involved, or an archive must be read to know its members:
+    `-`, `--files-from -`, URLs, object stores, tar archives. (Tar archives met in a directory
+    walk are still read when counting; a caller can cap the count's time instead.)
+    """
+    if files_from == STDIN:
+        return False
+    return not any(
+        spec == STDIN or is_remote(spec) or ".tar" in spec.lower()  # also globs of archives
+        for spec in (os.fsdecode(spec) for spec in specs)
+    )
+
+
+@dataclass
+class _Expander:
+    options: RemoteOptions
+    stdin: TextIO | None
+    list_on_stdin: bool
+
+    def stream(self, specs: list[str], files_from: str | None) -> Iterator[InputItem | InputError]:
+        for spec in specs:
+            yield from self.expand(spec)
+        if files_from is not None:
+            for spec in _read_list(files_from, self.stdin):
+                if isinstance(spec, InputError):
+                    yield spec
+                else:
+                    yield from self.expand(spec)
+
+    def expand(self, spec: str) -> Iterator[InputItem | InputError]:
+        if spec == STDIN:
+            yield self._stdin_item()
+        elif is_http_url(spec):
+            yield from self._expand_url(spec)
+        elif is_remote(spec):
+            yield from _expand_remote(spec, self.options)
+        else:
+            yield from _expand_local(spec, self.options)
+
+    def _stdin_item(self) -> InputItem | InputError:
+        if self.list_on_stdin:
+            return InputError(STDIN, "stdin holds the --files-from list, not an image")
+        stream = self.stdin if self.stdin is not None else sys.stdin
+        if stream is None or _isatty(stream):
+            return InputError(STDIN, "stdin is a terminal: pipe an image into it")
+        data = _read_stdin(stream, self.options)
+        if isinstance(data, SourceError):
+            return InputError(STDIN, data.message)
+        return InputItem(STDIN, functools.partial(io.BytesIO, data))
+
+    def _expand_url(self, url: str) -> Iterator[InputItem | InputError]:
+        if is_tar_name(url.split("?", 1)[0].split("#", 1)[0]):
+            yield from _expand_tar(url, lambda: open_url_stream(url, self.options), self.options)
+        else:
+            yield InputItem(url, UrlOpener(url, self.options))
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _read_stdin(stream: Any, options: RemoteOptions) -> bytes | SourceError:
+    """stdin's bytes, read once per stream (counting the inputs and running them both expand)."""
+    binary = getattr(stream, "buffer", stream)
+    try:
+        data = read_capped(binary, options)
+    except SourceError as error:
+        return error
+    return data if isinstance(data, bytes) else os.fsencode(data)
 
 
 # --------------------------------------------------------------------------------------------
-# Specs
+# Local specs
 
 
-def _expand(spec: str) -> Iterator[InputItem | InputError]:
+def _expand_local(spec: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
     try:
         info = os.stat(spec)
     except FileNotFoundError:
-        yield from _expand_missing(spec)
+        yield from _expand_missing(spec, options)
         return
     except OSError as error:
         yield InputError(spec, _os_message(error))
         return
     if stat.S_ISDIR(info.st_mode):
-        yield from _walk_directory(spec)
+        yield from _walk_directory(spec, options)
+    elif is_tar_name(spec):
+        yield from _expand_local_tar(spec, options)
     else:
         yield InputItem(spec)  # named explicitly: decoding decides whether it is an image
 
 
-def _expand_missing(spec: str) -> Iterator[InputItem | InputError]:
+def _expand_missing(spec: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
     if os.path.lexists(spec):
         yield InputError(spec, "broken symbolic link")
     elif _GLOB_MAGIC.search(spec):
-        yield from _expand_glob(spec)
+        yield from _expand_glob(spec, options)
     else:
         yield InputError(spec, "no such file or directory")
 
 
-def _expand_glob(pattern: str) -> Iterator[InputItem | InputError]:
+def _expand_glob(pattern: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
     # Sorting needs every match, so a glob (unlike a directory walk) is materialised.
     matches = {path for path in glob.iglob(pattern, recursive=True) if _is_image_file(path)}
     if not matches:
         yield InputError(pattern, "glob matched no files")
         return
     for path in sorted(matches, key=_path_sort_key):
-        yield InputItem(path)
+        if is_tar_name(path):
+            yield from _expand_local_tar(path, options)
+        else:
+            yield InputItem(path)
+
+
+def _expand_local_tar(path: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+    yield from _expand_tar(path, lambda: open(path, "rb"), options)  # noqa: SIM115 - closed there  # noqa: SIM115 - closed there
+
+
+# --------------------------------------------------------------------------------------------
+# Tar archives
+
+
+def _expand_tar(
+    archive: str, open_stream: Callable[[], BinaryIO], options: RemoteOptions
+) -> Iterator[InputItem | InputError]:
+    """Each image member of `archive` as an item holding its bytes, path `ARCHIVE/MEMBER`.
+
+    The archive is read as the stream is consumed; a broken archive is one error after the
+    members read so far, and an unreadable member's error comes from decoding it.
+    """
+    found = False
+    try:
+        stream = open_stream()
+    except SourceError as error:
+        yield InputError(archive, error.message)
+        return
+    except OSError as error:
+        yield InputError(archive, _os_message(error))
+        return
+    with stream:
+        try:
+            for name, data in iter_tar(stream, options, _wanted_member):
+                found = True
+                path = f"{archive}/{name}"
+                if isinstance(data, SourceError):
+                    yield InputError(path, data.message)
+                else:
+                    yield InputItem(path, functools.partial(io.BytesIO, data))
+        except SourceError as error:
+            yield InputError(archive, error.message)
+            return
+    if not found:
+        yield InputError(archive, "archive contains no images")
+
+
+def _wanted_member(name: str, head: bytes) -> bool:
+    # Hidden members (macOS' ._name.jpg resource forks, .git/...) are skipped, as a walk does.
+    if any(part.startswith(".") for part in name.split("/")):
+        return False
+    return _has_image_extension(name) or _sniff_head(head)
+
+
+# --------------------------------------------------------------------------------------------
+# Object stores (fsspec)
+
+
+def _expand_remote(spec: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+    try:
+        fs, root = remote_filesystem(spec)
+    except SourceError as error:
+        yield InputError(spec, error.message)
+        return
+    if _GLOB_MAGIC.search(root):
+        yield from _expand_remote_glob(fs, spec, root, options)
+        return
+    if is_tar_name(root):
+        yield from _expand_tar(spec, RemoteFileOpener(fs, root, options, capped=False), options)
+        return
+    if _has_image_extension(root) and not spec.endswith("/"):
+        yield InputItem(spec, RemoteFileOpener(fs, root, options))  # no round trip to check
+        return
+    try:
+        info = fs.info(root)
+    except Exception as error:  # each backend raises its own types
+        yield InputError(spec, describe_os_error(error))
+        return
+    if info.get("type") == "directory":
+        yield from _walk_remote(fs, spec, root, options)
+    else:
+        yield InputItem(spec, RemoteFileOpener(fs, root, options, size=info.get("size")))
+
+
+def _remote_item(fs: Any, url: str, info: dict, options: RemoteOptions) -> Iterator[Any]:
+    path = info["name"]
+    if is_tar_name(path):
+        yield from _expand_tar(url, RemoteFileOpener(fs, path, options, capped=False), options)
+    else:
+        yield InputItem(url, RemoteFileOpener(fs, path, options, size=info.get("size")))
+
+
+def _remote_wanted(info: dict) -> bool:
+    # Listing gives no bytes to sniff (that would be a request per object): names decide.
+    name = info["name"].rstrip("/")
+    return info.get("type") == "file" and (_has_image_extension(name) or is_tar_name(name))
+
+
+def _walk_remote(
+    fs: Any, spec: str, root: str, options: RemoteOptions
+) -> Iterator[InputItem | InputError]:
+    """Depth-first and name-sorted like the local walk, one listing at a time; dot names skipped."""
+    found = False
+    base, root = spec.rstrip("/"), root.rstrip("/")
+    stack: list[Iterator[dict]] = []
+    directory: str | None = root
+    while True:
+        if directory is not None:
+            try:
+                stack.append(iter(_remote_listing(fs, directory)))
+            except Exception as error:  # each backend raises its own types
+                url = _remote_url(fs, base, root, directory)
+                yield InputError(url, f"cannot list: {describe_os_error(error)}")
+            directory = None
+        if not stack:
+            break
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.get("type") == "directory":
+            directory = entry["name"].rstrip("/")
+        elif _remote_wanted(entry):
+            found = True
+            url = _remote_url(fs, base, root, entry["name"].rstrip("/"))
+            yield from _remote_item(fs, url, entry, options)
+    if not found:
+        yield InputError(spec, "directory contains no images")
+
+
+def _remote_listing(fs: Any, directory: str) -> list[dict]:
+    entries = [
+        entry
+        for entry in fs.ls(directory, detail=True)
+        if entry["name"].rstrip("/") != directory and not _basename(entry["name"]).startswith(".")
+    ]
+    entries.sort(key=lambda entry: _basename(entry["name"]).encode("utf-8", "surrogatepass"))
+    return entries
+
+
+def _expand_remote_glob(
+    fs: Any, spec: str, pattern: str, options: RemoteOptions
+) -> Iterator[InputItem | InputError]:
+    try:
+        matches = fs.glob(pattern, detail=True)
+    except Exception as error:
+        yield InputError(spec, describe_os_error(error))
+        return
+    # As for local globs, wildcards do not match hidden names unless the pattern spells a dot.
+    hidden_ok = "/." in pattern
+    infos = [
+        info
+        for info in matches.values()
+        if _remote_wanted(info) and (hidden_ok or "/." not in info["name"])
+    ]
+    if not infos:
+        yield InputError(spec, "glob matched no files")
+        return
+    # Record paths keep the user's spelling of the part before the first wildcard.
+    cut = spec.rfind("/", 0, _GLOB_MAGIC.search(spec).start())
+    base = spec[:cut]
+    try:
+        root = remote_filesystem(base + "/")[1].rstrip("/") if "://" in base else None
+    except SourceError:
+        root = None
+    for info in sorted(infos, key=lambda i: i["name"].encode("utf-8", "surrogatepass")):
+        url = _remote_url(fs, base, root, info["name"].rstrip("/"))
+        yield from _remote_item(fs, url, info, options)
+
+
+def _remote_url(fs: Any, base: str, root: str | None, name: str) -> str:
+    """`name` (a path inside fs) as a URL spelled like the user's `base` (which names `root`)."""
+    if root is not None:
+        if name == root:
+            return base
+        if name.startswith(root + "/"):
+            return f"{base}/{name[len(root) + 1 :]}"
+    return fs.unstrip_protocol(name)
+
+
+def _basename(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _path_sort_key(path: str) -> list[bytes]:
@@ -167,12 +473,13 @@ def _os_message(error: OSError) -> str:
 
 
 def _is_image_file(path: str) -> bool:
+    """An image file (by name or content) or a tar archive of them (by name)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return False
     except OSError:
         return False
-    return _has_image_extension(path) or _sniff(path)
+    return _has_image_extension(path) or is_tar_name(path) or _sniff(path)
 
 
 def _has_image_extension(name: str) -> bool:
@@ -186,6 +493,11 @@ def _sniff(path: str) -> bool:
             head = handle.read(_SNIFF_BYTES)
     except OSError:
         return False
+    return _sniff_head(head)
+
+
+def _sniff_head(head: bytes) -> bool:
+    """True when `head` (a file's first 12 bytes) starts a JPEG, PNG, GIF, BMP, TIFF or WEBP."""
     return (
         head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a"))
         or head.startswith((b"II*\x00", b"MM\x00*"))
@@ -198,9 +510,9 @@ def _sniff(path: str) -> bool:
 # Directory walk
 
 
-def _walk_directory(root: str) -> Iterator[InputItem | InputError]:
+def _walk_directory(root: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
     found = False
-    for result in _Walk(root):
+    for result in _Walk(root, options):
         found = found or isinstance(result, InputItem)
         yield result
     if not found:
@@ -224,6 +536,7 @@ class _Walk:
     """
 
     root: str
+    options: RemoteOptions = field(default_factory=RemoteOptions)
     root_real: str = ""
     on_path: set[tuple[int, int]] = field(default_factory=set)
     external_dirs: set[tuple[int, int]] = field(default_factory=set)
@@ -270,7 +583,10 @@ class _Walk:
         if is_dir:
             yield from self._visit_dir(stack, entry, is_link, external)
         elif is_file and self._wanted_file(entry, is_link, external):
-            yield InputItem(entry.path)
+            if is_tar_name(entry.name):
+                yield from _expand_local_tar(entry.path, self.options)
+            else:
+                yield InputItem(entry.path)
 
     def _visit_dir(
         self, stack: list[_Frame], entry: os.DirEntry, is_link: bool, external: bool
@@ -293,7 +609,8 @@ class _Walk:
         yield from self._enter(stack, entry.path, key, external=external)
 
     def _wanted_file(self, entry: os.DirEntry, is_link: bool, external: bool) -> bool:
-        if not (_has_image_extension(entry.name) or _sniff(entry.path)):
+        wanted = _has_image_extension(entry.name) or is_tar_name(entry.name)
+        if not (wanted or _sniff(entry.path)):
             return False
         if is_link and self._covered(entry.path):
             return False

@@ -15,11 +15,8 @@ formats. Every writer is written all-or-nothing to a file (a temp file beside it
     embeddings:  Writer(path: str)                                  write(path, vector)
     both:        close() finishes the output; abort() leaves the target as it was
 
-To add a format, write such a class and register it::
-
-    WRITERS["records", "parquet"] = ParquetRecordWriter
-    WRITERS["embeddings", "parquet"] = ParquetEmbeddingWriter
-    SUFFIXES[".parquet"] = "parquet"
+To add a format, write such a class and register it in the table at the end of this module,
+as Parquet (parquet.py, imported only when used: pyarrow is an optional extra) is.
 
 Paths may hold lone surrogates (undecodable file names). Every string written passes through
 `safe_text` first, so no writer fails on encoding; the same function gives the key a path is
@@ -39,7 +36,7 @@ import stat
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, Protocol, TextIO
 
@@ -431,12 +428,27 @@ class NpzWriter:
 
 # --------------------------------------------------------------------------- the table
 
-WRITERS: dict[tuple[str, str], type] = {
+
+def parquet_records(target: str | BinaryIO, **options: Any) -> Any:
+    from .parquet import ParquetRecordWriter
+
+    return ParquetRecordWriter(target, **options)
+
+
+def parquet_embeddings(target: str | BinaryIO, **options: Any) -> Any:
+    from .parquet import ParquetEmbeddingWriter
+
+    return ParquetEmbeddingWriter(target, **options)
+
+
+WRITERS: dict[tuple[str, str], Callable[..., Any]] = {
     ("records", "jsonl"): JsonlWriter,
     ("records", "json"): JsonWriter,
     ("records", "csv"): CsvWriter,
+    ("records", "parquet"): parquet_records,
     ("embeddings", "npy"): NpyWriter,
     ("embeddings", "npz"): NpzWriter,
+    ("embeddings", "parquet"): parquet_embeddings,
 }
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -445,6 +457,7 @@ SUFFIXES = {
     ".csv": "csv",
     ".npy": "npy",
     ".npz": "npz",
+    ".parquet": "parquet",
 }
 
 

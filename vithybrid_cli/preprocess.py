@@ -9,18 +9,23 @@ clipped to white.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import math
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from vithybrid_cli.config import PreprocessConfig
+from vithybrid_cli.sources import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -66,24 +71,81 @@ class ImageError(Exception):
 # Decoding
 
 
-def load_image(
-    path: str | os.PathLike | bytes, *, min_size: tuple[int, int] | None = None
-) -> Image.Image:
-    """Decode the first frame of `path`, upright (EXIF orientation) and as 8-bit RGB.
+@runtime_checkable
+class Openable(Protocol):
+    """What inputs.InputItem is to decoding: a name for messages and a way to get the bytes."""
 
-    `min_size=(W, H)` allows reduced-size JPEG decoding as long as the image still covers
-    DRAFT_OVERSAMPLE * (W, H). Every failure raises ImageError.
+    path: str
+
+    def open(self) -> IO[bytes]: ...
+
+
+ImageSource = str | os.PathLike | bytes | Openable | IO[bytes]
+
+
+def source_name(source: ImageSource) -> str:
+    """How `source` is named in errors and records: the path, the item's path, the file's name."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return os.fsdecode(os.fspath(source))
+    if isinstance(source, Openable):
+        return source.path
+    name = getattr(source, "name", None)
+    return os.fsdecode(name) if isinstance(name, (str, bytes)) else "<stream>"
+
+
+def _open_source(source: ImageSource) -> contextlib.AbstractContextManager[IO[bytes]]:
+    if isinstance(source, Openable):
+        # A local item is opened by its path, exactly as a path is; the others by their opener
+        # (an HTTP download, a tar member, an object-store file, stdin's bytes), closed after use.
+        local = getattr(source, "local_path", None)
+        if local is None:
+            return source.open()
+        source = local
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return open(source, "rb")
+    return contextlib.nullcontext(source)  # the caller's file object: the caller closes it
+
+
+def _seekable(fp: IO[bytes]) -> IO[bytes]:
+    """`fp` itself when Pillow can seek in it, else its bytes in memory (Pillow would anyway)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        if fp.seekable():
+            return fp
+    return io.BytesIO(fp.read())
+
+
+def _is_empty(fp: IO[bytes]) -> bool:
+    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        info = os.fstat(fp.fileno())
+        if stat.S_ISREG(info.st_mode):
+            return info.st_size == 0
+    position = fp.tell()
+    end = fp.seek(0, os.SEEK_END)
+    fp.seek(position)
+    return end == position
+
+
+def load_image(source: ImageSource, *, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode the first frame of `source`, upright (EXIF orientation) and as 8-bit RGB.
+
+    `source` is a local path, an InputItem (anything with `.path` and `.open()`: URLs, tar
+    members, object-store files, stdin) or a binary file object. `min_size=(W, H)` allows
+    reduced-size JPEG decoding as long as the image still covers DRAFT_OVERSAMPLE * (W, H).
+    Every failure, fetching the bytes included, raises ImageError naming the source.
     """
-    display = os.fsdecode(os.fspath(path))
+    display = source_name(source)
     try:
-        with open(path, "rb") as fp:
-            if os.fstat(fp.fileno()).st_size == 0:
+        with _open_source(source) as opened:
+            fp = _seekable(opened)
+            if _is_empty(fp):
                 raise ImageError(display, "empty file (0 bytes)")
             with _decompression_bombs_as_errors():
                 image = _decode(fp, min_size)
             return to_rgb(image)
     except ImageError:
         raise
+    except SourceError as error:  # download or archive failure: already one line
+        raise ImageError(display, error.message) from error
     except Exception as error:  # Pillow's plugins raise many types on corrupt data
         raise ImageError(display, _describe(error)) from error
 
@@ -420,13 +482,16 @@ def preprocess_image(
 
 
 def load_and_preprocess(
-    path: str | os.PathLike | bytes,
+    source: ImageSource,
     config: PreprocessConfig,
     image_size: tuple[int, int] | None = None,
     *,
     fast_decode: bool = True,
 ) -> np.ndarray:
-    """load_image + preprocess_image; fast_decode allows reduced-size JPEG decoding."""
+    """load_image + preprocess_image; fast_decode allows reduced-size JPEG decoding.
+
+    `source` is anything load_image takes: a path, an InputItem, a binary file object.
+    """
     min_size = decode_min_size(config, image_size) if fast_decode else None
-    image = load_image(path, min_size=min_size)
+    image = load_image(source, min_size=min_size)
     return preprocess_image(image, config, image_size)

@@ -289,14 +289,14 @@ class Runner:
         if isinstance(item, InputError):
             return index, item.path, item.message
         if isinstance(item, InputItem):
-            return index, item.path, pool.submit(self.decode, item.path)
+            return index, item.path, pool.submit(self.decode, item)
         return index, f"<image {index}>", pool.submit(self.prepare, to_rgb(item))  # a PIL image
 
-    def decode(self, path: str) -> tuple[np.ndarray, Any, Any]:
-        """(model input, decoded image or None, crop box or None) of one file; in a worker."""
+    def decode(self, item: InputItem) -> tuple[np.ndarray, Any, Any]:
+        """(model input, decoded image or None, crop box or None) of one input; in a worker."""
         fast = self.options.fast_decode and not self.options.keep_images
         min_size = decode_min_size(self.preprocess_config, self.options.image_size)
-        return self.prepare(load_image(path, min_size=min_size if fast else None))
+        return self.prepare(load_image(item, min_size=min_size if fast else None))
 
     def prepare(self, image: Image.Image) -> tuple[np.ndarray, Any, Any]:
         pixels = preprocess_image(image, self.preprocess_config, self.options.image_size)

@@ -31,19 +31,29 @@ def has_native_bf16_cpu() -> bool:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto`: CUDA where present (cuda:LOCAL_RANK under torchrun), else Apple's MPS, else CPU."""
     import torch
 
     if device == "auto":
         if torch.cuda.is_available():
             return _local_cuda_device()
+        if _mps_available():
+            return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     if device == "cuda":
         return _local_cuda_device()
-    if device == "mps" and not torch.backends.mps.is_available():
+    if device == "mps" and not _mps_available():
         raise ValueError("--device mps: MPS is not available on this machine")
     return torch.device(device)
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)  # absent from some builds
+    return bool(mps is not None and mps.is_available())
 
 
 def _local_cuda_device() -> torch.device:
