@@ -131,6 +131,19 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or s
 Strict = Annotated[bool, typer.Option(help="Stop at the first input that fails.")]
 Resume = Annotated[bool, typer.Option(help="Skip inputs already in --output and append the rest.")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")]
+HeadOpt = Annotated[
+    str | None,
+    typer.Option("--head", help="A head of your own labels, made by `vithybrid fit`."),
+]
+MinScore = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score",
+        min=0.0,
+        max=1.0,
+        help='Abstain ("label": null) when the best score is below this.',
+    ),
+]
 
 
 def version_callback(value: bool) -> None:
@@ -341,6 +354,101 @@ def record_of(result: Any) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- your own labels
+# (fit, classify --head, info --head: the logic is in head.py and fitting.py; this renders)
+
+
+def load_head_file(path: str | None):
+    """The head at `path` (None: no head), before the model loads: a bad file fails fast."""
+    if path is None:
+        return None
+    from .head import load_head
+
+    return load_head(path)  # HeadError is a ValueError: one line from run_command
+
+
+def checked_head_task(head: Any, path: str, model: Any, runner: Any, top_k: int):
+    """head_task for this run, after refusing a head fitted on another model, pool or size."""
+    from .head import head_task, model_identity
+
+    head.check_compatible(model_identity(model, runner.options), source=path)
+    return head_task(head, top_k)
+
+
+def decided_record(result: Any, min_score: float | None) -> dict[str, Any]:
+    """record_of plus top-level "label" (None: abstain under --min-score) and "score"."""
+    from .head import decide
+
+    record = record_of(result)
+    if result.ok:
+        label, score = decide(result.payload, min_score)
+        record = {"path": record["path"], "label": label, "score": score, **record}
+    return record
+
+
+def render_fit(report: Any, output: str) -> None:
+    """The fit's validation results as Rich tables on stdout."""
+    from rich.markup import escape
+
+    labels = [escape(label) for label in report.labels]
+    if report.accuracy is None:
+        stdout.print(f"no validation split: C={report.c:g}, no accuracy to report")
+    else:
+        how = "given" if len(report.c_scores) <= 1 else "chosen on the validation split"
+        stdout.print(
+            f"validation accuracy [bold]{report.accuracy:.3f}[/bold] on {sum(report.val_counts)} "
+            f"images (C={report.c:g}, {how})"
+        )
+    table = Table(title="per class", title_justify="left")
+    for column in ("label", "train", "validation", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for i, label in enumerate(labels):
+        scores = (
+            [f"{values[i]:.3f}" for values in (report.precision, report.recall, report.f1)]
+            if report.precision
+            else ["-"] * 3
+        )
+        table.add_row(label, str(report.train_counts[i]), str(report.val_counts[i]), *scores)
+    stdout.print(table)
+    if report.confusion:
+        matrix = Table(title="confusion matrix", title_justify="left")
+        matrix.add_column("true \\ predicted")
+        for label in labels:
+            matrix.add_column(label, justify="right")
+        for label, row in zip(labels, report.confusion, strict=True):
+            matrix.add_row(label, *(str(count) if count else "[dim]0[/dim]" for count in row))
+        stdout.print(matrix)
+
+
+def render_head_info(path: str, head: Any) -> None:
+    from rich.markup import escape
+
+    rows = [
+        ("head", path),
+        ("labels", f"{head.num_classes}: " + ", ".join(head.labels)),
+        ("model", head.model),
+        ("revision", head.revision or "-"),
+        ("weights", head.weights[:16]),
+        ("pool", head.pool),
+        ("embedding size", str(head.embedding_size)),
+        ("image size", f"{head.image_size[0]}x{head.image_size[1]}"),
+        ("interpolate", "yes" if head.interpolate_pos_encoding else "no"),
+        ("C", f"{head.c:g}"),
+        (
+            "validation accuracy",
+            "-" if head.validation_accuracy is None else f"{head.validation_accuracy:.3f}",
+        ),
+        ("examples", ", ".join(f"{k}: {v}" for k, v in head.examples_per_class.items())),
+        ("created", head.created or "-"),
+    ]
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    stdout.print(table)
+
+
 class TableOutput:
     """Collects classify's records and renders them as one table when the run ends cleanly."""
 
@@ -361,10 +469,15 @@ class TableOutput:
 
 
 def render_table(records: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
+
     from .inputs import display_path
 
     if len(records) == 1 and "top_k" in records[0]:
-        table = Table(title=display_path(records[0]["path"]), title_justify="left")
+        title = display_path(records[0]["path"])
+        if records[0].get("label", "") is None:
+            title += f" (abstain: best score {records[0]['score']:.3f} < --min-score)"
+        table = Table(title=title, title_justify="left")
         table.add_column("label")
         table.add_column("score", justify="right")
         table.add_column("")
@@ -378,7 +491,9 @@ def render_table(records: list[dict[str, Any]]) -> None:
         for record in records:
             if "top_k" in record:
                 best = record["top_k"][0]
-                table.add_row(display_path(record["path"]), best["label"], f"{best['score']:.3f}")
+                label = record.get("label", best["label"])
+                shown = "[dim]abstain[/dim]" if label is None else escape(label)
+                table.add_row(display_path(record["path"]), shown, f"{best['score']:.3f}")
             else:
                 table.add_row(display_path(record["path"]), f"[red]{record['error']}[/red]", "")
     stdout.print(table)
@@ -405,6 +520,8 @@ def classify(
         str | None, typer.Option("--output", "-o", help="Write here, not stdout.")
     ] = None,
     resume: Resume = False,
+    head: HeadOpt = None,
+    min_score: MinScore = None,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -418,7 +535,7 @@ def classify(
     strict: Strict = False,
     debug: Debug = False,
 ) -> None:
-    """Label images: top-k classes with scores."""
+    """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
 
     def body() -> int:
         from .outputs import format_from_path
@@ -436,6 +553,7 @@ def classify(
                 "--format table prints to the terminal; use json, jsonl or csv with --output"
             )
         ensure_parent(output)
+        fitted = load_head_file(head)
         job = Distributed.from_env()
         if job.world > 1 and (not output or output == "-"):
             raise UserError("under torchrun every process writes a part file: give --output")
@@ -451,14 +569,21 @@ def classify(
                 runner = make_runner(
                     loaded, batch_size, workers, interpolate_pos_encoding, image_size
                 )
-                results = runner.run(items, classify_task(top_k, loaded.config.id2label))
+                task = (
+                    classify_task(top_k, loaded.config.id2label)
+                    if fitted is None
+                    else checked_head_task(fitted, head, loaded, runner, top_k)
+                )
+                decided = fitted is not None or min_score is not None
                 return drive(
-                    results,
+                    runner.run(items, task),
                     shard_size(total, job.rank, job.world),
                     quiet or not job.is_main,
                     strict,
                     "labeled",
-                    lambda r: target.write(r.index, record_of(r)),
+                    lambda r: target.write(
+                        r.index, decided_record(r, min_score) if decided else record_of(r)
+                    ),
                     counts=job.all_sum,
                 )
 
@@ -527,6 +652,117 @@ def embed(
             where = f" and {sidecar}" if out.sidecar_path else ""
             stderr.print(f"wrote {out.count} rows to {output}{where}", soft_wrap=True)
         return status
+
+    run_command(body, debug)
+
+
+class FitFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def fit(
+    data: Annotated[
+        str | None,
+        typer.Argument(help="A folder with one subfolder of images per label.", show_default=False),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The head file to write (.safetensors).")
+    ] = ...,
+    labels_from: Annotated[
+        str | None,
+        typer.Option("--labels-from", help="A CSV or JSONL of path,label instead of DATA."),
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option("--val", help="A separate validation folder (same layout as DATA)."),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Held out for validation, per label.")
+    ] = 0.2,
+    c: Annotated[
+        float | None,
+        typer.Option(
+            "--c", min=0.0, help="L2 regularization (scikit-learn's C; default: chosen on val)."
+        ),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option("--cache", help="Embedding cache folder (default: OUTPUT.cache beside it)."),
+    ] = None,
+    format: Annotated[
+        FitFormat, typer.Option("--format", "-f", help="How to print the validation results.")
+    ] = FitFormat.table,
+    pool: Annotated[
+        Pool, typer.Option(help="Which embedding the head reads (as embed --pool).")
+    ] = Pool.cls,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: Interpolate = False,
+    image_size: ImageSize = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
+
+    def body() -> int:
+        import json
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from .fitting import default_cache_dir, fit_head
+        from .head import save_head
+        from .inputs import display_path
+
+        if data is None and labels_from is None:
+            raise UserError("no training data: give DATA (one folder per label) or --labels-from")
+        ensure_parent(output)
+        loaded = load(model, revision, device, dtype, False)
+        columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
+        shown = not quiet and stderr.is_terminal
+        with Progress(*columns, console=stderr, transient=True, disable=not shown) as progress:
+            bar = progress.add_task("embedding", total=None)
+            report = fit_head(
+                loaded,
+                data,
+                labels_from=labels_from,
+                val=val,
+                val_fraction=val_fraction,
+                c=c,
+                pool=pool.value,
+                image_size=parse_image_size(image_size),
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                cache_dir=cache or default_cache_dir(output),
+                seed=seed,
+                batch_size=batch_size,
+                workers=workers,
+                progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            )
+        save_head(report.head, output)
+        for path, message in report.errors:
+            stderr.print(f"[red]error:[/red] {display_path(path)}: {message}", soft_wrap=True)
+        for warning in report.warnings:
+            stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        if format is FitFormat.json:
+            stdout.print_json(json.dumps({"head": output, **report.to_dict()}))
+        else:
+            render_fit(report, output)
+        if not quiet:
+            left_out = f", {len(report.errors)} left out" if report.errors else ""
+            train, validation = sum(report.train_counts), sum(report.val_counts)
+            stderr.print(
+                f"{len(report.labels)} labels, {train} training + {validation} validation images "
+                f"({report.embedded} embedded, {report.cached} from the cache{left_out}) in "
+                f"{report.seconds:.1f} s; wrote {output}",
+                soft_wrap=True,
+            )
+        return 0
 
     run_command(body, debug)
 
@@ -640,6 +876,9 @@ def save_overlay(result: Any, target: Path, input_size: tuple[int, int], alpha: 
 
 @app.command()
 def info(
+    head: Annotated[
+        str | None, typer.Option("--head", help="Show this head file's metadata instead.")
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -651,6 +890,9 @@ def info(
     def body() -> int:
         from huggingface_hub import constants
 
+        if head is not None:
+            render_head_info(head, load_head_file(head))
+            return 0
         loaded = load(model, revision, device, dtype, False)
         config, checkpoint = loaded.config, loaded.checkpoint
         parameter = next(loaded.parameters())

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .head import Head, ModelIdentity, model_identity
-from .inputs import InputError, InputItem, display_path, iter_inputs
+from .inputs import InputItem, display_path, iter_inputs
 
 if TYPE_CHECKING:
     from .model import ViTHybrid
@@ -313,7 +313,9 @@ class EmbeddingCache:
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.npz"
         temporary = self.directory / f".{name}.tmp"
         with open(temporary, "wb") as handle:
-            np.savez(handle, keys=np.array(self._pending_keys), vectors=np.stack(self._pending_vectors))
+            np.savez(
+                handle, keys=np.array(self._pending_keys), vectors=np.stack(self._pending_vectors)
+            )
         os.replace(temporary, self.directory / name)
         self._pending_keys, self._pending_vectors = [], []
 
@@ -424,9 +426,7 @@ def fit_logistic(
     return weight.detach().numpy(), bias.detach().numpy()
 
 
-def predict_proba(
-    features: np.ndarray, weight: np.ndarray, bias: np.ndarray
-) -> np.ndarray:
+def predict_proba(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     logits = features @ weight.T + bias
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
@@ -446,7 +446,9 @@ def classification_metrics(
     np.add.at(confusion, (targets, predicted), 1)
     hits = np.diag(confusion).astype(np.float64)
     predicted_counts, true_counts = confusion.sum(axis=0), confusion.sum(axis=1)
-    precision = np.divide(hits, predicted_counts, out=np.zeros_like(hits), where=predicted_counts > 0)
+    precision = np.divide(
+        hits, predicted_counts, out=np.zeros_like(hits), where=predicted_counts > 0
+    )
     recall = np.divide(hits, true_counts, out=np.zeros_like(hits), where=true_counts > 0)
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
@@ -540,9 +542,7 @@ def fit_head(
     if val_found is not None:
         unknown = sorted({e.label for e in val_found.items} - set(labels))
         if unknown:
-            raise FitError(
-                f"validation labels not among the training labels: {', '.join(unknown)}"
-            )
+            raise FitError(f"validation labels not among the training labels: {', '.join(unknown)}")
         kept = [e for e in val_found.items if e.path in vectors]
         train_x, train_y = features, targets
         val_x = (
