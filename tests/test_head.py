@@ -80,6 +80,18 @@ def accuracy_of(records: list[dict]) -> float:
     return float(np.mean([r["label"] == Path(r["path"]).parent.name for r in records]))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's kernels are too small for two threads; on a busy machine the second
+    one only adds waiting (each OpenMP region waits for it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def task(tmp_path_factory) -> Path:
     """train/ (12 per label) and test/ (8 per label): mild crops, 96x96."""
