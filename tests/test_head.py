@@ -1,4 +1,4 @@
-"""Heads of your own labels: fit (cache, split, regression, metrics), the head file, classify --head.
+"""Heads of your own labels: fit (cache, split, regression, metrics), the file, classify --head.
 
 The labeling task is built here: augmented crops of scikit-image photographs, one photograph per
 label. With the tiny random checkpoint the crops are mild and the model runs at 128x128
@@ -234,7 +234,7 @@ def test_foreign_and_truncated_head_files(tmp_path, tiny_checkpoint):
         "cut.safetensors": (data[: len(data) - 7], "truncated"),
         "cut-header.safetensors": (data[:20], "truncated"),
     }
-    for name, (content, needle) in cases.items():
+    for name, (content, _) in cases.items():
         (tmp_path / name).write_bytes(content)
     save_file({"x": np.zeros(3, np.float32)}, str(tmp_path / "weights.safetensors"))
     cases["weights.safetensors"] = (None, "not a vithybrid head (no head metadata)")
