@@ -308,6 +308,16 @@ def test_min_score_abstains(tiny_checkpoint, fitted, task, tmp_path):
     table = cli(*args, "-f", "table", "--min-score", threshold)
     assert table.exit_code == 0 and "abstain" in table.stdout
 
+    out = tmp_path / "labels.csv"
+    for resume in ([], ["--resume"]):  # resuming checks the columns: the same ones
+        run = cli(*args, "-o", out, "-k", "2", "--min-score", threshold, *resume)
+        assert run.exit_code == 0, run.stderr
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:5] == ["path", "label", "score", "label_1", "score_1"]
+    assert [row["label"] or None for row in rows] == [r["label"] for r in decided]
+    assert [float(row["score"]) for row in rows] == [r["score"] for r in decided]
+
     # Without a head, --min-score applies to the checkpoint's own classifier.
     image = next((task / "test" / "cat").iterdir())
     own = jsonl(cli("classify", image, "--model", tiny_checkpoint, "--min-score", 1.0).stdout)

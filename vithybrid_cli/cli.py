@@ -561,7 +561,14 @@ def classify(
             target = (
                 TableOutput()
                 if fmt == "table"
-                else RecordOutput(fmt, output, resume=resume, top_k=top_k, job=job)
+                else RecordOutput(
+                    fmt,
+                    output,
+                    resume=resume,
+                    top_k=top_k,
+                    job=job,
+                    decision=head is not None or min_score is not None,
+                )
             )
             with target:
                 items, total = discover(paths, files_from, target.done)

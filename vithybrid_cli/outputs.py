@@ -340,20 +340,28 @@ class _JsonWriter(RecordWriter):
             self._spool.close()
 
 
-def csv_header(top_k: int) -> list[str]:
-    """CSV columns: ``path, label_1, score_1, index_1, ..., label_k, score_k, index_k, error``."""
+def csv_header(top_k: int, decision: bool = False) -> list[str]:
+    """CSV columns: ``path, label_1, score_1, index_1, ..., label_k, score_k, index_k, error``.
+
+    With `decision` (classify --head / --min-score), ``label, score`` follow ``path``: the
+    record's decided label (empty: abstain) and its best score.
+    """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     ranks = [[f"label_{r}", f"score_{r}", f"index_{r}"] for r in range(1, top_k + 1)]
-    return ["path", *(name for group in ranks for name in group), "error"]
+    decided = ["label", "score"] if decision else []
+    return ["path", *decided, *(name for group in ranks for name in group), "error"]
 
 
-def _csv_row(record: dict[str, Any], top_k: int) -> list[str]:
+def _csv_row(record: dict[str, Any], top_k: int, decision: bool = False) -> list[str]:
     clean = _clean_record(record)
     preds = clean.get("top_k") or []
     if len(preds) > top_k:
         raise ValueError(f"record has {len(preds)} predictions but the CSV has {top_k} columns")
     cells = [clean["path"]]
+    if decision:
+        score = clean.get("score")
+        cells += [clean.get("label") or "", "" if score is None else repr(float(score))]
     for pred in preds:
         score = pred.get("score")
         cells += [pred.get("label", ""), "" if score is None else repr(float(score))]
@@ -366,9 +374,16 @@ def _csv_row(record: dict[str, Any], top_k: int) -> list[str]:
 class _CsvWriter(RecordWriter):
     """One row per image (see csv_header); atomic file, append-mode file on resume, or stream."""
 
-    def __init__(self, path: str | None, stream: TextIO | None, resume: bool, top_k: int) -> None:
-        self._top_k = top_k
-        header = csv_header(top_k)
+    def __init__(
+        self,
+        path: str | None,
+        stream: TextIO | None,
+        resume: bool,
+        top_k: int,
+        decision: bool = False,
+    ) -> None:
+        self._top_k, self._decision = top_k, decision
+        header = csv_header(top_k, decision)
         self._atomic: _AtomicFile | None = None
         self._owned = False
         if path is None:
@@ -390,7 +405,7 @@ class _CsvWriter(RecordWriter):
 
     def write(self, record: dict[str, Any]) -> None:
         self._check_open()
-        self._writer.writerow(_csv_row(record, self._top_k))
+        self._writer.writerow(_csv_row(record, self._top_k, self._decision))
 
     def flush(self) -> None:
         if self.closed:
@@ -440,12 +455,14 @@ def open_record_writer(
     stream: TextIO | None = None,
     resume: bool = False,
     top_k: int = 5,
+    decision: bool = False,
 ) -> RecordWriter:
     """Open a writer for `fmt` ("jsonl", "json", "csv") to file `path`, or to `stream` if no path.
 
     `stream` defaults to sys.stdout; a path of "-" also means the stream. "table" is rendered by
     the CLI and is rejected here. `resume` (JSONL or CSV files only) repairs a torn file and
-    appends to it instead of replacing it. `top_k` fixes the CSV columns.
+    appends to it instead of replacing it. `top_k` fixes the CSV columns, `decision` adds the
+    decided label and score (see csv_header).
     """
     if fmt == "table":
         raise ValueError("format 'table' is rendered by the CLI, not by open_record_writer")
@@ -463,7 +480,7 @@ def open_record_writer(
         return _JsonlWriter(path, stream, resume)
     if fmt == "json":
         return _JsonWriter(path, stream)
-    return _CsvWriter(path, stream, resume, top_k)
+    return _CsvWriter(path, stream, resume, top_k, decision)
 
 
 # --------------------------------------------------------------------------- resume

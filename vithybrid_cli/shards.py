@@ -256,6 +256,7 @@ class RecordOutput:
         resume: bool = False,
         top_k: int = 5,
         job: Job | None = None,
+        decision: bool = False,  # CSV label/score columns (classify --head / --min-score)
     ) -> None:
         self.rank, self.world = (job.rank, job.world) if job else (0, 1)
         self.barrier = job.barrier if job else _no_barrier
@@ -264,6 +265,7 @@ class RecordOutput:
         if self.world > 1 and path is None:
             raise ValueError("with several processes (torchrun) give --output FILE")
         self.fmt, self.path, self.top_k = fmt, path, top_k
+        self.columns = {"top_k": top_k, "decision": decision}
         self.resume = resume and path is not None
         if self.resume and fmt not in RESUMABLE_FORMATS:  # checked by every rank, up front
             raise ValueError("resume needs a .jsonl or .csv output file")
@@ -276,14 +278,14 @@ class RecordOutput:
         if path is not None and self.rank == 0:
             leftovers = find_parts(path)
             if self.resume and leftovers:
-                with open_record_writer(self.fmt, path, resume=True, top_k=self.top_k) as writer:
+                with open_record_writer(self.fmt, path, resume=True, **self.columns) as writer:
                     merge_record_parts(leftovers, writer)
                 log.info("merged %d part files of a killed run", len(leftovers))
             remove_parts(path, leftovers)
             if self.resume:
                 self.done = prepare_resume(path, self.fmt)
         if self.world == 1:
-            self._writer = open_record_writer(self.fmt, path, resume=self.resume, top_k=self.top_k)
+            self._writer = open_record_writer(self.fmt, path, resume=self.resume, **self.columns)
             return self
         assert path is not None
         self.barrier()  # rank 0 has merged leftovers and repaired: every rank sees the same output
@@ -311,7 +313,7 @@ class RecordOutput:
         if self.rank == 0:
             parts = [part_path(self.path, r, self.world) for r in range(self.world)]
             with open_record_writer(
-                self.fmt, self.path, resume=self.resume, top_k=self.top_k
+                self.fmt, self.path, resume=self.resume, **self.columns
             ) as writer:
                 merge_record_parts(parts, writer)
             remove_parts(self.path, parts)
