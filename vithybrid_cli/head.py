@@ -190,10 +190,17 @@ def _read_metadata(name: str, data: bytes) -> dict[str, str]:
         raise HeadError(f"{name}: not a vithybrid head file (not safetensors)") from None
     if not isinstance(header, dict):
         raise HeadError(f"{name}: not a vithybrid head file (not safetensors)")
-    end = max(
-        (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
-        default=0,
-    )
+    try:
+        end = max(
+            (
+                int(entry["data_offsets"][1])
+                for key, entry in header.items()
+                if key != "__metadata__"
+            ),
+            default=0,
+        )
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise HeadError(f"{name}: not a vithybrid head file (not safetensors)") from None
     if 8 + header_size + end > len(data):
         raise HeadError(f"{name}: truncated head file ({len(data)} bytes, tensors need more)")
     return header.get("__metadata__") or {}
