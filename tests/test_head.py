@@ -330,7 +330,7 @@ def test_min_score_abstains(tiny_checkpoint, fitted, task, tmp_path):
 
 
 def test_logistic_regression_matches_scikit_learn():
-    from sklearn.linear_model import LogisticRegression
+    LogisticRegression = pytest.importorskip("sklearn.linear_model").LogisticRegression
 
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=1.5, size=(4, 12))

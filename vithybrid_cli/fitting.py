@@ -33,6 +33,7 @@ from .inputs import InputItem, display_path, iter_inputs
 
 if TYPE_CHECKING:
     from .model import ViTHybrid
+    from .runner import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class EmbeddingCache:
 def embed_examples(
     model: ViTHybrid,
     paths: Sequence[str],
-    options,
+    options: RunOptions,
     pool: str,
     cache: EmbeddingCache | None,
     progress: Callable[[int, int], None] | None = None,
@@ -547,6 +548,8 @@ def fit_head(
     if pool == "pooler" and model.pooler is None:
         raise FitError(f"{model.checkpoint.name} has no pooler layer: use --pool cls or mean")
     exclude = [os.fspath(cache_dir)] if cache_dir else []
+    if labels_from is not None and data is not None:
+        raise FitError("give a data folder or --labels-from, not both")
     if labels_from is not None:
         found = collect_labels_file(os.fspath(labels_from))
     elif data is not None:
