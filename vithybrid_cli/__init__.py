@@ -4,6 +4,8 @@
     >>> model = vh.load_model()                      # google/vit-hybrid-base-bit-384
     >>> vh.classify(model, ["cat.jpg"], top_k=3)     # [[(281, 'tabby, tabby cat', 0.71), ...]]
     >>> vh.embed(model, ["cat.jpg", "dog.jpg"]).shape  # (2, 768)
+    >>> report = vh.fit_head(model, "photos/")       # one subfolder per label
+    >>> vh.classify(model, ["new.jpg"], head=report.head)  # [[(0, 'receipt', 0.93), ...]]
 
 torch is imported on first use, not at package import.
 """
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from .fitting import FitReport
+    from .head import Head
     from .model import ViTHybrid
 
 __version__ = "0.1.0"
@@ -29,7 +33,10 @@ __all__ = [
     "ViTHybridConfig",
     "classify",
     "embed",
+    "fit_head",
+    "load_head",
     "load_model",
+    "save_head",
     "preprocess_images",
 ]
 
@@ -101,13 +108,31 @@ def classify(
     image_size: tuple[int, int] | None = None,
     interpolate_pos_encoding: bool = False,
     batch_size: int | None = None,
+    head: Head | str | os.PathLike | None = None,
 ) -> list[list[tuple[int, str, float]]]:
-    """Top-k (class index, label, probability) per image, best first."""
+    """Top-k (class index, label, probability) per image, best first.
+
+    With `head` (a Head or a head file from fit_head/`vithybrid fit`), over the head's labels.
+    """
     from .runner import classify_task
 
     task = classify_task(top_k, model.config.id2label)
-    return run(model, images, task, image_size=image_size, batch_size=batch_size,
-               interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
+    if head is not None:
+        from .head import head_task, model_identity
+        from .runner import RunOptions
+
+        head = load_head(head) if isinstance(head, str | os.PathLike) else head
+        options = RunOptions(
+            image_size=image_size, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        head.check_compatible(model_identity(model, options))
+        task = head_task(head, top_k)
+    payloads = run(model, images, task, image_size=image_size, batch_size=batch_size,
+                   interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
+    if head is None:
+        return payloads
+    # a head's payload is its decision over the top-k list: hand back the list, as without one
+    return [[(e["index"], e["label"], e["score"]) for e in p["top_k"]] for p in payloads]
 
 
 def embed(
@@ -128,3 +153,28 @@ def embed(
     rows = run(model, images, task, image_size=image_size, batch_size=batch_size,
                interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
     return np.stack(rows) if rows else np.zeros((0, model.config.hidden_size), np.float32)
+
+
+def fit_head(model: ViTHybrid, data: str | os.PathLike | None = None, **options: Any) -> FitReport:
+    """Fit a head of your own labels; returns a FitReport (`.head`, validation metrics).
+
+    See fitting.fit_head for the options (labels_from, val, val_fraction, c, pool, cache_dir...).
+    Save the head with save_head(report.head, "head.safetensors").
+    """
+    from .fitting import fit_head as fit
+
+    return fit(model, data, **options)
+
+
+def load_head(path: str | os.PathLike) -> Head:
+    """Read a head file; raises head.HeadError (a ValueError) with one line when it is unusable."""
+    from .head import load_head as load
+
+    return load(path)
+
+
+def save_head(head: Head, path: str | os.PathLike) -> None:
+    """Write a head as safetensors (bit-exact round trip through load_head)."""
+    from .head import save_head as save
+
+    save(head, path)

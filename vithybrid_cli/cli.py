@@ -147,6 +147,16 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or s
 Strict = Annotated[bool, typer.Option(help="Stop at the first input that fails.")]
 Resume = Annotated[bool, typer.Option(help="Skip inputs already in --output and append the rest.")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")]
+HeadOpt = Annotated[
+    str | None,
+    typer.Option("--head", help="A head of your own labels, made by `vithybrid fit`."),
+]
+MinScore = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score", min=0.0, max=1.0, help='Abstain ("label": null) below this best score.'
+    ),
+]
 
 
 def version_callback(value: bool) -> None:
@@ -416,28 +426,35 @@ def needs_file(output: str | None, job: Any) -> None:
 
 
 def render_table(results: list[Any]) -> None:
+    from rich.markup import escape
+
     from .inputs import display_path
     from .outputs import record_of
 
     records = [record_of(r.path, r.payload, r.error) for r in results]
     if len(records) == 1 and "top_k" in records[0]:
-        table = Table(title=display_path(records[0]["path"]), title_justify="left")
+        title = display_path(records[0]["path"])
+        if records[0].get("label", "") is None:
+            title += f" (abstain: best score {records[0]['score']:.3f} < --min-score)"
+        table = Table(title=escape(title), title_justify="left")
         for column, justify in (("label", "left"), ("score", "right"), ("", "left")):
             table.add_column(column, justify=justify)
         for entry in records[0]["top_k"]:
             bar = "█" * round(entry["score"] * 30)
-            table.add_row(entry["label"], f"{entry['score']:.3f}", f"[cyan]{bar}[/cyan]")
+            table.add_row(escape(entry["label"]), f"{entry['score']:.3f}", f"[cyan]{bar}[/cyan]")
     else:
         table = Table()
         for column, justify in (("path", "left"), ("label", "left"), ("score", "right")):
             table.add_column(column, justify=justify)
         for record in records:
-            path = display_path(record["path"])
+            path = escape(display_path(record["path"]))
             if "top_k" in record:
                 best = record["top_k"][0]
-                table.add_row(path, best["label"], f"{best['score']:.3f}")
+                label = record.get("label", best["label"])
+                shown = "[dim]abstain[/dim]" if label is None else escape(label)
+                table.add_row(path, shown, f"{best['score']:.3f}")
             else:
-                table.add_row(path, f"[red]{record['error']}[/red]", "")
+                table.add_row(path, f"[red]{escape(record['error'])}[/red]", "")
     stdout.print(table)
 
 
@@ -467,6 +484,8 @@ def classify(
         str | None, typer.Option("--output", "-o", help="Write here, not stdout.")
     ] = None,
     resume: Resume = False,
+    head: HeadOpt = None,
+    min_score: MinScore = None,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -480,31 +499,31 @@ def classify(
     strict: Strict = False,
     debug: Debug = False,
 ) -> None:
-    """Label images: top-k classes with scores."""
+    """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
     common = Common(model, revision, device, dtype, batch_size, workers,
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
 
     def body() -> int:
         from .job import CollectOutput, StreamOutput
-        from .runner import classify_task
         from .runtime import Distributed
-        from .weights import require_classifier
 
         fmt, inputs = record_format(format, output), Inputs(paths, files_from, max_download_mb)
+        fitted = load_head_file(head)  # before the model: a bad head file fails fast
         ensure_parent(output)
         job = Distributed.from_env()
         needs_file(output, job)
         with job:
             loaded = common.load()
-            require_classifier(loaded)  # features-only checkpoints: a one-line hint
-            runner, task = common.runner(loaded), classify_task(top_k, loaded.config.id2label)
+            runner = common.runner(loaded)
+            task = labeling_task(loaded, runner, top_k, fitted, head, min_score)
+            columns = {"top_k": top_k, "decision": fitted is not None or min_score is not None}
             if fmt == "table":
                 target: Any = CollectOutput()
             elif output and output != "-":
                 target = file_output(output, "records", runner, task, job, fmt=fmt,
-                                     resume=resume, top_k=top_k)  # fmt: skip
+                                     resume=resume, **columns)  # fmt: skip
             else:
-                target = StreamOutput(fmt, sys.stdout, top_k=top_k)
+                target = StreamOutput(fmt, sys.stdout, **columns)
             summary = common.run("labeled", inputs, runner, task, target, job)
         if fmt == "table":
             render_table(target.results)
@@ -666,18 +685,19 @@ def info(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
+    head: Annotated[
+        str | None, typer.Option("--head", help="Show this head file's metadata instead.")
+    ] = None,
     debug: Debug = False,
 ) -> None:
-    """Show the resolved model: where it is, its configuration, size, device and dtype."""
+    """Show the resolved model (where it is, its configuration, size, device, dtype) or a head."""
     common = Common(model, revision, device, dtype, None, None, False, None)
 
     def body() -> int:
-        table = Table(show_header=False, box=None)
-        table.add_column(style="bold")
-        table.add_column()
-        for key, value in describe(common.load()):
-            table.add_row(key, value)
-        stdout.print(table)
+        if head is not None:
+            render_rows(head_rows(head, load_head_file(head)))
+        else:
+            render_rows(describe(common.load()))
         return 0
 
     run_command(body, debug)
@@ -708,6 +728,207 @@ def describe(loaded: Any) -> list[tuple[str, str]]:
         ("dtype", str(parameter.dtype).removeprefix("torch.")),
         ("cache", str(constants.HF_HUB_CACHE)),
     ]
+
+
+# ---------------------------------------------------------------------------- your own labels
+# (classify --head, fit, info --head: the logic is in head.py and fitting.py; this renders)
+
+
+def load_head_file(path: str | None) -> Any:
+    """The head at `path` (None: no head); HeadError is a ValueError: one line, exit 2."""
+    if path is None:
+        return None
+    from .head import load_head
+
+    return load_head(path)
+
+
+def labeling_task(
+    loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
+) -> Any:
+    """classify's task: the checkpoint's classifier, or a head checked against this run."""
+    from .head import head_task, model_identity
+    from .runner import classify_task
+    from .weights import require_classifier
+
+    if head is None:
+        require_classifier(loaded)  # features-only checkpoints: a one-line hint
+        return classify_task(top_k, loaded.config.id2label, min_score)
+    head.check_compatible(model_identity(loaded, runner.options), source=head_path)
+    return head_task(head, top_k, min_score)
+
+
+def render_fit(report: Any) -> None:
+    """The fit's validation results as Rich tables on stdout."""
+    from rich.markup import escape
+
+    labels = [escape(label) for label in report.labels]
+    if report.accuracy is None:
+        stdout.print(f"no validation split: C={report.c:g}, no accuracy to report")
+    else:
+        how = "given" if len(report.c_scores) <= 1 else "chosen on the validation split"
+        stdout.print(
+            f"validation accuracy [bold]{report.accuracy:.3f}[/bold] on {sum(report.val_counts)} "
+            f"images (C={report.c:g}, {how})"
+        )
+    table = Table(title="per class", title_justify="left")
+    for column in ("label", "train", "validation", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for i, label in enumerate(labels):
+        metrics = (report.precision, report.recall, report.f1)
+        scores = [f"{values[i]:.3f}" for values in metrics] if report.precision else ["-"] * 3
+        table.add_row(label, str(report.train_counts[i]), str(report.val_counts[i]), *scores)
+    stdout.print(table)
+    if report.confusion:
+        matrix = Table(title="confusion matrix", title_justify="left")
+        matrix.add_column("true \\ predicted")
+        for label in labels:
+            matrix.add_column(label, justify="right")
+        for label, row in zip(labels, report.confusion, strict=True):
+            matrix.add_row(label, *(str(count) if count else "[dim]0[/dim]" for count in row))
+        stdout.print(matrix)
+
+
+def report_fit(report: Any, output: str, as_json: bool, quiet: bool) -> None:
+    """Left-out images and warnings on stderr, the results on stdout, then a summary line."""
+    import json
+
+    from .inputs import display_path
+
+    for path, message in report.errors:
+        stderr.print(f"[red]error:[/red] {display_path(path)}: {message}", soft_wrap=True)
+    for warning in report.warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    if as_json:
+        stdout.print_json(json.dumps({"head": output, **report.to_dict()}))
+    else:
+        render_fit(report)
+    if not quiet:
+        left_out = f", {len(report.errors)} left out" if report.errors else ""
+        train, validation = sum(report.train_counts), sum(report.val_counts)
+        stderr.print(
+            f"{len(report.labels)} labels, {train} training + {validation} validation images "
+            f"({report.embedded} embedded, {report.cached} from the cache{left_out}) in "
+            f"{report.seconds:.1f} s; wrote {output}",
+            soft_wrap=True,
+        )
+
+
+def head_rows(path: str, head: Any) -> list[tuple[str, str]]:
+    """The rows `info --head` shows."""
+    accuracy = head.validation_accuracy
+    return [
+        ("head", path),
+        ("labels", f"{head.num_classes}: " + ", ".join(head.labels)),
+        ("model", head.model),
+        ("revision", head.revision or "-"),
+        ("weights", head.weights[:16]),
+        ("pool", head.pool),
+        ("embedding size", str(head.embedding_size)),
+        ("image size", f"{head.image_size[0]}x{head.image_size[1]}"),
+        ("interpolate", "yes" if head.interpolate_pos_encoding else "no"),
+        ("C", f"{head.c:g}"),
+        ("validation accuracy", "-" if accuracy is None else f"{accuracy:.3f}"),
+        ("examples", ", ".join(f"{k}: {v}" for k, v in head.examples_per_class.items())),
+        ("created", head.created or "-"),
+    ]
+
+
+def render_rows(rows: list[tuple[str, str]]) -> None:
+    from rich.markup import escape
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    stdout.print(table)
+
+
+class FitFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def fit(
+    data: Annotated[
+        str | None,
+        typer.Argument(help="A folder with one subfolder of images per label.", show_default=False),
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The head file to write (.safetensors).")
+    ] = ...,
+    labels_from: Annotated[
+        str | None,
+        typer.Option("--labels-from", help="A CSV or JSONL of path,label instead of DATA."),
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option("--val", help="A separate validation folder (same layout as DATA)."),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Held out for validation, per label.")
+    ] = 0.2,
+    c: Annotated[
+        float | None,
+        typer.Option(
+            "--c", min=0.0, help="L2 regularization (scikit-learn's C; default: chosen on val)."
+        ),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option("--cache", help="Embedding cache folder (default: OUTPUT.cache beside it)."),
+    ] = None,
+    format: Annotated[
+        FitFormat, typer.Option("--format", "-f", help="How to print the validation results.")
+    ] = FitFormat.table,
+    pool: Annotated[
+        Pool, typer.Option(help="Which embedding the head reads (as embed --pool).")
+    ] = Pool.cls,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: Interpolate = False,
+    image_size: ImageSize = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
+    common = Common(model, revision, device, dtype, batch_size, workers,
+                    interpolate_pos_encoding, image_size, quiet=quiet)  # fmt: skip
+
+    def body() -> int:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from .fitting import default_cache_dir, fit_head
+        from .head import save_head
+
+        if data is None and labels_from is None:
+            raise UserError("no training data: give DATA (one folder per label) or --labels-from")
+        ensure_parent(output)
+        loaded = common.load()
+        columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
+        shown = not quiet and stderr.is_terminal
+        with Progress(*columns, console=stderr, transient=True, disable=not shown) as progress:
+            bar = progress.add_task("embedding", total=None)
+            report = fit_head(
+                loaded, data, labels_from=labels_from, val=val, val_fraction=val_fraction, c=c,
+                pool=pool.value, image_size=parse_image_size(image_size),
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                cache_dir=cache or default_cache_dir(output), seed=seed,
+                batch_size=batch_size, workers=workers,
+                progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            )  # fmt: skip
+        save_head(report.head, output)
+        report_fit(report, output, format is FitFormat.json, quiet)
+        return 0
+
+    run_command(body, debug)
 
 
 @app.command()

@@ -11,7 +11,8 @@ The writer table ``WRITERS`` maps (kind, format) to a class; ``SUFFIXES`` maps f
 formats. Every writer is written all-or-nothing to a file (a temp file beside it, renamed by
 ``close()``, removed by ``abort()``) or, for records, to a stream:
 
-    records:     Writer(target: str | TextIO, *, top_k: int = 5)   write(record)
+    records:     Writer(target: str | TextIO, *, top_k: int = 5, decision: bool = False)
+                 write(record)
     embeddings:  Writer(path: str)                                  write(path, vector)
     both:        close() finishes the output; abort() leaves the target as it was
 
@@ -100,19 +101,27 @@ def record_of(path: str, payload: Any = None, error: str | None = None) -> dict[
     return {"path": key, "top_k": json_safe(top_k)}
 
 
-def csv_header(top_k: int) -> list[str]:
-    """CSV columns: ``path, label_1, score_1, index_1, ..., label_k, score_k, index_k, error``."""
+def csv_header(top_k: int, decision: bool = False) -> list[str]:
+    """CSV columns: ``path, label_1, score_1, index_1, ..., label_k, score_k, index_k, error``.
+
+    With `decision` (classify --head / --min-score), ``label, score`` follow ``path``: the
+    record's decided label (empty: abstain) and its best score.
+    """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     ranks = [[f"label_{r}", f"score_{r}", f"index_{r}"] for r in range(1, top_k + 1)]
-    return ["path", *(name for group in ranks for name in group), "error"]
+    decided = ["label", "score"] if decision else []
+    return ["path", *decided, *(name for group in ranks for name in group), "error"]
 
 
-def csv_row(record: dict[str, Any], top_k: int) -> list[str]:
+def csv_row(record: dict[str, Any], top_k: int, decision: bool = False) -> list[str]:
     predictions = record.get("top_k") or []
     if len(predictions) > top_k:
         raise ValueError(f"record has {len(predictions)} predictions but the CSV has {top_k}")
     cells = [record["path"]]
+    if decision:
+        score = record.get("score")
+        cells += [record.get("label") or "", "" if score is None else repr(float(score))]
     for entry in predictions:
         score = entry.get("score")
         cells += [entry.get("label", ""), "" if score is None else repr(float(score))]
@@ -293,14 +302,16 @@ class JsonWriter:
 class CsvWriter:
     """A header row (see csv_header), then one row per record."""
 
-    def __init__(self, target: str | TextIO, *, top_k: int = 5, **options: Any) -> None:
-        self.top_k = top_k
+    def __init__(
+        self, target: str | TextIO, *, top_k: int = 5, decision: bool = False, **options: Any
+    ) -> None:
+        self.top_k, self.decision = top_k, decision
         self.out = TextTarget(target, "")
         self.rows = csv.writer(self.out.file, lineterminator="\n")
-        self.rows.writerow(csv_header(top_k))
+        self.rows.writerow(csv_header(top_k, decision))
 
     def write(self, record: dict[str, Any]) -> None:
-        self.rows.writerow(csv_row(record, self.top_k))
+        self.rows.writerow(csv_row(record, self.top_k, self.decision))
         if self.out.atomic is None:
             self.out.file.flush()
 

@@ -115,7 +115,8 @@ class ParquetRecordWriter(_ParquetFile):
     """classify records -> Parquet: one row per record, in the order written.
 
     `write` takes ``{"path", "top_k": [{"index", "label", "score"}, ...]}`` (best first) or
-    ``{"path", "error"}``, the records the JSONL writer takes.
+    ``{"path", "error"}``, the records the JSONL writer takes. A record's own top-level
+    ``label`` (None: abstain under --min-score) fills the `label` column when it has one.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class ParquetRecordWriter(_ParquetFile):
         top_k: int,
         *,
         row_group_size: int = RECORD_ROW_GROUP,
+        decision: bool = False,  # the record's own label/score (--head, --min-score) come first
     ) -> None:
         super().__init__(path)
         self.top_k, self.row_group_size = top_k, max(1, row_group_size)
@@ -150,7 +152,8 @@ class ParquetRecordWriter(_ParquetFile):
             labels = [safe_text(str(entry["label"])) for entry in entries]
             scores = [_finite(entry["score"]) for entry in entries]
             indices = [int(entry["index"]) for entry in entries]
-            columns["label"].append(labels[0] if labels else None)
+            label = record["label"] if "label" in record else (labels[0] if labels else None)
+            columns["label"].append(None if label is None else safe_text(str(label)))
             columns["score"].append(scores[0] if scores else None)
             columns["index"].append(indices[0] if indices else None)
             columns["top_k_labels"].append(labels)

@@ -97,18 +97,31 @@ def label_of(id2label: dict[int, str], index: int) -> str:
     return id2label.get(index, f"LABEL_{index}")
 
 
+def decide(predictions: list[tuple[int, str, float]], min_score: float | None) -> dict[str, Any]:
+    """A classify payload with its decision on top: the best "label" and its "score", the label
+    None (abstain) when the score is below `min_score`; "top_k" as usual below them."""
+    _, label, score = predictions[0]
+    return {
+        "label": None if min_score is not None and score < min_score else label,
+        "score": score,
+        "top_k": [{"index": i, "label": name, "score": s} for i, name, s in predictions],
+    }
+
+
 @dataclass
 class ClassifyTask:
-    """Per image: [(class index, label, probability), ...] best first."""
+    """Per image: [(class index, label, probability), ...] best first; with `min_score`, that
+    list under a decision (see `decide`)."""
 
     top_k: int
     id2label: dict[int, str] = field(default_factory=dict)
+    min_score: float | None = None
     cls_only = True
     kind = "records"
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"command": "classify", "top-k": self.top_k}
+        return {"command": "classify", "top-k": self.top_k, "min-score": self.min_score}
 
     def __call__(self, output: ViTHybridOutput) -> list[Any]:
         import torch
@@ -117,13 +130,16 @@ class ClassifyTask:
             raise ValueError("this checkpoint has no classifier head; use `embed` instead")
         probabilities = output.logits.float().softmax(dim=-1)
         scores, indices = torch.topk(probabilities, min(self.top_k, probabilities.shape[-1]))
-        return [
+        payloads = [
             [
                 (i, label_of(self.id2label, i), s)
                 for s, i in zip(row_scores, row_indices, strict=True)
             ]
             for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)
         ]
+        if self.min_score is None:
+            return payloads
+        return [decide(predictions, self.min_score) for predictions in payloads]
 
 
 @dataclass
@@ -184,8 +200,10 @@ class FunctionTask:
         return self.function(output)
 
 
-def classify_task(top_k: int, id2label: dict[int, str]) -> ClassifyTask:
-    return ClassifyTask(top_k, id2label)
+def classify_task(
+    top_k: int, id2label: dict[int, str], min_score: float | None = None
+) -> ClassifyTask:
+    return ClassifyTask(top_k, id2label, min_score)
 
 
 def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False) -> EmbedTask:

@@ -1,0 +1,345 @@
+"""A linear head of your own labels on top of the model's embeddings: the file, the check, the task.
+
+A `Head` is a multinomial logistic regression fitted (see fitting.py) on standardized pooled
+embeddings: ``probabilities = softmax(((x - mean) / std) @ weight.T + bias)``. It is saved as a
+safetensors file whose tensors are the parameters and whose string metadata says what it was
+fitted on (model weights, pool, input size), so `classify --head` can refuse a head that would
+read embeddings from a different space.
+
+Only numpy and safetensors are needed here: `info --head` reads a head without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .model import ViTHybrid, ViTHybridOutput
+    from .runner import RunOptions
+
+HEAD_FORMAT = "vithybrid-head"
+HEAD_FORMAT_VERSION = "1"
+TENSORS = ("weight", "bias", "mean", "std")
+
+
+class HeadError(ValueError):
+    """A head file that cannot be read, or a head that does not fit the model; one line."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a head depends on: which weights make the embeddings, how they are pooled and sized."""
+
+    model: str  # hub id or path, as given (for messages; `weights` decides)
+    revision: str | None
+    weights: str  # fingerprint of the weights and preprocessing (weights_fingerprint)
+    embedding_size: int
+    image_size: tuple[int, int]  # (width, height) the model sees
+    interpolate_pos_encoding: bool
+    has_pooler: bool = False
+
+
+@dataclass
+class Head:
+    """Logistic-regression parameters, their normalization, and what they were fitted on."""
+
+    weight: np.ndarray  # (C, D) float32
+    bias: np.ndarray  # (C,) float32
+    mean: np.ndarray  # (D,) float32: subtracted from the pooled embedding ...
+    std: np.ndarray  # (D,) float32: ... which is then divided by this
+    labels: list[str]
+    pool: str
+    model: str
+    revision: str | None
+    weights: str
+    image_size: tuple[int, int]
+    interpolate_pos_encoding: bool
+    c: float  # L2 regularization, scikit-learn's convention (larger: weaker)
+    validation_accuracy: float | None = None
+    examples_per_class: dict[str, int] = field(default_factory=dict)
+    created: str = ""  # ISO 8601, UTC
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def check_compatible(self, identity: ModelIdentity, source: str = "head") -> None:
+        """Raise HeadError (one line, saying what differs) unless `identity` yields our inputs."""
+        if identity.embedding_size != self.embedding_size:
+            raise HeadError(
+                f"{source} expects {self.embedding_size}-d embeddings but {identity.model} makes "
+                f"{identity.embedding_size}-d ones: refit the head on this model"
+            )
+        if identity.weights != self.weights:
+            raise HeadError(
+                f"{source} was fitted on another model ({describe(self.model, self.revision)}, "
+                f"weights {self.weights[:12]}), not {describe(identity.model, identity.revision)} "
+                f"(weights {identity.weights[:12]}): use --model {self.model} or refit"
+            )
+        if self.pool == "pooler" and not identity.has_pooler:
+            raise HeadError(f"{source} reads the pooler output but {identity.model} has no pooler")
+        if tuple(identity.image_size) != tuple(self.image_size):
+            width, height = self.image_size
+            flag = " --interpolate-pos-encoding" if self.interpolate_pos_encoding else ""
+            raise HeadError(
+                f"{source} was fitted at image size {width}x{height}, this run uses "
+                f"{identity.image_size[0]}x{identity.image_size[1]}: "
+                f"pass --image-size {width}x{height}{flag}"
+            )
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) pooled embeddings -> (N, C) float32 class probabilities."""
+        standardized = (np.asarray(embeddings, np.float32) - self.mean) / self.std
+        logits = standardized @ self.weight.T + self.bias
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def metadata(self) -> dict[str, str]:
+        """The head's description as strings (safetensors metadata; `info --head` shows it)."""
+        return {
+            "format": HEAD_FORMAT,
+            "format_version": HEAD_FORMAT_VERSION,
+            "labels": json.dumps(self.labels, ensure_ascii=False),
+            "pool": self.pool,
+            "embedding_size": str(self.embedding_size),
+            "model": self.model,
+            "revision": self.revision or "",
+            "weights": self.weights,
+            "image_size": f"{self.image_size[0]}x{self.image_size[1]}",
+            "interpolate_pos_encoding": json.dumps(self.interpolate_pos_encoding),
+            "c": repr(float(self.c)),
+            "validation_accuracy": (
+                "" if self.validation_accuracy is None else repr(float(self.validation_accuracy))
+            ),
+            "examples_per_class": json.dumps(self.examples_per_class, ensure_ascii=False),
+            "created": self.created,
+        }
+
+
+def describe(model: str, revision: str | None) -> str:
+    return f"{model}@{revision}" if revision else model
+
+
+# ---------------------------------------------------------------------------- the file
+
+
+def save_head(head: Head, path: str | os.PathLike) -> None:
+    """Write `head` as safetensors (tensors as they are, so a reload is bit-exact), atomically."""
+    from safetensors.numpy import save
+
+    from .outputs import atomic_write
+
+    tensors = {name: np.ascontiguousarray(getattr(head, name)) for name in TENSORS}
+    data = save(tensors, metadata=head.metadata())
+    with atomic_write(os.fspath(path), "wb") as handle:
+        handle.write(data)
+
+
+def load_head(path: str | os.PathLike) -> Head:
+    """Read a head file; HeadError (one line) for a missing, foreign, truncated or broken one."""
+    from safetensors.numpy import load
+
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise HeadError(f"{name}: cannot read head file: {error.strerror or error}") from None
+    metadata = _read_metadata(name, data)
+    if metadata.get("format") != HEAD_FORMAT:
+        raise HeadError(f"{name}: a safetensors file but not a vithybrid head (no head metadata)")
+    if metadata.get("format_version") != HEAD_FORMAT_VERSION:
+        raise HeadError(
+            f"{name}: head format version {metadata.get('format_version')!r} is not supported "
+            f"(this vithybrid reads version {HEAD_FORMAT_VERSION})"
+        )
+    try:
+        tensors = load(data)
+        return _head_from(tensors, metadata)
+    except HeadError as error:
+        raise HeadError(f"{name}: {error}") from None
+    except Exception as error:  # safetensors' own errors, bad JSON, missing keys
+        raise HeadError(f"{name}: corrupt head file ({type(error).__name__}: {error})") from None
+
+
+def _read_metadata(name: str, data: bytes) -> dict[str, str]:
+    """The safetensors header's metadata, telling a truncated file from a foreign one."""
+    if len(data) < 8:
+        raise HeadError(f"{name}: not a vithybrid head file (too short to be safetensors)")
+    (header_size,) = struct.unpack("<Q", data[:8])
+    if header_size > 100_000_000:
+        raise HeadError(f"{name}: not a vithybrid head file (not safetensors)")
+    if 8 + header_size > len(data):
+        raise HeadError(f"{name}: truncated head file (header runs past the end)")
+    try:
+        header = json.loads(data[8 : 8 + header_size])
+    except ValueError:
+        raise HeadError(f"{name}: not a vithybrid head file (not safetensors)") from None
+    if not isinstance(header, dict):
+        raise HeadError(f"{name}: not a vithybrid head file (not safetensors)")
+    try:
+        end = max(
+            (
+                int(entry["data_offsets"][1])
+                for key, entry in header.items()
+                if key != "__metadata__"
+            ),
+            default=0,
+        )
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise HeadError(f"{name}: not a vithybrid head file (not safetensors)") from None
+    if 8 + header_size + end > len(data):
+        raise HeadError(f"{name}: truncated head file ({len(data)} bytes, tensors need more)")
+    return header.get("__metadata__") or {}
+
+
+def _head_from(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Head:
+    missing = [name for name in TENSORS if name not in tensors]
+    if missing:
+        raise HeadError(f"tensors missing: {', '.join(missing)}")
+    labels = json.loads(metadata["labels"])
+    weight = tensors["weight"]
+    classes, size = weight.shape
+    if len(labels) != classes or tensors["bias"].shape != (classes,):
+        raise HeadError(f"{len(labels)} labels for a {classes}-class weight")
+    if tensors["mean"].shape != (size,) or tensors["std"].shape != (size,):
+        raise HeadError(f"normalization does not match the {size}-d weight")
+    width, height = (int(side) for side in metadata["image_size"].split("x"))
+    accuracy = metadata.get("validation_accuracy") or None
+    return Head(
+        weight=weight,
+        bias=tensors["bias"],
+        mean=tensors["mean"],
+        std=tensors["std"],
+        labels=[str(label) for label in labels],
+        pool=metadata["pool"],
+        model=metadata["model"],
+        revision=metadata.get("revision") or None,
+        weights=metadata["weights"],
+        image_size=(width, height),
+        interpolate_pos_encoding=json.loads(metadata["interpolate_pos_encoding"]),
+        c=float(metadata["c"]),
+        validation_accuracy=None if accuracy is None else float(accuracy),
+        examples_per_class=json.loads(metadata.get("examples_per_class") or "{}"),
+        created=metadata.get("created", ""),
+    )
+
+
+# ---------------------------------------------------------------------------- model identity
+
+
+def weights_fingerprint(model: ViTHybrid) -> str:
+    """A hash of tensors every fine-tune changes, plus the preprocessing: which embedding space.
+
+    Computed from the loaded values rounded to bfloat16, so the same checkpoint gives the same
+    fingerprint wherever it lives (hub cache, a copied folder) and at any --dtype.
+    """
+    import dataclasses
+
+    import torch
+
+    digest = hashlib.sha256()
+    parameters = dict(model.named_parameters())
+    for name in ("embeddings.cls_token", "embeddings.position_embeddings", "norm.weight"):
+        tensor = parameters[name].detach().to("cpu", torch.bfloat16).contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.view(torch.int16).numpy().tobytes())
+    config = dataclasses.asdict(model.preprocess_config)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one hash per loaded model
+
+
+def model_identity(model: ViTHybrid, options: RunOptions) -> ModelIdentity:
+    """The identity of `model` run with `options` (image size, position-encoding interpolation)."""
+    from .preprocess import target_size
+
+    checkpoint = model.checkpoint
+    revision = checkpoint.revision
+    if revision is None and checkpoint.from_hub and checkpoint.directory is not None:
+        revision = checkpoint.directory.name  # the snapshot's commit
+    fingerprint = FINGERPRINTS.get(model)
+    if fingerprint is None:
+        fingerprint = FINGERPRINTS[model] = weights_fingerprint(model)
+    size = options.image_size or target_size(model.preprocess_config)
+    return ModelIdentity(
+        model=checkpoint.name,
+        revision=revision,
+        weights=fingerprint,
+        embedding_size=model.config.hidden_size,
+        image_size=(int(size[0]), int(size[1])),
+        interpolate_pos_encoding=options.interpolate_pos_encoding,
+        has_pooler=model.pooler is not None,
+    )
+
+
+# ---------------------------------------------------------------------------- classifying
+
+
+@dataclass
+class HeadTask:
+    """classify over a head's labels: per image the decision (see runner.decide: the best label,
+    None below `min_score`, and its score) above the top-k list, from the pooled embedding (the
+    same pooling as embed_task) through the head; one forward pass per image."""
+
+    head: Head
+    top_k: int = 5
+    min_score: float | None = None
+    kind = "records"
+
+    def __post_init__(self) -> None:
+        from .runner import embed_task
+
+        self.pooled = embed_task(self.head.pool, normalize=False)
+
+    @property
+    def cls_only(self) -> bool:
+        return self.pooled.cls_only
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What shapes a record; a resume with another head file is refused."""
+        return {
+            "command": "classify",
+            "top-k": self.top_k,
+            "min-score": self.min_score,
+            "head": head_fingerprint(self.head),
+        }
+
+    def __call__(self, output: ViTHybridOutput) -> list[Any]:
+        from .runner import decide
+
+        probabilities = self.head.probabilities(np.stack(self.pooled(output)))
+        k = min(self.top_k, self.head.num_classes)
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [
+            decide([(int(i), self.head.labels[i], float(row[i])) for i in ranks], self.min_score)
+            for row, ranks in zip(probabilities, order, strict=True)
+        ]
+
+
+def head_task(head: Head, top_k: int = 5, min_score: float | None = None) -> HeadTask:
+    return HeadTask(head, top_k, min_score)
+
+
+def head_fingerprint(head: Head) -> str:
+    """A short hash of a head's parameters and labels (not of when it was made)."""
+    digest = hashlib.sha256(json.dumps(head.labels).encode())
+    for name in TENSORS:
+        digest.update(np.ascontiguousarray(getattr(head, name), dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
