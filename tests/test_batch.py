@@ -96,6 +96,11 @@ def read_output(out: Path, fmt: str) -> tuple[list[str], dict[str, list[str]]]:
         records = read_jsonl(out)
     elif fmt == "json":
         records = json.loads(out.read_text())
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+        return [row["path"] for row in rows], {row["path"]: row["top_k_labels"] for row in rows}
     else:
         with open(out, newline="") as f:
             rows = list(csv.reader(f))
@@ -112,8 +117,8 @@ def read_output(out: Path, fmt: str) -> tuple[list[str], dict[str, list[str]]]:
 @pytest.mark.parametrize(
     "fmt, sig",
     [("jsonl", signal.SIGKILL), ("jsonl", signal.SIGINT), ("csv", signal.SIGKILL),
-     ("json", signal.SIGKILL)],
-    ids=["jsonl-sigkill", "jsonl-sigint", "csv-sigkill", "json-sigkill"],
+     ("json", signal.SIGKILL), ("parquet", signal.SIGKILL)],
+    ids=["jsonl-sigkill", "jsonl-sigint", "csv-sigkill", "json-sigkill", "parquet-sigkill"],
 )  # fmt: skip
 def test_killed_classify_resumes_exactly_once(tmp_path, tiny, reference, stalled, fmt, sig):
     folder, paths, listing = stalled
@@ -151,7 +156,8 @@ def test_killed_classify_resumes_exactly_once(tmp_path, tiny, reference, stalled
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, sig", [("vectors.npy", signal.SIGKILL), ("vectors.npy", signal.SIGINT),
-                  ("vectors.npz", signal.SIGKILL)], ids=["npy-sigkill", "npy-sigint", "npz-sigkill"]
+                  ("vectors.npz", signal.SIGKILL), ("vectors.parquet", signal.SIGKILL)],
+    ids=["npy-sigkill", "npy-sigint", "npz-sigkill", "parquet-sigkill"],
 )  # fmt: skip
 def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, name, sig):
     folder, paths, listing = stalled
@@ -175,6 +181,12 @@ def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, na
     if name.endswith(".npy"):
         rows = np.load(out)
         assert (tmp_path / "vectors.paths.txt").read_text().splitlines() == paths
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        assert table["path"].to_pylist() == paths
+        rows = table["embedding"].combine_chunks().flatten().to_numpy().reshape(len(paths), -1)
     else:
         with np.load(out) as archive:
             rows, saved_paths = archive["embeddings"], archive["paths"].tolist()

@@ -222,7 +222,7 @@ def run_ranks_over(out: str, fmt: str, kind: str, world: int, inputs: list[str],
     return seen
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json", "parquet"])
 def test_rank_journals_merge_in_input_order(tmp_path, fmt):
     out = str(tmp_path / f"out.{fmt}")
     names = [f"img{i:02d}.png" for i in range(11)]
@@ -231,6 +231,13 @@ def test_rank_journals_merge_in_input_order(tmp_path, fmt):
         records = read_jsonl(Path(out))
     elif fmt == "json":
         records = json.loads(Path(out).read_text())
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(out).to_pylist()
+        assert [r["label"] for r in records if not r["error"]] == [
+            f"L{i}" for i in range(11) if i % 5 != 4
+        ]
     else:
         with open(out, newline="") as f:
             records = [{"path": row[0], "error": row[-1]} for row in list(csv.reader(f))[1:]]
@@ -266,18 +273,24 @@ def test_resume_across_world_sizes(tmp_path, world):
     assert [r["path"] for r in records] == names  # each once, in input order
 
 
-@pytest.mark.parametrize("name", ["v.npy", "v.npz"])
+@pytest.mark.parametrize("name", ["v.npy", "v.npz", "v.parquet"])
 def test_embedding_journals_merge_and_resume(tmp_path, name):
-    out = str(tmp_path / name)
+    out, fmt = str(tmp_path / name), name.split(".")[1]
     names = [f"img{i}" for i in range(9)]
     rows = {i: np.full(4, i, dtype=np.float32) for i in range(9)}
     make = lambda i, p: Result(i, p, payload=rows[i])  # noqa: E731
-    run_ranks_over(out, name[-3:], "embeddings", 2, names[:4], make)
-    seen = run_ranks_over(out, name[-3:], "embeddings", 3, names, make, resume=True)
+    run_ranks_over(out, fmt, "embeddings", 2, names[:4], make)
+    seen = run_ranks_over(out, fmt, "embeddings", 3, names, make, resume=True)
     assert all(done == set(names[:4]) for done in seen.values())
     if name.endswith(".npy"):
         saved = np.load(out)
         assert (tmp_path / "v.paths.txt").read_text().splitlines() == names
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        assert table["path"].to_pylist() == names
+        saved = np.array(table["embedding"].to_pylist(), dtype=np.float32)
     else:
         with np.load(out) as archive:
             saved, saved_names = archive["embeddings"], archive["paths"].tolist()

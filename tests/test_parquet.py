@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import sys
 import tracemalloc
 from pathlib import Path
@@ -255,3 +256,56 @@ def test_missing_pyarrow_is_an_install_hint(monkeypatch, tmp_path):
     with pytest.raises(MissingExtra, match=hint):
         ParquetEmbeddingWriter(tmp_path / "x.parquet")
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- through the journal
+
+
+def parquet_vectors(table) -> np.ndarray:
+    column = table["embedding"].combine_chunks()
+    return column.flatten().to_numpy().reshape(table.num_rows, -1)
+
+
+def test_classify_and_embed_write_parquet_through_the_journal(
+    tiny_checkpoint, photo_dir, tmp_path
+):
+    """`classify DIR -o labels.parquet` and `embed DIR -o vectors.parquet`: one row per input,
+    in input order, bit-equal to the JSONL and .npy outputs of the same inputs."""
+    model = ("--model", tiny_checkpoint, "-k", 3, "--batch-size", 2, "--workers", 1)
+    assert cli("classify", photo_dir, "-o", tmp_path / "labels.jsonl", *model).exit_code == 1
+    result = cli("classify", photo_dir, "-o", tmp_path / "labels.parquet", *model)
+    assert result.exit_code == 1 and "4 labeled, 1 failed" in result.stderr, result.stderr
+    jsonl = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    table = pq.read_table(tmp_path / "labels.parquet")
+    assert [r["path"] for r in jsonl] == [str(photo_dir / n) for n in sorted(os.listdir(photo_dir))]
+    assert records_from_table(table) == jsonl  # order, labels, scores (bit for bit), errors
+    assert table.schema.metadata[b"vithybrid.top_k"] == b"3"
+
+    embed = ("--model", tiny_checkpoint, "--batch-size", 2, "--workers", 1)
+    assert cli("embed", photo_dir, "-o", tmp_path / "v.npy", *embed).exit_code == 1
+    result = cli("embed", photo_dir, "-o", tmp_path / "vectors.parquet", *embed)
+    assert result.exit_code == 1 and "wrote 4 rows to" in result.stderr, result.stderr
+    vectors = pq.read_table(tmp_path / "vectors.parquet")
+    paths = (tmp_path / "v.paths.txt").read_text().splitlines()
+    assert vectors["path"].to_pylist() == paths  # e.jpg (no image) left out, as in .npy
+    np.testing.assert_array_equal(parquet_vectors(vectors), np.load(tmp_path / "v.npy"))
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert all(name.endswith(".journal") for name in hidden)  # no temp file left
+
+
+def test_parquet_resume_adds_the_rest_and_refuses_other_settings(
+    tiny_checkpoint, photo_dir, tmp_path
+):
+    model = ("--model", tiny_checkpoint, "-k", 2, "--workers", 1, "-q")
+    first = [photo_dir / "a.jpg", photo_dir / "b.png"]
+    out = tmp_path / "labels.parquet"
+    assert cli("classify", *first, "-o", out, *model).exit_code == 0
+    written = out.read_bytes()
+    refused = cli("classify", photo_dir, "-o", out, *model[:2], "-k", 3, "--resume")
+    assert refused.exit_code == 2
+    assert refused.stderr.strip().endswith("with --top-k 2, not 3"), refused.stderr
+    assert out.read_bytes() == written  # untouched
+    result = cli("classify", photo_dir, "-o", out, "--model", tiny_checkpoint, "-k", 2, "--resume")
+    assert result.exit_code == 1 and "2 labeled, 1 failed" in result.stderr, result.stderr
+    paths = pq.read_table(out, columns=["path"])["path"].to_pylist()
+    assert paths == [str(photo_dir / n) for n in sorted(os.listdir(photo_dir))]  # each once
