@@ -309,3 +309,19 @@ def test_parquet_resume_adds_the_rest_and_refuses_other_settings(
     assert result.exit_code == 1 and "2 labeled, 1 failed" in result.stderr, result.stderr
     paths = pq.read_table(out, columns=["path"])["path"].to_pylist()
     assert paths == [str(photo_dir / n) for n in sorted(os.listdir(photo_dir))]  # each once
+
+
+def test_missing_pyarrow_on_the_command_line_is_one_line_before_any_work(
+    monkeypatch, tiny_checkpoint, photo_dir, tmp_path
+):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    import vithybrid_cli.weights as weights
+
+    monkeypatch.setattr(weights, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    hint = 'error: install the parquet extra: pip install "vithybrid[parquet]" (needs pyarrow)'
+    for command in ("classify", "embed"):
+        result = cli(command, photo_dir, "-o", tmp_path / "x.parquet", "--model", tiny_checkpoint)
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [hint]  # one line, no traceback
+    assert not list(tmp_path.iterdir())  # no file, no journal

@@ -590,9 +590,20 @@ def test_missing_cloud_extra_is_an_install_hint(monkeypatch, tiny_checkpoint):
     assert (
         result.message == 'install the cloud extra: pip install "vithybrid[cloud]" (needs fsspec)'
     )
-    records, cli_result = classify(tiny_checkpoint, "gs://bucket/cat.jpg")
-    assert cli_result.exit_code == 1
-    assert records == [{"path": "gs://bucket/cat.jpg", "error": result.message}]
+    # On the command line it stops the run at once (before the model loads): one line, exit 2
+    for spec in ("s3://bucket/photos/", "gs://bucket/cat.jpg"):
+        records, cli_result = classify(tiny_checkpoint, spec, tiny_checkpoint / "missing.jpg")
+        assert cli_result.exit_code == 2 and records == []
+        assert cli_result.stderr.splitlines() == [f"error: {spec}: {result.message}"]
+
+
+def test_missing_protocol_package_is_named_by_the_cli(monkeypatch, tiny_checkpoint):
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    _, result = classify(tiny_checkpoint, "s3://bucket/cat.jpg")
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: s3://bucket/cat.jpg: install the cloud extra")
+    assert line.endswith("(needs s3fs)")
 
 
 def test_missing_protocol_package_is_named(monkeypatch):
@@ -659,3 +670,91 @@ def test_resume_keys_are_record_paths_for_urls_and_tar_members(
     )
     assert [r["path"] for r in records if "error" in r] == [f"{shard}/001.jpg"]
     assert second.exit_code == 1  # the corrupt member is still corrupt
+
+
+# ---------------------------------------------------------------------------- through the CLI
+
+
+def test_url_stdin_and_tar_shards_label_like_the_local_file(tiny_checkpoint, server, tmp_path,
+                                                            images, local):  # fmt: skip
+    """The issue's done-when: `classify http://127.0.0.1:PORT/cat.jpg`, `classify - < cat.jpg`
+    and `classify shards/*.tar` give the labels and scores of `classify cat.jpg`, exactly."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    make_tar(shards / "shard-000.tar", [("cat.jpg", images["cat.jpg"]), ("cat.json", b"{}")])
+    [from_file], _ = classify(tiny_checkpoint, local["cat.jpg"])
+    [from_url], _ = classify(tiny_checkpoint, f"{server.url}/img/cat.jpg")
+    [from_stdin], _ = classify(tiny_checkpoint, "-", input=images["cat.jpg"])
+    [from_tar], _ = classify(tiny_checkpoint, f"{shards}/*.tar")
+    assert [from_url["path"], from_stdin["path"], from_tar["path"]] == [
+        f"{server.url}/img/cat.jpg",
+        "-",
+        f"{shards}/shard-000.tar/cat.jpg",
+    ]
+    reference = without_path(from_file)
+    assert len(reference["top_k"]) == 3
+    assert without_path(from_url) == reference  # labels, indices, scores: equal
+    assert without_path(from_stdin) == reference
+    assert without_path(from_tar) == reference
+
+
+def test_max_download_mb_on_the_command_line(tiny_checkpoint, server, tmp_path, images, local):
+    shard = make_tar(tmp_path / "s.tar", [("big.jpg", b"\xff\xd8\xff" + b"\0" * 150_000),
+                                          ("ok.jpg", images["cat.jpg"])])  # fmt: skip
+    inputs = [f"{server.url}/big.jpg", f"{server.url}/img/rocket.jpg", shard, local["cat.jpg"]]
+    records, result = classify(tiny_checkpoint, *inputs, "--max-download-mb", "0.1")
+    assert result.exit_code == 1, result.stderr
+    assert [r["path"] for r in records] == [
+        inputs[0], inputs[1], f"{shard}/big.jpg", f"{shard}/ok.jpg", local["cat.jpg"]
+    ]  # fmt: skip
+    errors = [(r["path"], r.get("error")) for r in records]
+    assert errors[0] == (inputs[0], "larger than 0.1 MB")
+    assert errors[2] == (f"{shard}/big.jpg", "larger than 0.1 MB")
+    assert all("top_k" in records[i] for i in (1, 3, 4))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: {inputs[0]}: larger than 0.1 MB", f"error: {shard}/big.jpg: larger "
+                     "than 0.1 MB"]  # fmt: skip
+    assert "3 labeled, 2 failed" in result.stderr
+    # without the option the cap is the default (64 MB): the big ones are read and decoded
+    # (they are zeros after a JPEG marker: a decode error, not a size error)
+    records, result = classify(tiny_checkpoint, f"{server.url}/big.jpg", shard)
+    assert [r["path"] for r in records] == [inputs[0], f"{shard}/big.jpg", f"{shard}/ok.jpg"]
+    assert "error" in records[0] and "error" in records[1] and "top_k" in records[2]
+    assert "larger than" not in result.stderr
+
+
+def test_attention_map_of_a_url_stdin_and_tar_members(tiny_checkpoint, server, tmp_path, images):
+    """Overlays of images that are not local files: one download each, the decode reused."""
+    model = ("--model", tiny_checkpoint, "-q")
+    url = fresh(f"{server.url}/img/cat.jpg")
+    result = cli("attention-map", url, "-o", tmp_path / "url.png", *model)
+    assert result.exit_code == 0, result.stderr
+    assert server.hits[url.removeprefix(server.url)] == 1  # no second download for the picture
+    result = cli("attention-map", "-", "-o", tmp_path / "stdin.png", *model,
+                 input=images["coffee.png"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    shard = make_tar(tmp_path / "s.tar", webdataset_members(images))
+    result = cli("attention-map", shard, "-d", tmp_path / "maps", *model)
+    assert result.exit_code == 1 and "001.jpg: not a recognized image format" in result.stderr
+    shard_url = f"{server.url}/shard.tar"
+    before = server.hits["/shard.tar"]
+    result = cli("attention-map", shard_url, "-d", tmp_path / "served", *model)
+    assert result.exit_code == 1, result.stderr
+    assert server.hits["/shard.tar"] == before + 1  # the archive is read once
+    for png, size in [
+        (tmp_path / "url.png", (96, 64)),
+        (tmp_path / "stdin.png", (96, 64)),
+        (tmp_path / "maps" / "000.png", (96, 64)),
+        (tmp_path / "maps" / "002.png", (96, 64)),
+        (tmp_path / "served" / "000.png", (96, 64)),
+    ]:
+        with Image.open(png) as picture:
+            assert picture.format == "PNG" and picture.size == size, png
+    assert sorted(os.listdir(tmp_path / "maps")) == ["000.png", "002.png"]
+    # --output names one picture: an archive on a server is not read twice to count its
+    # members, so a second member fails alone (the first picture is kept)
+    before = server.hits["/shard.tar"]
+    result = cli("attention-map", shard_url, "-o", tmp_path / "one.png", *model)
+    assert result.exit_code == 1 and server.hits["/shard.tar"] == before + 1
+    assert "002.png: more than one input: use --output-dir" in result.stderr
+    assert (tmp_path / "one.png").is_file()

@@ -237,7 +237,9 @@ def run_command(body: Callable[[], int], debug: bool) -> None:
     except (UserError, OSError, ValueError, MissingExtra) as error:
         if debug:
             raise
-        stderr.print(f"[red]error:[/red] {error_line(error)}", markup=True, soft_wrap=True)
+        from rich.markup import escape  # hints say "vithybrid[cloud]": not markup
+
+        stderr.print(f"[red]error:[/red] {escape(error_line(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
     raise typer.Exit(status)
 
@@ -319,11 +321,19 @@ class Inputs:
     max_download_mb: float | None = None
 
     def __post_init__(self) -> None:
+        from .sources import is_http_url, is_remote, require_protocol
+
         if not self.paths and not self.files_from:
             raise UserError(
                 "no inputs: give image paths, directories, globs, URLs, tar archives, '-' "
                 "(stdin) or --files-from"
             )
+        for spec in self.paths or []:  # a missing extra stops the run before the model loads
+            if is_remote(spec) and not is_http_url(spec):
+                try:
+                    require_protocol(spec)
+                except MissingExtra as error:
+                    raise MissingExtra(f"{spec}: {error}") from error
 
     def __call__(self) -> Iterator[Any]:
         from .inputs import iter_inputs
@@ -373,11 +383,13 @@ class Reporter:
         self.bar.update(self.task, total=total)
 
     def advance(self, result: Any) -> None:
+        from rich.markup import escape
+
         from .inputs import display_path
 
-        if not result.ok:
-            line = f"[red]error:[/red] {display_path(result.path)}: {result.error}"
-            stderr.print(line, markup=True, soft_wrap=True)
+        if not result.ok:  # a path or message with [brackets] is text, not markup
+            line = f"{display_path(result.path)}: {result.error}"
+            stderr.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
         self.done += 1
         rate = self.done / max(time.perf_counter() - self.started, 1e-9)
         self.bar.update(self.task, advance=1, rate=f"{rate:.1f} img/s")
@@ -390,15 +402,24 @@ def ensure_parent(*paths: str | None) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def file_output(path: str, kind: str, runner: Any, task: Any, job: Any, **options: Any) -> Any:
-    """The journaled output for file `path` (its format from its suffix, checked now)."""
-    from .job import JournalOutput, job_settings
-    from .outputs import WRITERS, format_from_path, formats
+def output_format(path: str, kind: str, fmt: str | None = None) -> str:
+    """The format of output file `path` (`fmt`, else its suffix), with its writer's packages
+    installed (else MissingExtra): checked before the model loads."""
+    from .outputs import WRITERS, format_from_path, formats, require_writer
 
-    fmt = options.pop("fmt", None) or format_from_path(path)
+    fmt = fmt or format_from_path(path)
     if (kind, fmt) not in WRITERS:
         names = " or ".join(f".{name}" for name in formats(kind))
         raise UserError(f"{kind} go to a {names} file, not {path!r}")
+    require_writer(fmt)
+    return fmt
+
+
+def file_output(path: str, kind: str, runner: Any, task: Any, job: Any, **options: Any) -> Any:
+    """The journaled output for file `path` (its format from its suffix, checked now)."""
+    from .job import JournalOutput, job_settings
+
+    fmt = output_format(path, kind, options.pop("fmt", None))
     return JournalOutput(path, fmt, kind, job_settings(runner, task), job=job, **options)
 
 
@@ -414,6 +435,8 @@ def record_format(format: Format | None, output: str | None) -> str:
         )
     if fmt == "parquet" and not to_file:
         raise UserError("--format parquet is a binary file: give --output FILE.parquet")
+    if to_file and fmt != "table":
+        output_format(output, "records", fmt)  # type: ignore[arg-type]
     return fmt
 
 
@@ -536,7 +559,10 @@ def classify(
 def embed(
     paths: Paths = None,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="A .npy (paths in NAME.paths.txt) or .npz file.")
+        str,
+        typer.Option(
+            "--output", "-o", help="A .npy (paths in NAME.paths.txt), .npz or .parquet file."
+        ),
     ] = ...,
     files_from: FilesFrom = None,
     max_download_mb: MaxDownload = None,
@@ -567,7 +593,7 @@ def embed(
     strict: Strict = False,
     debug: Debug = False,
 ) -> None:
-    """Export embeddings to .npy/.npz, rows in input order, paths beside them."""
+    """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
     common = Common(model, revision, device, dtype, batch_size, workers,
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
 
@@ -578,6 +604,7 @@ def embed(
 
         inputs = Inputs(paths, files_from, max_download_mb)
         task = embed_task(pool.value, normalize, tokens)
+        output_format(output, "embeddings")  # an unknown suffix or a missing extra: now
         ensure_parent(output)
         with Distributed.from_env() as job:
             loaded = common.load()
@@ -642,14 +669,20 @@ def attention_map(
 
         inputs = one_or_many(Inputs(paths, files_from, max_download_mb), output, output_dir)
         task = attention_task(method.value, head_fusion.value, discard_ratio)
+        if raw:
+            output_format(raw, "embeddings")
         ensure_parent(output, raw)
         with Distributed.from_env() as job:
             runner = common.runner(common.load(), attentions=True)
             target = file_output(raw, "embeddings", runner, task, job, keep=False) if raw else None
             # Under torchrun a rank cannot see the others' names: every file gets its index.
             names: set[str] | None = set() if job.world == 1 else None
+            saved: list[int] = []
 
             def save(result: Any) -> None:
+                if output and saved:
+                    raise ValueError(ONE_IMAGE)
+                saved.append(result.index)
                 png = Path(output) if output else unique_png(Path(output_dir), result, names)
                 save_overlay(result.image, result.payload, result.crop_box, png, alpha)
 
@@ -661,18 +694,26 @@ def attention_map(
 
 def one_or_many(inputs: Inputs, output: str | None, output_dir: str | None) -> Inputs:
     """--output takes one image, --output-dir any number; exactly one of them is needed."""
+    from .sources import is_remote, is_tar_name
+
     if bool(output) == bool(output_dir):
         raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
-    # the first two inputs are enough to know
-    if output and inputs.files_from != "-" and len(list(itertools.islice(inputs(), 2))) > 1:
-        raise UserError("more than one input: use --output-dir for more than one image")
+    # The first two inputs are enough to know; but an archive on a server would be downloaded
+    # twice to count its members: there, a second image fails alone when its result comes.
+    remote_archive = any(is_remote(spec) and is_tar_name(spec) for spec in inputs.paths or [])
+    if output and inputs.files_from != "-" and not remote_archive:
+        if len(list(itertools.islice(inputs(), 2))) > 1:
+            raise UserError(ONE_IMAGE)
     return inputs
+
+
+ONE_IMAGE = "more than one input: use --output-dir for more than one image"
 
 
 def unique_png(directory: Path, result: Any, names: set[str] | None) -> Path:
     """DIR/STEM.png, or DIR/STEM_INDEX.png for a repeated stem (always, when `names` is None)."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = Path(result.path).stem or "image"
+    stem = "stdin" if result.path == "-" else Path(result.path.split("?", 1)[0]).stem or "image"
     name = stem if names is not None and stem not in names else f"{stem}_{result.index}"
     if names is not None:
         names.add(name)

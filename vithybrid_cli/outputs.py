@@ -472,6 +472,19 @@ SUFFIXES = {
 }
 
 
+# Formats whose writer needs an optional package: format -> (module, extra, package).
+WRITER_EXTRAS = {"parquet": ("pyarrow.parquet", "parquet", "pyarrow")}
+
+
+def require_writer(fmt: str) -> None:
+    """MissingExtra (the one-line install hint) now, not after the run, when `fmt`'s writer
+    needs a package that is not installed."""
+    if fmt in WRITER_EXTRAS:
+        from .sources import require
+
+        require(*WRITER_EXTRAS[fmt])
+
+
 def format_from_path(path: str | None) -> str | None:
     """The format a file name asks for (by its suffix), or None."""
     if not path:

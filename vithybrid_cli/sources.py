@@ -292,6 +292,20 @@ def remote_filesystem(spec: str) -> tuple[Any, str]:
         raise SourceError(" ".join(str(error).split())) from error
 
 
+def require_protocol(spec: str) -> None:
+    """MissingExtra naming the package, at once, when object-store URL `spec` needs fsspec or a
+    protocol package (s3fs, gcsfs, adlfs...) that is not installed. Imports the filesystem's
+    class only: nothing is instantiated, so no credentials are looked up and nothing connects.
+    An unknown scheme passes: its input gets the one-line error when it is expanded."""
+    fsspec = require("fsspec", "cloud")
+    try:
+        fsspec.get_filesystem_class(spec.split("://", 1)[0].lower())
+    except ImportError as error:
+        raise MissingExtra(f"{CLOUD_HINT} (needs {_missing_package(spec, error)})") from error
+    except ValueError:
+        pass
+
+
 def _missing_package(spec: str, error: ImportError) -> str:
     from fsspec.registry import known_implementations
 
