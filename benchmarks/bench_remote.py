@@ -13,9 +13,10 @@ decode threads and overlap with the model.
 
 Without --model a full-size checkpoint with random weights is built once under --work (needs the
 dev extras). `--model tiny` builds the test suite's tiny model: the model then costs next to
-nothing and the figure measures download + decode overhead alone. Photos come from
-../shared/bench/make_photos.py when present, else scikit-image's sample photographs resized to
-640x480 JPEGs. Runs are interleaved (disk, http, disk, http, ...) and the best of each is kept.
+nothing and the figure measures download + decode overhead alone. Photos come from --photos DIR,
+else shared/bench/make_photos.py (shared/ from $VITHYBRID_SHARED, beside this checkout, or beside
+the main checkout of a git worktree), else scikit-image's sample photographs resized to 640x480
+JPEGs. Runs are interleaved (disk, http, disk, http, ...) and the best of each is kept.
 """
 
 from __future__ import annotations
@@ -38,12 +39,30 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def shared_candidates() -> list[Path]:
+    """Where the project's shared/ folder may be: $VITHYBRID_SHARED, beside or in this checkout,
+    or beside the main checkout of a git worktree (found through git's common directory)."""
+    found = [Path(os.environ["VITHYBRID_SHARED"])] if os.environ.get("VITHYBRID_SHARED") else []
+    found += [REPO.parent / "shared", REPO / "shared"]
+    try:
+        common = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            cwd=REPO, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        common = ""
+    if common:  # /work/main/.git for a worktree of /work/main: shared/ is /work/shared
+        main = Path(common).parent
+        found += [main.parent / "shared", main / "shared"]
+    return found
+
+
 def make_photos(target: Path, count: int) -> Path:
     if len(list(target.glob("*.jpg"))) == count:
         return target
     shutil.rmtree(target, ignore_errors=True)
-    for root in (REPO.parent, REPO):
-        script = root / "shared" / "bench" / "make_photos.py"
+    for shared in shared_candidates():
+        script = shared / "bench" / "make_photos.py"
         if script.is_file():
             command = [sys.executable, str(script), str(target), "--count", str(count)]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
