@@ -266,9 +266,7 @@ def parquet_vectors(table) -> np.ndarray:
     return column.flatten().to_numpy().reshape(table.num_rows, -1)
 
 
-def test_classify_and_embed_write_parquet_through_the_journal(
-    tiny_checkpoint, photo_dir, tmp_path
-):
+def test_classify_and_embed_write_parquet_through_the_journal(tiny_checkpoint, photo_dir, tmp_path):
     """`classify DIR -o labels.parquet` and `embed DIR -o vectors.parquet`: one row per input,
     in input order, bit-equal to the JSONL and .npy outputs of the same inputs."""
     model = ("--model", tiny_checkpoint, "-k", 3, "--batch-size", 2, "--workers", 1)

@@ -436,6 +436,33 @@ def test_oversized_tar_member_is_an_error_not_read(tmp_path, images):
     assert result == InputError(f"{shard}/big.jpg", "larger than 0.05 MB")
 
 
+def bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="reads /proc/self/io")
+def test_plain_tar_members_are_read_only_when_opened(tmp_path):
+    """An uncompressed archive is indexed by its headers: the members of another torchrun rank
+    (or done before a --resume) are passed without reading their bytes."""
+    from vithybrid_cli.job import select
+
+    blobs = [bytes([i]) * 200_000 for i in range(20)]
+    members = [(f"{i:03d}.jpg", blob) for i, blob in enumerate(blobs)]
+    members.insert(5, ("005.json", b"{}" * 50_000))  # not an image: sniffed, not read
+    shard = make_tar(tmp_path / "s.tar", members)
+    before = bytes_read()
+    mine = list(select(iter_inputs([str(shard)]), set(), 1, 2))  # rank 1 of 2
+    listing = bytes_read() - before
+    assert [index for index, _ in mine] == list(range(1, 20, 2))
+    assert listing < 400_000  # headers only: the archive holds 4 MB
+    assert [item.open().read() for _, item in mine] == blobs[1::2]
+    assert 2_000_000 <= bytes_read() - before - listing < 2_500_000  # this rank's half
+
+
 def test_classify_tar_shards_match_local_files(tiny_checkpoint, tmp_path, images, expected):
     shards = tmp_path / "shards"
     shards.mkdir()

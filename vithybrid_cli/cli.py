@@ -701,9 +701,9 @@ def one_or_many(inputs: Inputs, output: str | None, output_dir: str | None) -> I
     # The first two inputs are enough to know; but an archive on a server would be downloaded
     # twice to count its members: there, a second image fails alone when its result comes.
     remote_archive = any(is_remote(spec) and is_tar_name(spec) for spec in inputs.paths or [])
-    if output and inputs.files_from != "-" and not remote_archive:
-        if len(list(itertools.islice(inputs(), 2))) > 1:
-            raise UserError(ONE_IMAGE)
+    peek = output and inputs.files_from != "-" and not remote_archive
+    if peek and len(list(itertools.islice(inputs(), 2))) > 1:
+        raise UserError(ONE_IMAGE)
     return inputs
 
 

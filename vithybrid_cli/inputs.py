@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import glob
 import io
+import itertools
 import logging
 import os
 import re
@@ -27,8 +28,10 @@ from .sources import (
     RemoteFileOpener,
     RemoteOptions,
     SourceError,
+    TarMemberOpener,
     UrlOpener,
     describe_os_error,
+    index_tar,
     is_http_url,
     is_remote,
     is_tar_name,
@@ -253,7 +256,44 @@ def _expand_glob(pattern: str, options: RemoteOptions) -> Iterator[InputItem | I
 
 
 def _expand_local_tar(path: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
-    yield from _expand_tar(path, lambda: open(path, "rb"), options)  # noqa: SIM115 - closed there  # noqa: SIM115 - closed there
+    """A local archive's image members; an uncompressed one is indexed by its headers alone."""
+    if path.lower().endswith(".tar"):
+        indexed = _expand_indexed_tar(path, options)
+        if indexed is not None:
+            yield from indexed
+            return
+    yield from _expand_tar(path, lambda: open(path, "rb"), options)  # noqa: SIM115 - closed there
+
+
+def _expand_indexed_tar(path: str, options: RemoteOptions) -> Iterator[Any] | None:
+    """An uncompressed archive's members as items that read their bytes when opened, or None
+    when `path` is no such archive (a compressed one named .tar: read as a stream instead)."""
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+    except OSError as error:
+        return iter([InputError(path, _os_message(error))])
+    members = index_tar(file, options, _wanted_member)
+    try:
+        first = next(members, None)
+    except SourceError:
+        file.close()
+        return None
+
+    def items() -> Iterator[InputItem | InputError]:
+        with file:
+            if first is None:
+                yield InputError(path, "archive contains no images")
+                return
+            try:
+                for name, place in itertools.chain([first], members):
+                    if isinstance(place, SourceError):
+                        yield InputError(f"{path}/{name}", place.message)
+                    else:
+                        yield InputItem(f"{path}/{name}", TarMemberOpener(path, *place))
+            except SourceError as error:
+                yield InputError(path, error.message)
+
+    return items()
 
 
 # --------------------------------------------------------------------------------------------

@@ -268,6 +268,62 @@ def iter_tar(
             raise SourceError(f"corrupt tar archive ({_tar_text(error)})") from error
 
 
+def index_tar(
+    file: BinaryIO, options: RemoteOptions, wanted: Callable[[str, bytes], bool]
+) -> Iterator[tuple[str, tuple[int, int] | SourceError]]:
+    """(member name, (data offset, size) or SourceError) for each wanted regular member of the
+    uncompressed archive in seekable `file`, in archive order.
+
+    Only the headers are read; the data is seeked over (a member without an image name has its
+    first bytes read, to sniff). So members that are never opened (another rank's share under
+    torchrun, inputs done before a --resume) cost nothing to pass. Raises SourceError when
+    `file` is not an uncompressed tar archive (before anything is yielded), or after the
+    members read so far when it is cut short or broken.
+    """
+    import tarfile
+
+    end_of_file = os.fstat(file.fileno()).st_size
+    try:
+        archive = tarfile.open(fileobj=file, mode="r:")  # noqa: SIM115 - `with` below
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise SourceError(f"not a readable tar archive ({_tar_text(error)})") from error
+    with archive:
+        try:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                name = member.name.removeprefix("./")
+                if member.offset_data + member.size > end_of_file:
+                    raise tarfile.ReadError("unexpected end of data")
+                head = b""
+                if not wanted(name, head) and member.size:
+                    file.seek(member.offset_data)
+                    head = file.read(12)
+                    if not wanted(name, head):
+                        continue
+                if member.size > options.max_bytes:
+                    yield name, options.too_large()
+                else:
+                    yield name, (member.offset_data, member.size)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as error:
+            raise SourceError(f"corrupt tar archive ({_tar_text(error)})") from error
+
+
+class TarMemberOpener:
+    """Opens one member of an uncompressed tar file by its data's place (see index_tar)."""
+
+    def __init__(self, archive: str, offset: int, size: int) -> None:
+        self.archive, self.offset, self.size = archive, offset, size
+
+    def __call__(self) -> BinaryIO:
+        with open(self.archive, "rb") as file:
+            file.seek(self.offset)
+            data = file.read(self.size)
+        if len(data) != self.size:
+            raise SourceError("corrupt tar archive (unexpected end of data)")
+        return io.BytesIO(data)
+
+
 def _tar_text(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:1].lower() + text[1:]
