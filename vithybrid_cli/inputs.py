@@ -1,9 +1,11 @@
 """Turn what the user named into a stream of images: files, directories, globs, list files,
 http(s) URLs, `-` (stdin), tar archives (WebDataset shards) and fsspec object stores.
 
-Everything is lazy: directories are walked one directory listing at a time and tar archives are
-read as a stream, one member at a time, so the first image of a huge tree arrives at once and
-memory stays bounded. Each InputItem knows how to open its bytes (`item.open()`); its `path` is
+Everything is lazy: directories are walked one directory listing at a time; a local uncompressed
+tar archive is indexed by its headers, each member read when opened (so members skipped by a
+resume or left to another torchrun rank cost no reading), and other archives are read as a
+stream, one member at a time. The first image of a huge tree arrives at once and memory stays
+bounded. Each InputItem knows how to open its bytes (`item.open()`); its `path` is
 what the user named (a URL as given, `shard-000.tar/member.jpg`, `-`), the key for records and
 resume. Local paths stay `str` as the OS gave them (undecodable bytes as surrogates, see
 os.fsdecode), so they still open; display_path() makes them printable.
