@@ -669,7 +669,10 @@ def test_files_from_lines_mix_every_kind_in_order(server, tmp_path, images, loca
 def test_cheap_to_count():
     assert cheap_to_count(["photos/", "a.jpg", "photos/**/*.png"])
     assert cheap_to_count(["a.jpg"], files_from="list.txt")
-    for specs in (["-"], ["http://h/a.jpg"], ["s3://b/"], ["x.tar.gz"], ["shards/*.tar"]):
+    assert cheap_to_count(["shards/*.tar", "x.TAR"])  # headers list a local uncompressed archive
+    specs_list = (["-"], ["http://h/a.jpg"], ["s3://b/"], ["x.tar.gz"], ["shards/*.tar*"])
+    specs_list += (["http://h/s.tar"],)
+    for specs in specs_list:
         assert not cheap_to_count(["a.jpg", *specs]), specs
     assert not cheap_to_count(["a.jpg"], files_from="-")
 

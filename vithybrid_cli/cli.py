@@ -346,7 +346,7 @@ class Inputs:
 
     @property
     def countable(self) -> bool:
-        """Whether a progress bar's total costs only a local listing (no stdin, network, tar)."""
+        """Whether a progress bar's total costs only local listing (no stdin, network, .tar.gz)."""
         from .inputs import cheap_to_count
 
         return cheap_to_count(self.paths or [], self.files_from)

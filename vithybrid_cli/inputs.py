@@ -141,15 +141,21 @@ def cheap_to_count(specs: Iterable[str], files_from: str | None = None) -> bool:
     """Whether counting the inputs first (for a progress bar's total) costs only local listing.
 
     Not when stdin or a network is involved, or an archive must be read to know its members:
-    `-`, `--files-from -`, URLs, object stores, tar archives. (Tar archives met in a directory
-    walk are still read when counting; a caller can cap the count's time instead.)
+    `-`, `--files-from -`, URLs, object stores, compressed tar archives (and globs that may
+    match them). A local `.tar` is cheap: its headers list it. (Compressed archives met in a
+    directory walk are still read when counting; a caller can cap the count's time instead.)
     """
     if files_from == STDIN:
         return False
     return not any(
-        spec == STDIN or is_remote(spec) or ".tar" in spec.lower()  # also globs of archives
+        spec == STDIN or is_remote(spec) or _compressed_archive(spec.lower())
         for spec in (os.fsdecode(spec) for spec in specs)
     )
+
+
+def _compressed_archive(spec: str) -> bool:
+    """A (lower-case) spec naming, or a glob perhaps matching, a compressed tar archive."""
+    return ".tar" in spec and not spec.endswith(".tar")
 
 
 @dataclass
