@@ -128,6 +128,38 @@ def test_torchrun_embed_matches_one_process(tmp_path, tiny, folder):
 
 
 @pytest.mark.slow
+def test_torchrun_tar_shards_into_parquet(tmp_path, tiny, folder):
+    """Two processes share the members of tar shards (each reads only its own members' bytes)
+    and rank 0 merges the journal into one Parquet file equal to a single process's."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    images = sorted(folder.iterdir())
+    for number, start in enumerate((0, 13)):
+        with tarfile.open(shards / f"shard-{number:03d}.tar", "w") as archive:
+            for image in images[start : start + 13]:
+                archive.add(image, arcname=image.name)
+    single, merged, log = tmp_path / "single.parquet", tmp_path / "merged.parquet", tmp_path / "log"
+    args = ["classify", f"{shards}/*.tar", "--model", tiny, "--batch-size", "2"]
+    cli(*args, "-o", single, "-q", code=1)
+    child = torchrun([*args, "-o", merged], log)
+    output = finish(child, log)
+    assert child.returncode == 1, output  # zz_not_an_image.jpg
+    assert output.count(f"{N_IMAGES} labeled, 1 failed") == 1
+    one, two = pq.read_table(single).to_pylist(), pq.read_table(merged).to_pylist()
+    assert [r["path"] for r in two] == [r["path"] for r in one]  # input order, each once
+    assert len(two) == N_IMAGES + 1 and two[-1]["error"]
+    for a, b in zip(one, two, strict=True):
+        assert a["top_k_labels"] == b["top_k_labels"]
+        if a["top_k_scores"]:
+            np.testing.assert_allclose(b["top_k_scores"], a["top_k_scores"], rtol=1e-5)
+    assert only_journals(tmp_path)
+
+
+@pytest.mark.slow
 def test_torchrun_killed_then_resumed(tmp_path, tiny):
     folder = tmp_path / "images"
     paths = make_images(folder, N_IMAGES)
