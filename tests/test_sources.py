@@ -640,6 +640,10 @@ def test_missing_protocol_package_is_named(monkeypatch):
     (az,) = iter_inputs(["az://container/photos/"])
     assert s3.message.endswith("(needs s3fs)") and "vithybrid[cloud]" in s3.message
     assert az.message.endswith("(needs adlfs)")
+    with pytest.raises(sources.MissingExtra, match=r"\(needs s3fs\)$"):
+        sources.require_protocol("s3://bucket/cat.jpg")
+    sources.require_protocol("memory://bucket/")  # installed
+    sources.require_protocol("no-such-scheme://x/")  # unknown: its input's error says so
 
 
 def test_require_names_the_extra(monkeypatch):

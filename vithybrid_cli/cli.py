@@ -644,7 +644,7 @@ def attention_map(
     ] = 0.0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
     raw: Annotated[
-        str | None, typer.Option(help="Also save the raw grid(s) to this .npy/.npz.")
+        str | None, typer.Option(help="Also save the raw grid(s) to this .npy/.npz/.parquet.")
     ] = None,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
