@@ -296,6 +296,8 @@ def _expand_indexed_tar(path: str, options: RemoteOptions) -> Iterator[Any] | No
                 for name, place in itertools.chain([first], members):
                     if isinstance(place, SourceError):
                         yield InputError(f"{path}/{name}", place.message)
+                    elif isinstance(place, bytes):
+                        yield InputItem(f"{path}/{name}", functools.partial(io.BytesIO, place))
                     else:
                         yield InputItem(f"{path}/{name}", TarMemberOpener(path, *place))
             except SourceError as error:

@@ -270,9 +270,10 @@ def iter_tar(
 
 def index_tar(
     file: BinaryIO, options: RemoteOptions, wanted: Callable[[str, bytes], bool]
-) -> Iterator[tuple[str, tuple[int, int] | SourceError]]:
+) -> Iterator[tuple[str, tuple[int, int] | bytes | SourceError]]:
     """(member name, (data offset, size) or SourceError) for each wanted regular member of the
-    uncompressed archive in seekable `file`, in archive order.
+    uncompressed archive in seekable `file`, in archive order (a GNU sparse member's bytes
+    instead of its place).
 
     Only the headers are read; the data is seeked over (a member without an image name has its
     first bytes read, to sniff). So members that are never opened (another rank's share under
@@ -293,7 +294,8 @@ def index_tar(
                 if not member.isfile():
                     continue
                 name = member.name.removeprefix("./")
-                if member.offset_data + member.size > end_of_file:
+                # (a sparse member's size is the file's, more than the bytes stored)
+                if member.offset_data + member.size > end_of_file and not member.issparse():
                     raise tarfile.ReadError("unexpected end of data")
                 head = b""
                 if not wanted(name, head) and member.size:
@@ -303,6 +305,8 @@ def index_tar(
                         continue
                 if member.size > options.max_bytes:
                     yield name, options.too_large()
+                elif member.issparse():  # its stored bytes are not the file: tarfile reads it
+                    yield name, archive.extractfile(member).read()  # type: ignore[union-attr]
                 else:
                     yield name, (member.offset_data, member.size)
         except (tarfile.TarError, OSError, EOFError, ValueError) as error:
