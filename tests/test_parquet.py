@@ -38,16 +38,6 @@ RECORD_COLUMNS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")

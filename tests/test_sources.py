@@ -193,16 +193,6 @@ def fresh(url: str) -> str:
 # ---------------------------------------------------------------------------- CLI helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli(*args: object, input: bytes | str | None = None, env: dict[str, str] | None = None):
     runner = CliRunner()
     env = {"COLUMNS": "200", **(env or {})}
