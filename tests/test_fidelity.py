@@ -10,13 +10,19 @@ near-uniform logits whose top two are often within 1e-3 of each other, where any
 top-1; and random CLS embeddings of different photographs share a large common component. So:
 
 - CLS embeddings and logits must keep cosine >= 0.999 with float32's, photo by photo;
-- the logit error is bounded (LOGIT_BOUND), and top-1 must match wherever float32's margin between
-  its top two exceeds twice that bound (a flip there is an error, not a near-tie) and be among
-  float32's top 5 everywhere;
+- the random head's logit error is bounded (LOGIT_BOUND) and its top-1 must be among float32's
+  top 5 (its top two are near-ties: exact top-1 is not a fair demand there);
+- top-1 must match on a head with real margins, made so by construction: two classes on the
+  float32 embeddings' main axis of variation (their first principal direction), "this side" and
+  "that side". The photos spread along that axis by a few units (its singular value is ~5 over
+  16 photos) while the fast path moves an embedding along it by < 0.15 (observed), so most photos
+  sit well clear of the boundary: at least half must be more than twice PROJECTION_BOUND away,
+  and on every such photo the fast path must pick float32's class.
 
-Top-1 equality on google's trained head (real margins) needs the real weights, which cannot be
-downloaded here; with random weights most float32 margins are near-ties, so the margin condition
-above is what can honestly be asserted.
+Top-1 equality on google's trained head needs the real weights, which cannot be downloaded here;
+the random-weight embeddings of different photographs share a large common component and differ
+by about as much as bf16 moves them in most directions, so a head built on the direction they
+differ most along is what gives margins that can honestly be asserted.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ COUNT = 16  # make_photos.py cycles 8 camera sizes (0.3-12 MP) over 10 photograp
 SIZES = [(640, 480), (1024, 768), (1600, 1200), (2048, 1536), (4032, 3024), (480, 640),
          (3024, 4032), (1920, 1080)]  # fmt: skip
 LOGIT_BOUND = 0.15  # |logit error|; float32 logits have std ~0.5 here (observed error <= 0.08)
+PROJECTION_BOUND = 0.25  # |CLS error| along the main axis (observed <= 0.14; photos spread ~1.3)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +114,22 @@ def test_fast_default_tracks_float32(dtype_name, full_checkpoint, bench_photos, 
     assert error < LOGIT_BOUND, error
     top = ref_logits.topk(5, dim=-1)
     top1 = logits.argmax(-1)
-    clear = (top.values[:, 0] - top.values[:, 1]) > 2 * LOGIT_BOUND
-    assert torch.equal(top1[clear], top.indices[clear, 0])
     assert all(top1[i] in top.indices[i] for i in range(len(paths)))
+
+    weight, bias = main_axis_head(ref_cls)
+    ref_sides, sides = F.linear(ref_cls, weight, bias), F.linear(cls, weight, bias)
+    assert (sides - ref_sides).abs().max() < PROJECTION_BOUND, (sides - ref_sides).abs().max()
+    ref_top = ref_sides.topk(2, dim=-1)
+    clear = (ref_top.values[:, 0] - ref_top.values[:, 1]) > 4 * PROJECTION_BOUND
+    assert clear.sum() >= COUNT // 2, ref_sides[:, 0]  # the margins the head was built for
+    assert torch.equal(sides.argmax(-1)[clear], ref_top.indices[clear, 0])
+
+
+def main_axis_head(cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of a two-class head on float32's CLS embeddings: logits +p and -p, where p is
+    an embedding's offset from their mean along their first principal direction."""
+    centre = cls.mean(0)
+    _, _, directions = torch.linalg.svd(cls - centre, full_matrices=False)
+    axis = directions[0]
+    weight = torch.stack([axis, -axis])  # (2, hidden)
+    return weight, -(weight @ centre)

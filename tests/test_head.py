@@ -25,6 +25,7 @@ from vithybrid_cli.head import (
     Head,
     HeadError,
     ModelIdentity,
+    head_fingerprint,
     head_task,
     load_head,
     model_identity,
@@ -183,6 +184,122 @@ def test_classify_api_with_a_head(tiny, task, fitted, tmp_path):
     for row, probabilities in zip(by_object, expected, strict=True):
         assert [index for index, _, _ in row] == list(np.argsort(-probabilities))
         np.testing.assert_allclose([s for _, _, s in row], np.sort(probabilities)[::-1], rtol=1e-5)
+
+
+def test_classify_head_through_every_output(tiny_checkpoint, fitted, task, tmp_path):
+    """The journaled files (.jsonl, .json, .csv) hold what stdout streams, label and score first."""
+    path = tmp_path / "head.safetensors"
+    save_head(fitted[0].head, path)
+    args = ["--head", path, "--model", tiny_checkpoint, *TINY_SIZE, "-k", "2", "-q"]
+    streamed = cli("classify", task / "test" / "cat", task / "test" / "rocket", *args)
+    assert streamed.exit_code == 0, streamed.stderr
+    records = jsonl(streamed.stdout)
+    assert len(records) == 16 and list(records[0])[:3] == ["path", "label", "score"]
+    assert all(r["label"] == r["top_k"][0]["label"] for r in records)
+    assert accuracy_of(records) >= 0.75
+
+    out = tmp_path / "out"
+    for name in ("labels.jsonl", "labels.json", "labels.csv"):
+        run = cli("classify", task / "test" / "cat", task / "test" / "rocket", *args,
+                  "-o", out / name)  # fmt: skip
+        assert run.exit_code == 0, (name, run.stderr)
+    assert jsonl((out / "labels.jsonl").read_text(encoding="utf-8")) == records
+    assert json.loads((out / "labels.json").read_text(encoding="utf-8")) == records
+    with open(out / "labels.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "label", "score", "label_1", "score_1", "index_1",
+                             "label_2", "score_2", "index_2", "error"]  # fmt: skip
+    assert [(row["path"], row["label"]) for row in rows] == [
+        (r["path"], r["label"]) for r in records
+    ]
+    assert [float(row["score_2"]) for row in rows] == [r["top_k"][1]["score"] for r in records]
+
+
+def test_resume_with_a_head_checks_the_head_and_min_score(tiny_checkpoint, fitted, task, tmp_path):
+    head = fitted[0].head
+    path, other = tmp_path / "head.safetensors", tmp_path / "other.safetensors"
+    save_head(head, path)
+    save_head(Head(**{**head.__dict__, "bias": head.bias + np.float32(0.5)}), other)
+    out = tmp_path / "labels.jsonl"
+    base = ["--model", tiny_checkpoint, *TINY_SIZE, "-q", "-o", out]
+    first = cli("classify", task / "test" / "cat", "--head", path, "--min-score", 0.5, *base)
+    assert first.exit_code == 0, first.stderr
+    assert len(jsonl(out.read_text(encoding="utf-8"))) == 8
+
+    everything = [task / "test", *base, "--resume"]
+    refused = cli("classify", *everything, "--head", other, "--min-score", 0.5)
+    assert_clean_error(refused, "--resume", "labels.jsonl", "was written with --head")
+    fingerprints = [cli("info", "--head", name).stdout for name in (path, other)]
+    assert head_fingerprint(head) in fingerprints[0] and head_fingerprint(head) in refused.stderr
+    assert head_fingerprint(load_head(other)) in fingerprints[1]
+    refused = cli("classify", *everything, "--head", path, "--min-score", 0.6)
+    assert_clean_error(refused, "with --min-score 0.5, not 0.6")
+    refused = cli("classify", *everything, "--min-score", 0.5)  # the checkpoint's classifier
+    assert_clean_error(refused, "--head")
+    assert len(jsonl(out.read_text(encoding="utf-8"))) == 8  # refusals leave the file alone
+
+    moved = tmp_path / "moved" / "same.safetensors"  # the same head under another name
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    resumed = cli("classify", *everything, "--head", moved, "--min-score", 0.5)
+    assert resumed.exit_code == 0, resumed.stderr
+    records = jsonl(out.read_text(encoding="utf-8"))
+    once = jsonl(cli("classify", task / "test", "--head", path, "--min-score", 0.5,
+                     *base[:-2], "-f", "jsonl").stdout)  # fmt: skip
+    assert sorted(r["path"] for r in records) == sorted(r["path"] for r in once)
+    by_path = {r["path"]: r for r in once}
+    assert all(r == by_path[r["path"]] for r in records)
+
+
+def test_classify_refuses_a_head_of_another_model(tiny_checkpoint, make_checkpoint_dir, fitted,
+                                                  task, tmp_path):  # fmt: skip
+    head = fitted[0].head
+    image = next((task / "test" / "cat").iterdir())
+    cases = {
+        "fitted on another model": (head, make_checkpoint_dir("tiny", 1)),
+        "reads the pooler output but": (
+            Head(**{**head.__dict__, "pool": "pooler"}),
+            tiny_checkpoint,
+        ),  # fmt: skip
+        "expects 3-d embeddings": (random_head(np.random.default_rng(2), size=3), tiny_checkpoint),
+    }
+    for needle, (candidate, checkpoint) in cases.items():
+        path = tmp_path / "head.safetensors"
+        save_head(candidate, path)
+        result = cli("classify", image, "--head", path, "--model", checkpoint, *TINY_SIZE)
+        assert_clean_error(result, needle, "head.safetensors")
+
+
+def test_fit_refuses_to_run_under_torchrun(tiny_checkpoint, task, tmp_path):
+    head_file = tmp_path / "head.safetensors"
+    args = ["fit", str(task / "train"), "-o", str(head_file), "--model", str(tiny_checkpoint)]
+    ranks = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "COLUMNS": "200"}
+    result = CliRunner().invoke(app, args, env=ranks)
+    assert_clean_error(result, "fit runs in one process, not under torchrun", "rank 1 of 2")
+    assert not head_file.exists() and not (tmp_path / "head.safetensors.cache").exists()
+
+
+def test_single_image_table_says_it_abstains(tiny_checkpoint, fitted, task, tmp_path):
+    path = tmp_path / "head.safetensors"
+    save_head(fitted[0].head, path)
+    image = next((task / "test" / "coffee").iterdir())
+    args = [
+        "classify",
+        image,
+        "--head",
+        path,
+        "--model",
+        tiny_checkpoint,
+        *TINY_SIZE,
+        "-f",
+        "table",
+    ]
+    abstained = cli(*args, "--min-score", 1.0)
+    assert abstained.exit_code == 0, abstained.stderr
+    assert "abstain: best score" in abstained.stdout and "--min-score" in abstained.stdout
+    assert all(label in abstained.stdout for label in LABELS)  # the top-k is still shown
+    decided = cli(*args)
+    assert decided.exit_code == 0 and "abstain" not in decided.stdout
 
 
 # ---------------------------------------------------------------------------- the head file

@@ -82,6 +82,11 @@ class Fusion(str, Enum):
     min = "min"
 
 
+class FitFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
 # ---------------------------------------------------------------------------- shared options
 
 Paths = Annotated[
@@ -157,6 +162,96 @@ MinScore = Annotated[
         "--min-score", min=0.0, max=1.0, help='Abstain ("label": null) below this best score.'
     ),
 ]
+
+
+# ---------------------------------------------------------------------------- per-command options
+
+# classify
+TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")]
+RecordFormat = Annotated[
+    Format | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Default: --output's type, else table on a terminal, else jsonl.",
+        show_default=False,
+    ),
+]
+RecordOutput = Annotated[str | None, typer.Option("--output", "-o", help="Write here, not stdout.")]
+
+# embed
+ArrayOutput = Annotated[
+    str,
+    typer.Option("--output", "-o", help="A .npy (paths in NAME.paths.txt), .npz or .parquet file."),
+]
+PoolOpt = Annotated[
+    Pool,
+    typer.Option(
+        help="cls: CLS token after the final LayerNorm; mean: patch tokens' mean; "
+        "pooler: the checkpoint's pooler."
+    ),
+]
+Tokens = Annotated[bool, typer.Option("--tokens", help="Save every token: [N, T, hidden].")]
+Normalize = Annotated[bool, typer.Option("--normalize", help="L2-normalize each vector.")]
+
+# attention-map
+PngOutput = Annotated[str | None, typer.Option("--output", "-o", help="PNG for one image.")]
+OutputDir = Annotated[
+    str | None,
+    typer.Option("--output-dir", "-d", help="Folder for many images (NAME.png each)."),
+]
+MethodOpt = Annotated[
+    Method, typer.Option(help="Attention rollout or the last layer's CLS attention.")
+]
+HeadFusion = Annotated[Fusion, typer.Option(help="How rollout combines heads.")]
+DiscardRatio = Annotated[
+    float,
+    typer.Option(min=0.0, max=0.99, help="Rollout: drop this fraction of the weakest attention."),
+]
+Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")]
+Raw = Annotated[
+    str | None, typer.Option(help="Also save the raw grid(s) to this .npy/.npz/.parquet.")
+]
+
+# info
+InfoHead = Annotated[
+    str | None, typer.Option("--head", help="Show this head file's metadata instead.")
+]
+
+# fit
+FitData = Annotated[
+    str | None,
+    typer.Argument(help="A folder with one subfolder of images per label.", show_default=False),
+]
+HeadOutput = Annotated[
+    str, typer.Option("--output", "-o", help="The head file to write (.safetensors).")
+]
+LabelsFrom = Annotated[
+    str | None,
+    typer.Option("--labels-from", help="A CSV or JSONL of path,label instead of DATA."),
+]
+ValDir = Annotated[
+    str | None,
+    typer.Option("--val", help="A separate validation folder (same layout as DATA)."),
+]
+ValFraction = Annotated[
+    float, typer.Option(min=0.0, max=0.9, help="Held out for validation, per label.")
+]
+Regularization = Annotated[
+    float | None,
+    typer.Option(
+        "--c", min=0.0, help="L2 regularization (scikit-learn's C; default: chosen on val)."
+    ),
+]
+CacheDir = Annotated[
+    str | None,
+    typer.Option("--cache", help="Embedding cache folder (default: OUTPUT.cache beside it)."),
+]
+FitFormatOpt = Annotated[
+    FitFormat, typer.Option("--format", "-f", help="How to print the validation results.")
+]
+HeadPool = Annotated[Pool, typer.Option(help="Which embedding the head reads (as embed --pool).")]
+Seed = Annotated[int, typer.Option(help="Seed of the validation split.")]
 
 
 def version_callback(value: bool) -> None:
@@ -493,19 +588,9 @@ def classify(
     paths: Paths = None,
     files_from: FilesFrom = None,
     max_download_mb: MaxDownload = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
-    format: Annotated[
-        Format | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Default: --output's type, else table on a terminal, else jsonl.",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write here, not stdout.")
-    ] = None,
+    top_k: TopK = 5,
+    format: RecordFormat = None,
+    output: RecordOutput = None,
     resume: Resume = False,
     head: HeadOpt = None,
     min_score: MinScore = None,
@@ -558,27 +643,12 @@ def classify(
 @app.command()
 def embed(
     paths: Paths = None,
-    output: Annotated[
-        str,
-        typer.Option(
-            "--output", "-o", help="A .npy (paths in NAME.paths.txt), .npz or .parquet file."
-        ),
-    ] = ...,
+    output: ArrayOutput = ...,
     files_from: FilesFrom = None,
     max_download_mb: MaxDownload = None,
-    pool: Annotated[
-        Pool,
-        typer.Option(
-            help="cls: CLS token after the final LayerNorm; mean: patch tokens' mean; "
-            "pooler: the checkpoint's pooler."
-        ),
-    ] = Pool.cls,
-    tokens: Annotated[
-        bool, typer.Option("--tokens", help="Save every token: [N, T, hidden].")
-    ] = False,
-    normalize: Annotated[
-        bool, typer.Option("--normalize", help="L2-normalize each vector.")
-    ] = False,
+    pool: PoolOpt = Pool.cls,
+    tokens: Tokens = False,
+    normalize: Normalize = False,
     resume: Resume = False,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
@@ -625,27 +695,15 @@ def embed(
 @app.command("attention-map")
 def attention_map(
     paths: Paths = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="PNG for one image.")] = None,
-    output_dir: Annotated[
-        str | None,
-        typer.Option("--output-dir", "-d", help="Folder for many images (NAME.png each)."),
-    ] = None,
+    output: PngOutput = None,
+    output_dir: OutputDir = None,
     files_from: FilesFrom = None,
     max_download_mb: MaxDownload = None,
-    method: Annotated[
-        Method, typer.Option(help="Attention rollout or the last layer's CLS attention.")
-    ] = Method.rollout,
-    head_fusion: Annotated[Fusion, typer.Option(help="How rollout combines heads.")] = Fusion.mean,
-    discard_ratio: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=0.99, help="Rollout: drop this fraction of the weakest attention."
-        ),
-    ] = 0.0,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
-    raw: Annotated[
-        str | None, typer.Option(help="Also save the raw grid(s) to this .npy/.npz/.parquet.")
-    ] = None,
+    method: MethodOpt = Method.rollout,
+    head_fusion: HeadFusion = Fusion.mean,
+    discard_ratio: DiscardRatio = 0.0,
+    alpha: Alpha = 0.5,
+    raw: Raw = None,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -726,9 +784,7 @@ def info(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
-    head: Annotated[
-        str | None, typer.Option("--head", help="Show this head file's metadata instead.")
-    ] = None,
+    head: InfoHead = None,
     debug: Debug = False,
 ) -> None:
     """Show the resolved model (where it is, its configuration, size, device, dtype) or a head."""
@@ -856,10 +912,13 @@ def report_fit(report: Any, output: str, as_json: bool, quiet: bool) -> None:
 
 
 def head_rows(path: str, head: Any) -> list[tuple[str, str]]:
-    """The rows `info --head` shows."""
+    """The rows `info --head` shows (the fingerprint is how a --resume refusal names a head)."""
+    from .head import head_fingerprint
+
     accuracy = head.validation_accuracy
     return [
         ("head", path),
+        ("fingerprint", head_fingerprint(head)),
         ("labels", f"{head.num_classes}: " + ", ".join(head.labels)),
         ("model", head.model),
         ("revision", head.revision or "-"),
@@ -886,48 +945,31 @@ def render_rows(rows: list[tuple[str, str]]) -> None:
     stdout.print(table)
 
 
-class FitFormat(str, Enum):
-    table = "table"
-    json = "json"
+def refuse_torchrun() -> None:
+    """fit runs in one process: its ranks would race on the cache and the head file, and a fit
+    embeds a few hundred images at most (the cache makes every refit instant)."""
+    from .runtime import shard_from_env
+
+    rank, world = shard_from_env()
+    if world > 1:
+        raise UserError(
+            f"fit runs in one process, not under torchrun (this is rank {rank} of {world}): "
+            "run `vithybrid fit` without torchrun"
+        )
 
 
 @app.command()
 def fit(
-    data: Annotated[
-        str | None,
-        typer.Argument(help="A folder with one subfolder of images per label.", show_default=False),
-    ] = None,
-    output: Annotated[
-        str, typer.Option("--output", "-o", help="The head file to write (.safetensors).")
-    ] = ...,
-    labels_from: Annotated[
-        str | None,
-        typer.Option("--labels-from", help="A CSV or JSONL of path,label instead of DATA."),
-    ] = None,
-    val: Annotated[
-        str | None,
-        typer.Option("--val", help="A separate validation folder (same layout as DATA)."),
-    ] = None,
-    val_fraction: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Held out for validation, per label.")
-    ] = 0.2,
-    c: Annotated[
-        float | None,
-        typer.Option(
-            "--c", min=0.0, help="L2 regularization (scikit-learn's C; default: chosen on val)."
-        ),
-    ] = None,
-    cache: Annotated[
-        str | None,
-        typer.Option("--cache", help="Embedding cache folder (default: OUTPUT.cache beside it)."),
-    ] = None,
-    format: Annotated[
-        FitFormat, typer.Option("--format", "-f", help="How to print the validation results.")
-    ] = FitFormat.table,
-    pool: Annotated[
-        Pool, typer.Option(help="Which embedding the head reads (as embed --pool).")
-    ] = Pool.cls,
-    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
+    data: FitData = None,
+    output: HeadOutput = ...,
+    labels_from: LabelsFrom = None,
+    val: ValDir = None,
+    val_fraction: ValFraction = 0.2,
+    c: Regularization = None,
+    cache: CacheDir = None,
+    format: FitFormatOpt = FitFormat.table,
+    pool: HeadPool = Pool.cls,
+    seed: Seed = 0,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -951,6 +993,7 @@ def fit(
 
         if data is None and labels_from is None:
             raise UserError("no training data: give DATA (one folder per label) or --labels-from")
+        refuse_torchrun()
         ensure_parent(output)
         loaded = common.load()
         columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
