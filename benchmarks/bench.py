@@ -176,17 +176,22 @@ def worker(kind: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, *args]
 
 
-def bench_pipeline(name: str, photos: Path, ckpt: Path, out_dir: Path) -> dict:
+def bench_pipeline(
+    name: str, photos: Path, ckpt: Path, out_dir: Path, command: str = "classify"
+) -> dict:
+    """A whole process; `command` embed (to .npy) for a features-only checkpoint."""
     count = len(list(photos.glob("*.jpg")))
     if name == "ours":
-        out = out_dir / "ours.jsonl"
+        out = out_dir / ("ours.jsonl" if command == "classify" else "ours.npy")
         out.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "vithybrid_cli", "classify", str(photos)]
+        cmd = [sys.executable, "-m", "vithybrid_cli", command, str(photos)]
         cmd += ["--model", str(ckpt), "-o", str(out)]
         wall, _, _ = run_child(cmd)
-        lines = out.read_text().splitlines()
-        if len(lines) != count:
-            raise RuntimeError(f"vithybrid wrote {len(lines)} records for {count} photos")
+        import numpy as np
+
+        rows = len(out.read_text().splitlines()) if command == "classify" else len(np.load(out))
+        if rows != count:
+            raise RuntimeError(f"vithybrid wrote {rows} results for {count} photos")
         return {"wall_s": wall, "images": count, "img_s": count / wall}
     wall, payload, _ = run_child(worker(name, str(photos), str(ckpt), str(out_dir)))
     return {"wall_s": wall, "images": count, "img_s": count / wall, **payload}
@@ -374,11 +379,12 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
 
 
 def worker_family_model(ckpt: str, iters: str) -> dict:
-    """A family member's forward pass alone, as classify runs it: bf16, batch 8, its size."""
+    """A family member's forward pass alone, as classify runs it (embed --pool cls for a
+    features-only checkpoint): bf16, batch 8, its size."""
     import numpy as np
     import torch
 
-    from vithybrid_cli.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.runner import Runner, RunOptions, classify_task, embed_task
     from vithybrid_cli.runtime import prepare_model
     from vithybrid_cli.weights import load_model
 
@@ -386,7 +392,7 @@ def worker_family_model(ckpt: str, iters: str) -> dict:
     side = model.config.image_size
     pixels = np.random.default_rng(0).standard_normal((BATCH, 3, side, side), dtype=np.float32)
     runner = Runner(model, RunOptions(batch_size=BATCH))
-    task = classify_task(5, {})
+    task = classify_task(5, {}) if model.config.num_labels else embed_task("cls")
     runner.forward(pixels, task)  # warm-up
     times = []
     for _ in range(int(iters)):
@@ -399,7 +405,9 @@ def worker_family_model(ckpt: str, iters: str) -> dict:
 def bench_family(member: str, photos: Path, work: Path, out_dir: Path, iters: int) -> dict:
     ckpt = ensure_family_checkpoint(work, member)
     _, model, _ = run_child(worker("family-model", str(ckpt), str(iters)))
-    process = bench_pipeline("ours", photos, ckpt, out_dir)
+    features_only = json.loads((ckpt / "config.json").read_text()).get("num_classes", 1) == 0
+    command = "embed" if features_only else "classify"
+    process = bench_pipeline("ours", photos, ckpt, out_dir, command)
     return {
         "model_img_s": model["img_s"],
         "process_img_s": process["img_s"],
