@@ -4,7 +4,8 @@ Every command does the same: check its options, load the model, build a Runner, 
 output, call `job.run_job` (through Common.run), render the summary.
 
 Everything heavy (torch, the model) is imported inside the commands so `vithybrid --help` is
-instant. Results go to stdout (or --output); progress, per-file errors and the summary go to
+instant. The option declarations live in options.py and the tables and progress bar in
+render.py: results go to stdout (or --output); progress, per-file errors and the summary go to
 stderr, so pipes stay clean.
 """
 
@@ -15,19 +16,80 @@ import itertools
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
 from .config import DEFAULT_MODEL_ID
+from .options import (
+    Alpha,
+    ArrayOutput,
+    BatchSize,
+    CacheDir,
+    Compile,
+    Debug,
+    Device,
+    DeviceOpt,
+    DiscardRatio,
+    DType,
+    DTypeOpt,
+    FilesFrom,
+    FitData,
+    FitFormat,
+    FitFormatOpt,
+    Format,
+    Fusion,
+    HeadFusion,
+    HeadOpt,
+    HeadOutput,
+    HeadPool,
+    ImageSize,
+    InfoHead,
+    Interpolate,
+    LabelsFrom,
+    MaxDownload,
+    Method,
+    MethodOpt,
+    MinScore,
+    ModelOpt,
+    Normalize,
+    OutputDir,
+    Paths,
+    PngOutput,
+    Pool,
+    PoolOpt,
+    Quiet,
+    Raw,
+    RecordFormat,
+    RecordOutput,
+    Regularization,
+    Resume,
+    Revision,
+    Seed,
+    Strict,
+    Tokens,
+    TopK,
+    UserError,
+    ValDir,
+    ValFraction,
+    Workers,
+    parse_image_size,
+)
+from .render import (
+    Reporter,
+    describe,
+    head_rows,
+    render_rows,
+    render_table,
+    report_fit,
+    stderr,
+    stdout,
+)
 from .sources import MissingExtra
 
 app = typer.Typer(
@@ -38,220 +100,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
 logger = logging.getLogger("vithybrid_cli")
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
-    parquet = "parquet"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class DType(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class Pool(str, Enum):
-    cls = "cls"
-    mean = "mean"
-    pooler = "pooler"
-
-
-class Method(str, Enum):
-    rollout = "rollout"
-    last_layer = "last-layer"
-
-
-class Fusion(str, Enum):
-    mean = "mean"
-    max = "max"
-    min = "min"
-
-
-class FitFormat(str, Enum):
-    table = "table"
-    json = "json"
-
-
-# ---------------------------------------------------------------------------- shared options
-
-Paths = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Image files, directories (searched recursively) or globs.", show_default=False
-    ),
-]
-FilesFrom = Annotated[
-    str | None,
-    typer.Option("--files-from", help="Read paths from this file, one per line ('-' for stdin)."),
-]
-MaxDownload = Annotated[
-    float | None,
-    typer.Option(
-        "--max-download-mb",
-        min=0.001,
-        help="Largest image read from a URL, stdin, tar member or bucket (default 64).",
-        show_default=False,
-    ),
-]
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Hub id, checkpoint directory or weights file.")
-]
-Revision = Annotated[str | None, typer.Option(help="Hub revision: branch, tag or commit.")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto picks CUDA, else Apple MPS, when present.")]
-DTypeOpt = Annotated[
-    DType,
-    typer.Option(help="auto: bfloat16 where the hardware has native bf16 matmul, else float32."),
-]
-BatchSize = Annotated[
-    int | None, typer.Option(min=1, help="Images per forward pass (default: auto).")
-]
-Workers = Annotated[int | None, typer.Option(min=1, help="Decode threads (default: one per core).")]
-Interpolate = Annotated[
-    bool,
-    typer.Option(
-        "--interpolate-pos-encoding", help="Accept any input size (resample position embeddings)."
-    ),
-]
-
-
-def check_image_size(text: str | None) -> str | None:
-    """Reject a malformed --image-size while parsing, before the model loads."""
-    try:
-        parse_image_size(text)
-    except UserError as error:
-        raise typer.BadParameter(str(error).removeprefix(f"--image-size {text!r}: ")) from None
-    return text
-
-
-ImageSize = Annotated[
-    str | None,
-    typer.Option(
-        "--image-size",
-        callback=check_image_size,
-        help="Model input WIDTHxHEIGHT or one number for a square "
-        "(needs --interpolate-pos-encoding unless it is the checkpoint's size).",
-    ),
-]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
-Strict = Annotated[bool, typer.Option(help="Stop at the first input that fails.")]
-Resume = Annotated[bool, typer.Option(help="Skip inputs already in --output and append the rest.")]
-Debug = Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")]
-HeadOpt = Annotated[
-    str | None,
-    typer.Option("--head", help="A head of your own labels, made by `vithybrid fit`."),
-]
-MinScore = Annotated[
-    float | None,
-    typer.Option(
-        "--min-score", min=0.0, max=1.0, help='Abstain ("label": null) below this best score.'
-    ),
-]
-
-
-# ---------------------------------------------------------------------------- per-command options
-
-# classify
-TopK = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")]
-RecordFormat = Annotated[
-    Format | None,
-    typer.Option(
-        "--format",
-        "-f",
-        help="Default: --output's type, else table on a terminal, else jsonl.",
-        show_default=False,
-    ),
-]
-RecordOutput = Annotated[str | None, typer.Option("--output", "-o", help="Write here, not stdout.")]
-
-# embed
-ArrayOutput = Annotated[
-    str,
-    typer.Option("--output", "-o", help="A .npy (paths in NAME.paths.txt), .npz or .parquet file."),
-]
-PoolOpt = Annotated[
-    Pool,
-    typer.Option(
-        help="cls: CLS token after the final LayerNorm; mean: patch tokens' mean; "
-        "pooler: the checkpoint's pooler."
-    ),
-]
-Tokens = Annotated[bool, typer.Option("--tokens", help="Save every token: [N, T, hidden].")]
-Normalize = Annotated[bool, typer.Option("--normalize", help="L2-normalize each vector.")]
-
-# attention-map
-PngOutput = Annotated[str | None, typer.Option("--output", "-o", help="PNG for one image.")]
-OutputDir = Annotated[
-    str | None,
-    typer.Option("--output-dir", "-d", help="Folder for many images (NAME.png each)."),
-]
-MethodOpt = Annotated[
-    Method, typer.Option(help="Attention rollout or the last layer's CLS attention.")
-]
-HeadFusion = Annotated[Fusion, typer.Option(help="How rollout combines heads.")]
-DiscardRatio = Annotated[
-    float,
-    typer.Option(min=0.0, max=0.99, help="Rollout: drop this fraction of the weakest attention."),
-]
-Alpha = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")]
-Raw = Annotated[
-    str | None, typer.Option(help="Also save the raw grid(s) to this .npy/.npz/.parquet.")
-]
-
-# info
-InfoHead = Annotated[
-    str | None, typer.Option("--head", help="Show this head file's metadata instead.")
-]
-
-# fit
-FitData = Annotated[
-    str | None,
-    typer.Argument(help="A folder with one subfolder of images per label.", show_default=False),
-]
-HeadOutput = Annotated[
-    str, typer.Option("--output", "-o", help="The head file to write (.safetensors).")
-]
-LabelsFrom = Annotated[
-    str | None,
-    typer.Option("--labels-from", help="A CSV or JSONL of path,label instead of DATA."),
-]
-ValDir = Annotated[
-    str | None,
-    typer.Option("--val", help="A separate validation folder (same layout as DATA)."),
-]
-ValFraction = Annotated[
-    float, typer.Option(min=0.0, max=0.9, help="Held out for validation, per label.")
-]
-Regularization = Annotated[
-    float | None,
-    typer.Option(
-        "--c", min=0.0, help="L2 regularization (scikit-learn's C; default: chosen on val)."
-    ),
-]
-CacheDir = Annotated[
-    str | None,
-    typer.Option("--cache", help="Embedding cache folder (default: OUTPUT.cache beside it)."),
-]
-FitFormatOpt = Annotated[
-    FitFormat, typer.Option("--format", "-f", help="How to print the validation results.")
-]
-HeadPool = Annotated[Pool, typer.Option(help="Which embedding the head reads (as embed --pool).")]
-Seed = Annotated[int, typer.Option(help="Seed of the validation split.")]
 
 
 def version_callback(value: bool) -> None:
@@ -275,27 +124,8 @@ def main_options(
 # ---------------------------------------------------------------------------- errors and exit
 
 
-class UserError(Exception):
-    """An expected failure: printed as one line, no traceback."""
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C after the summary was printed; outputs keep what was written, for --resume."""
-
-
-def parse_image_size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        sizes = [int(part) for part in parts]
-    except ValueError:
-        raise UserError(f"--image-size {text!r}: expected WIDTHxHEIGHT or one number") from None
-    if len(sizes) == 1:
-        sizes *= 2
-    if len(sizes) != 2 or min(sizes) < 1:
-        raise UserError(f"--image-size {text!r}: expected WIDTHxHEIGHT or one number")
-    return sizes[0], sizes[1]
 
 
 def error_line(error: BaseException) -> str:
@@ -447,49 +277,6 @@ class Inputs:
         return cheap_to_count(self.paths or [], self.files_from)
 
 
-class Reporter:
-    """Progress bar (on a terminal, unless --quiet) and one stderr line per failure."""
-
-    def __init__(self, verb: str, show: bool, countable: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.verb, self.started, self.done = verb, time.perf_counter(), 0
-        show = show and stderr.is_terminal
-        self.wants_total = show and countable
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-        columns += [TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
-        self.bar = Progress(*columns, console=stderr, transient=True, disable=not show)
-
-    def __enter__(self) -> Reporter:
-        self.bar.__enter__()
-        self.task = self.bar.add_task(self.verb, total=None, rate="")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.bar.__exit__(*exc_info)
-
-    def start(self, total: int | None) -> None:
-        self.bar.update(self.task, total=total)
-
-    def advance(self, result: Any) -> None:
-        from rich.markup import escape
-
-        from .inputs import display_path
-
-        if not result.ok:  # a path or message with [brackets] is text, not markup
-            line = f"{display_path(result.path)}: {result.error}"
-            stderr.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
-        self.done += 1
-        rate = self.done / max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, advance=1, rate=f"{rate:.1f} img/s")
-
-
 def ensure_parent(*paths: str | None) -> None:
     """Create the folders output files go into, as --output-dir creates its folder."""
     for path in paths:
@@ -541,39 +328,6 @@ def needs_file(output: str | None, job: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- rendering
-
-
-def render_table(results: list[Any]) -> None:
-    from rich.markup import escape
-
-    from .inputs import display_path
-    from .outputs import record_of
-
-    records = [record_of(r.path, r.payload, r.error) for r in results]
-    if len(records) == 1 and "top_k" in records[0]:
-        title = display_path(records[0]["path"])
-        if records[0].get("label", "") is None:
-            title += f" (abstain: best score {records[0]['score']:.3f} < --min-score)"
-        table = Table(title=escape(title), title_justify="left")
-        for column, justify in (("label", "left"), ("score", "right"), ("", "left")):
-            table.add_column(column, justify=justify)
-        for entry in records[0]["top_k"]:
-            bar = "█" * round(entry["score"] * 30)
-            table.add_row(escape(entry["label"]), f"{entry['score']:.3f}", f"[cyan]{bar}[/cyan]")
-    else:
-        table = Table()
-        for column, justify in (("path", "left"), ("label", "left"), ("score", "right")):
-            table.add_column(column, justify=justify)
-        for record in records:
-            path = escape(display_path(record["path"]))
-            if "top_k" in record:
-                best = record["top_k"][0]
-                label = record.get("label", best["label"])
-                shown = "[dim]abstain[/dim]" if label is None else escape(label)
-                table.add_row(path, shown, f"{best['score']:.3f}")
-            else:
-                table.add_row(path, f"[red]{escape(record['error'])}[/red]", "")
-    stdout.print(table)
 
 
 def status_of(summary: Any) -> int:
@@ -800,33 +554,6 @@ def info(
     run_command(body, debug)
 
 
-def describe(loaded: Any) -> list[tuple[str, str]]:
-    """The rows `info` shows for a loaded model."""
-    from huggingface_hub import constants
-
-    config, checkpoint = loaded.config, loaded.checkpoint
-    parameter = next(loaded.parameters())
-    backbone = config.backbone_config
-    depths = list(backbone.depths[: backbone.num_stages])
-    channels, side, grid = loaded.backbone.out_channels, config.image_size, config.grid_size
-    heads = f"{config.num_attention_heads} heads, MLP {config.intermediate_size}"
-    return [
-        ("model", checkpoint.name),
-        ("revision", checkpoint.revision or ("main" if checkpoint.from_hub else "-")),
-        ("local path", str(checkpoint.directory or checkpoint.weight_files[0])),
-        ("weights", ", ".join(path.name for path in checkpoint.weight_files)),
-        ("backbone", f"BiT depths {depths}, stride {config.stride}, {channels} channels"),
-        ("encoder", f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {heads}"),
-        ("input", f"{side}x{side}, {grid[0]}x{grid[1]} tokens + CLS"),
-        ("labels", str(loaded.num_labels)),
-        ("pooler", "yes" if loaded.pooler is not None else "no"),
-        ("parameters", f"{sum(p.numel() for p in loaded.parameters()):,}"),
-        ("device", str(parameter.device)),
-        ("dtype", str(parameter.dtype).removeprefix("torch.")),
-        ("cache", str(constants.HF_HUB_CACHE)),
-    ]
-
-
 # ---------------------------------------------------------------------------- your own labels
 # (classify --head, fit, info --head: the logic is in head.py and fitting.py; this renders)
 
@@ -853,96 +580,6 @@ def labeling_task(
         return classify_task(top_k, loaded.config.id2label, min_score)
     head.check_compatible(model_identity(loaded, runner.options), source=head_path)
     return head_task(head, top_k, min_score)
-
-
-def render_fit(report: Any) -> None:
-    """The fit's validation results as Rich tables on stdout."""
-    from rich.markup import escape
-
-    labels = [escape(label) for label in report.labels]
-    if report.accuracy is None:
-        stdout.print(f"no validation split: C={report.c:g}, no accuracy to report")
-    else:
-        how = "given" if len(report.c_scores) <= 1 else "chosen on the validation split"
-        stdout.print(
-            f"validation accuracy [bold]{report.accuracy:.3f}[/bold] on {sum(report.val_counts)} "
-            f"images (C={report.c:g}, {how})"
-        )
-    table = Table(title="per class", title_justify="left")
-    for column in ("label", "train", "validation", "precision", "recall", "F1"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for i, label in enumerate(labels):
-        metrics = (report.precision, report.recall, report.f1)
-        scores = [f"{values[i]:.3f}" for values in metrics] if report.precision else ["-"] * 3
-        table.add_row(label, str(report.train_counts[i]), str(report.val_counts[i]), *scores)
-    stdout.print(table)
-    if report.confusion:
-        matrix = Table(title="confusion matrix", title_justify="left")
-        matrix.add_column("true \\ predicted")
-        for label in labels:
-            matrix.add_column(label, justify="right")
-        for label, row in zip(labels, report.confusion, strict=True):
-            matrix.add_row(label, *(str(count) if count else "[dim]0[/dim]" for count in row))
-        stdout.print(matrix)
-
-
-def report_fit(report: Any, output: str, as_json: bool, quiet: bool) -> None:
-    """Left-out images and warnings on stderr, the results on stdout, then a summary line."""
-    import json
-
-    from .inputs import display_path
-
-    for path, message in report.errors:
-        stderr.print(f"[red]error:[/red] {display_path(path)}: {message}", soft_wrap=True)
-    for warning in report.warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
-    if as_json:
-        stdout.print_json(json.dumps({"head": output, **report.to_dict()}))
-    else:
-        render_fit(report)
-    if not quiet:
-        left_out = f", {len(report.errors)} left out" if report.errors else ""
-        train, validation = sum(report.train_counts), sum(report.val_counts)
-        stderr.print(
-            f"{len(report.labels)} labels, {train} training + {validation} validation images "
-            f"({report.embedded} embedded, {report.cached} from the cache{left_out}) in "
-            f"{report.seconds:.1f} s; wrote {output}",
-            soft_wrap=True,
-        )
-
-
-def head_rows(path: str, head: Any) -> list[tuple[str, str]]:
-    """The rows `info --head` shows (the fingerprint is how a --resume refusal names a head)."""
-    from .head import head_fingerprint
-
-    accuracy = head.validation_accuracy
-    return [
-        ("head", path),
-        ("fingerprint", head_fingerprint(head)),
-        ("labels", f"{head.num_classes}: " + ", ".join(head.labels)),
-        ("model", head.model),
-        ("revision", head.revision or "-"),
-        ("weights", head.weights[:16]),
-        ("pool", head.pool),
-        ("embedding size", str(head.embedding_size)),
-        ("image size", f"{head.image_size[0]}x{head.image_size[1]}"),
-        ("interpolate", "yes" if head.interpolate_pos_encoding else "no"),
-        ("C", f"{head.c:g}"),
-        ("validation accuracy", "-" if accuracy is None else f"{accuracy:.3f}"),
-        ("examples", ", ".join(f"{k}: {v}" for k, v in head.examples_per_class.items())),
-        ("created", head.created or "-"),
-    ]
-
-
-def render_rows(rows: list[tuple[str, str]]) -> None:
-    from rich.markup import escape
-
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, escape(value))
-    stdout.print(table)
 
 
 def refuse_torchrun() -> None:
