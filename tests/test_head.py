@@ -214,6 +214,16 @@ def test_classify_head_through_every_output(tiny_checkpoint, fitted, task, tmp_p
     ]
     assert [float(row["score_2"]) for row in rows] == [r["top_k"][1]["score"] for r in records]
 
+    # -k beyond the head's labels: the CSV has a column group per label, no empty ones
+    wide = cli("classify", task / "test" / "cat", "--head", path, "--model", tiny_checkpoint,
+               *TINY_SIZE, "-k", "50", "-q", "-o", out / "wide.csv")  # fmt: skip
+    assert wide.exit_code == 0, wide.stderr
+    header = (out / "wide.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    classes = fitted[0].head.num_classes
+    assert [name for name in header if name.startswith("label_")] == [
+        f"label_{rank}" for rank in range(1, classes + 1)
+    ]
+
 
 def test_resume_with_a_head_checks_the_head_and_min_score(tiny_checkpoint, fitted, task, tmp_path):
     head = fitted[0].head

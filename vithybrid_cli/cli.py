@@ -378,7 +378,9 @@ def classify(
             loaded = common.load()
             runner = common.runner(loaded)
             task = labeling_task(loaded, runner, top_k, fitted, head, min_score)
-            columns = {"top_k": top_k, "decision": fitted is not None or min_score is not None}
+            classes = fitted.num_classes if fitted is not None else loaded.num_labels
+            decision = fitted is not None or min_score is not None
+            columns = {"top_k": min(top_k, classes), "decision": decision}  # CSV columns
             if fmt == "table":
                 target: Any = CollectOutput()
             elif output and output != "-":
