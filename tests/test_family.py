@@ -377,6 +377,16 @@ def test_readme_documents_every_short_name():
 
 
 @pytest.mark.slow
+def test_every_members_stored_cost_is_computed_from_its_architecture():
+    from vithybrid_cli.family import MEMBERS, cost
+
+    for member in MEMBERS:
+        computed = cost(member.architecture, member.classes)
+        assert member.cost.parameters == computed.parameters, member.short_name
+        assert member.cost.gflops == pytest.approx(computed.gflops, abs=0.0005), member.short_name
+        assert member.cost.input_size == computed.input_size, member.short_name
+
+
 def test_models_command_prints_the_menu():
     from typer.testing import CliRunner
 

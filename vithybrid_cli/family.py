@@ -1,8 +1,9 @@
 """The ViT-Hybrid family: every member's short name, what it labels, its size, cost and accuracy.
 
 Data for `vithybrid models` and the README's "Choosing a model"; the short names resolve in
-weights.MODEL_ALIASES. Parameters and GFLOPs are computed from the architecture (a model built on
-the meta device, nothing downloaded); published ImageNet-1k top-1 is timm's
+weights.MODEL_ALIASES. Parameters and GFLOPs are stored with each member, so the menu prints
+at once; `cost()` computes them from the architecture (a model built on the meta device, nothing
+downloaded), and a test checks every stored figure against it. Published ImageNet-1k top-1 is timm's
 results/results-imagenet.csv (huggingface/pytorch-image-models, commit 0173a139); throughput is
 what `python benchmarks/bench.py --only family --record` measured on the machine it names
 (family_throughput.json, shipped beside this module).
@@ -22,9 +23,17 @@ THROUGHPUT_FILE = Path(__file__).with_name("family_throughput.json")
 
 
 @dataclass(frozen=True)
+class Cost:
+    parameters: int
+    gflops: float  # multiply-adds count 2, at the member's input size, one image
+    input_size: int
+
+
+@dataclass(frozen=True)
 class Member:
     short_name: str
     classes: int  # 1000 (ImageNet-1k), 21843 (ImageNet-21k) or 0 (features only)
+    cost: Cost  # as cost(architecture, classes) computes it (tests/test_family.py checks)
     top1: float | None = None  # published ImageNet-1k top-1 (%), timm's results table
 
     @property
@@ -44,25 +53,18 @@ class Member:
 
 
 MEMBERS: tuple[Member, ...] = (
-    Member("hybrid-tiny-224", 1000, 71.798),
-    Member("hybrid-tiny-384", 1000, 75.962),
-    Member("hybrid-tiny-224-in21k", 21843),
-    Member("hybrid-small-224", 1000, 81.864),
-    Member("hybrid-small-384", 1000, 84.048),
-    Member("hybrid-small-224-in21k", 21843),
-    Member("hybrid-base-224-in21k", 0),
-    Member("hybrid-base-384", 1000, 84.976),
-    Member("hybrid-large-224", 1000, 84.422),
-    Member("hybrid-large-384", 1000, 86.182),
-    Member("hybrid-large-224-in21k", 21843),
+    Member("hybrid-tiny-224", 1000, Cost(6_337_704, 0.867, 224), 71.798),
+    Member("hybrid-tiny-384", 1000, Cost(6_355_944, 2.654, 384), 75.962),
+    Member("hybrid-tiny-224-in21k", 21843, Cost(10_360_403, 0.875, 224)),
+    Member("hybrid-small-224", 1000, Cost(36_431_912, 6.928, 224), 81.864),
+    Member("hybrid-small-384", 1000, Cost(36_468_392, 20.527, 384), 84.048),
+    Member("hybrid-small-224-in21k", 21843, Cost(44_456_467, 6.944, 224)),
+    Member("hybrid-base-224-in21k", 0, Cost(97_890_112, 43.069, 224)),
+    Member("hybrid-base-384", 1000, Cost(98_950_952, 134.312, 384), 84.976),
+    Member("hybrid-large-224", 1000, Cost(328_994_856, 38.827, 224), 84.422),
+    Member("hybrid-large-384", 1000, Cost(329_092_136, 114.272, 384), 86.182),
+    Member("hybrid-large-224-in21k", 21843, Cost(350_358_931, 38.869, 224)),
 )
-
-
-@dataclass(frozen=True)
-class Cost:
-    parameters: int
-    gflops: float  # multiply-adds count 2, at the member's input size, one image
-    input_size: int
 
 
 @functools.cache
@@ -96,7 +98,6 @@ def read_throughput(path: Path = THROUGHPUT_FILE) -> dict:
 @dataclass(frozen=True)
 class MenuRow:
     member: Member
-    cost: Cost
     model_img_s: float | None  # forward pass alone, bf16, batch 8
     process_img_s: float | None  # `vithybrid classify DIR` as a whole process
 
@@ -110,7 +111,6 @@ def menu(throughput: dict | None = None) -> list[MenuRow]:
         rows.append(
             MenuRow(
                 member,
-                cost(member.architecture, member.classes),
                 speed.get("model_img_s"),
                 speed.get("process_img_s"),
             )
@@ -133,9 +133,9 @@ def menu_cells(throughput: dict | None = None) -> tuple[list[list[str]], str]:
         [
             row.member.short_name,
             row.member.labels,
-            str(row.cost.input_size),
-            f"{row.cost.parameters / 1e6:.1f}M",
-            _number(row.cost.gflops),
+            str(row.member.cost.input_size),
+            f"{row.member.cost.parameters / 1e6:.1f}M",
+            _number(row.member.cost.gflops),
             _number(row.member.top1),
             _number(row.model_img_s),
             _number(row.process_img_s),
