@@ -75,17 +75,23 @@ def local(images, tmp_path_factory) -> dict[str, str]:
     return {name: str(root / name) for name in images}
 
 
-def make_tar(path: Path, members: list[tuple[str, bytes]], gz: bool = False) -> Path:
+def tar_bytes(members: list[tuple[str, bytes]], directory: str | None = None) -> bytes:
+    """An uncompressed tar archive of `members` (name, data), then an empty `directory`."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-        directory = tarfile.TarInfo("subdir")
-        directory.type = tarfile.DIRTYPE
-        archive.addfile(directory)
-    data = buffer.getvalue()
+        if directory:
+            entry = tarfile.TarInfo(directory)
+            entry.type = tarfile.DIRTYPE
+            archive.addfile(entry)
+    return buffer.getvalue()
+
+
+def make_tar(path: Path, members: list[tuple[str, bytes]], gz: bool = False) -> Path:
+    data = tar_bytes(members, directory="subdir")
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
 
@@ -397,13 +403,7 @@ def test_corrupt_archive_is_one_error_and_the_batch_goes_on(tmp_path, images):
 
 
 def test_tar_is_read_lazily(images):
-    members = [(f"{i:04d}.jpg", images["cat.jpg"]) for i in range(50)]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
+    archive = tar_bytes([(f"{i:04d}.jpg", images["cat.jpg"]) for i in range(50)])
 
     class Counting(io.BytesIO):
         consumed = 0
@@ -413,11 +413,11 @@ def test_tar_is_read_lazily(images):
             Counting.consumed += len(chunk)
             return chunk
 
-    stream = Counting(buffer.getvalue())
+    stream = Counting(archive)
     members_seen = iter_tar(stream, RemoteOptions(), lambda name, head: True)
     name, data = next(members_seen)
     assert (name, data) == ("0000.jpg", images["cat.jpg"])
-    assert Counting.consumed < len(buffer.getvalue()) / 5
+    assert Counting.consumed < len(archive) / 5
 
 
 def test_oversized_tar_member_is_an_error_not_read(tmp_path, images):
@@ -535,12 +535,7 @@ def bucket(images):
     fs.pipe(f"/{name}/c/deeper/coffee.png", images["coffee.png"])
     fs.pipe(f"/{name}/notes.txt", b"not an image")
     fs.pipe(f"/{name}/.hidden.jpg", images["cat.jpg"])
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = tarfile.TarInfo("m.jpg")
-        info.size = len(images["cat.jpg"])
-        archive.addfile(info, io.BytesIO(images["cat.jpg"]))
-    fs.pipe(f"/{name}/shard.tar", buffer.getvalue())
+    fs.pipe(f"/{name}/shard.tar", tar_bytes([("m.jpg", images["cat.jpg"])]))
     yield name
     fs.rm(f"/{name}", recursive=True)
 
