@@ -99,7 +99,7 @@ def ensure_checkpoint(work: Path) -> Path:
 def ensure_family_checkpoint(work: Path, member: str) -> Path:
     """A family member's full architecture with seeded random weights in timm's hub layout
     (timm's save_for_hf), as its Hub repo has it; random weights cost the same compute."""
-    from vithybrid_cli.weights import MODEL_ALIASES
+    from vithybrid_cli.model.weights import MODEL_ALIASES
 
     target = work / "family" / member
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
@@ -235,7 +235,7 @@ def bench_cold(photos: Path, ckpt: Path, out_dir: Path) -> dict:
 
 def hf_to_timm(state: dict) -> dict:
     """transformers' names -> ours (weights.convert_state_dict) -> timm's (TIMM_TABLE inverted)."""
-    from vithybrid_cli.weights import convert_state_dict
+    from vithybrid_cli.model.weights import convert_state_dict
 
     ours, unknown = convert_state_dict(state, "hf")
     assert not unknown, unknown
@@ -345,9 +345,9 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(batch)
     else:
-        from vithybrid_cli.runner import FunctionTask, Runner, RunOptions, classify_task
-        from vithybrid_cli.runtime import prepare_model
-        from vithybrid_cli.weights import load_model
+        from vithybrid_cli.model.weights import load_model
+        from vithybrid_cli.pipeline.runner import FunctionTask, Runner, RunOptions, classify_task
+        from vithybrid_cli.pipeline.runtime import prepare_model
 
         dtype = torch.bfloat16 if "bf16" in name else torch.float32
         model = prepare_model(load_model(ckpt, dtype=dtype))
@@ -384,9 +384,9 @@ def worker_family_model(ckpt: str, iters: str) -> dict:
     import numpy as np
     import torch
 
-    from vithybrid_cli.runner import Runner, RunOptions, classify_task, embed_task
-    from vithybrid_cli.runtime import prepare_model
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task, embed_task
+    from vithybrid_cli.pipeline.runtime import prepare_model
 
     model = prepare_model(load_model(ckpt, dtype=torch.bfloat16))
     side = model.config.image_size
@@ -417,7 +417,7 @@ def bench_family(member: str, photos: Path, work: Path, out_dir: Path, iters: in
 
 def record_family(summary: dict, info: dict) -> Path:
     """Store the family's best throughputs for `vithybrid models` (family_throughput.json)."""
-    from vithybrid_cli.family import THROUGHPUT_FILE, read_throughput
+    from vithybrid_cli.model.family import THROUGHPUT_FILE, read_throughput
 
     data = read_throughput() or {}
     members = data.get("members", {})
@@ -438,10 +438,10 @@ def worker_parts(image: str, ckpt: str) -> dict:
     t0 = time.perf_counter()
     import torch  # noqa: F401
 
-    from vithybrid_cli.inputs import iter_inputs
-    from vithybrid_cli.runner import Runner, RunOptions, classify_task
-    from vithybrid_cli.runtime import prepare_model
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.data.inputs import iter_inputs
+    from vithybrid_cli.model.weights import load_model
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.pipeline.runtime import prepare_model
 
     t1 = time.perf_counter()
     model = prepare_model(load_model(ckpt, dtype="bfloat16"))

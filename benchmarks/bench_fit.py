@@ -68,9 +68,9 @@ def make_data(root: Path, count: int, labels: int) -> list[tuple[str, int]]:
 
 def fill_cache(model, cache: Path, files: list[tuple[str, int]], labels: int) -> None:
     """One vector per file, in the cache format, under the key a default fit looks up."""
-    from vithybrid_cli.fitting import EmbeddingCache, cache_settings, file_key
-    from vithybrid_cli.head import model_identity
-    from vithybrid_cli.runner import RunOptions
+    from vithybrid_cli.model.head import model_identity
+    from vithybrid_cli.pipeline.fitting import EmbeddingCache, cache_settings, file_key
+    from vithybrid_cli.pipeline.runner import RunOptions
 
     options = RunOptions()
     identity = model_identity(model, options)
@@ -100,8 +100,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    from vithybrid_cli.fitting import fit_head
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
+    from vithybrid_cli.pipeline.fitting import fit_head
 
     work = Path(tempfile.mkdtemp(prefix="bench-fit-"))
     checkpoint = make_checkpoint(REPO / "benchmarks" / ".cache" / "fit-checkpoint-768")

@@ -107,8 +107,8 @@ def serve(folder: Path) -> tuple[ThreadingHTTPServer, threading.Thread]:
 
 def label(runner, specs: list[str]) -> tuple[float, list]:
     """(seconds, [(path, best label) or (path, error)]) for one pass over `specs`."""
-    from vithybrid_cli.inputs import iter_inputs
-    from vithybrid_cli.runner import classify_task
+    from vithybrid_cli.data.inputs import iter_inputs
+    from vithybrid_cli.pipeline.runner import classify_task
 
     task = classify_task(1, runner.model.config.id2label)
     started = time.perf_counter()
@@ -132,10 +132,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from vithybrid_cli.inputs import iter_inputs
-    from vithybrid_cli.runner import Runner, RunOptions
-    from vithybrid_cli.runtime import prepare_model, resolve_device, resolve_dtype
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.data.inputs import iter_inputs
+    from vithybrid_cli.model.weights import load_model
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
+    from vithybrid_cli.pipeline.runtime import prepare_model, resolve_device, resolve_dtype
 
     args.work.mkdir(parents=True, exist_ok=True)
     folder = args.photos or make_photos(args.work / f"photos-{args.count}", args.count)

@@ -1,4 +1,4 @@
-"""Write vithybrid_cli/imagenet21k_labels.txt: the 21,843 ImageNet-21k class names, in the
+"""Write vithybrid_cli/model/imagenet21k_labels.txt: the 21,843 ImageNet-21k class names, in the
 order of the outputs of timm's / Google's in21k checkpoints (one name per line, WordNet lemmas).
 
 Source: timm's package data (Apache-2.0), timm/data/_info/imagenet21k_goog_synsets.txt (the
@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-OUTPUT = Path(__file__).resolve().parent.parent / "vithybrid_cli" / "imagenet21k_labels.txt"
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "vithybrid_cli" / "model" / "imagenet21k_labels.txt"
 EXPECTED = 21843
 
 

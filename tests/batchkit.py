@@ -149,7 +149,7 @@ def line_count(path: Path) -> int:
 
 def journal_entries(output: Path) -> int:
     """How many whole entries the journal beside `output` holds (all runs, all ranks)."""
-    from vithybrid_cli.journal import journal_dir, read_entries
+    from vithybrid_cli.pipeline.journal import journal_dir, read_entries
 
     folder = Path(journal_dir(str(output)))
     files = sorted(folder.iterdir()) if folder.is_dir() else []

@@ -149,7 +149,7 @@ def full_model(full_checkpoint):
 
     Shared by the session: do not modify it (prune, toggle attributes, cast); load your own.
     """
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
 
     return load_model(full_checkpoint)
 
@@ -217,7 +217,7 @@ def timm_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def timm_ours(timm_checkpoint):
     """Ours, loaded from the bare timm weights file of `timm_checkpoint` (read-only, shared)."""
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
 
     return load_model(timm_checkpoint[1])
 

@@ -7,7 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vithybrid_cli.attention import (
+from vithybrid_cli.data.preprocess import crop_box as preprocess_crop_box
+from vithybrid_cli.data.preprocess import preprocess_image
+from vithybrid_cli.model.config import PreprocessConfig, ViTHybridConfig
+from vithybrid_cli.model.model import ViTHybrid, ViTHybridOutput
+from vithybrid_cli.report.attention import (
     HEAD_FUSIONS,
     OUTSIDE_BOX_BRIGHTNESS,
     attention_grid,
@@ -18,10 +22,6 @@ from vithybrid_cli.attention import (
     last_layer_attention,
     overlay,
 )
-from vithybrid_cli.config import PreprocessConfig, ViTHybridConfig
-from vithybrid_cli.model import ViTHybrid, ViTHybridOutput
-from vithybrid_cli.preprocess import crop_box as preprocess_crop_box
-from vithybrid_cli.preprocess import preprocess_image
 
 # google's preprocessing: shortest edge 384, centre crop 384x384
 GOOGLE = PreprocessConfig.from_dict(

@@ -40,7 +40,7 @@ from batchkit import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vithybrid_cli.outputs import safe_text
+from vithybrid_cli.io.outputs import safe_text
 
 N_IMAGES = 40
 STALL_AT = 10  # the FIFO's position: with --batch-size 2 the 10 inputs before it get written
@@ -233,7 +233,7 @@ def test_resume_of_a_file_without_journal_is_one_clear_line(tmp_path, tiny):
 
 def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatch):
     """-q with a file output neither counts the inputs nor waits for the walk to finish."""
-    import vithybrid_cli.inputs as inputs
+    import vithybrid_cli.data.inputs as inputs
 
     folder = tmp_path / "many"
     make_images(folder, 36, (8, 8))
@@ -256,9 +256,9 @@ def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatc
 
 
 def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
-    from vithybrid_cli.inputs import InputItem
-    from vithybrid_cli.job import CollectOutput, run_job
-    from vithybrid_cli.runner import Runner, classify_task
+    from vithybrid_cli.data.inputs import InputItem
+    from vithybrid_cli.pipeline.job import CollectOutput, run_job
+    from vithybrid_cli.pipeline.runner import Runner, classify_task
 
     paths = make_images(tmp_path / "few", 5, (8, 8))
     walks = []
@@ -282,7 +282,7 @@ def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
 
 
 def test_ctrl_c_stops_the_job_and_an_ignored_sigint_stays_ignored():
-    from vithybrid_cli.job import stop_on_interrupt
+    from vithybrid_cli.pipeline.job import stop_on_interrupt
 
     with stop_on_interrupt() as stopping, pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
@@ -348,7 +348,7 @@ def locked_file(monkeypatch):
     import importlib
 
     # (not `from vithybrid_cli import preprocess`: the package also has a function of that name)
-    preprocess = importlib.import_module("vithybrid_cli.preprocess")
+    preprocess = importlib.import_module("vithybrid_cli.data.preprocess")
 
     def lock(path: Path) -> None:
         os.chmod(path, 0)
@@ -405,7 +405,7 @@ def test_hostile_inputs_through_the_cli(tmp_path, tiny, locked_file):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny):
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
 
     return load_model(tiny)
 
@@ -426,9 +426,9 @@ KINDS = ["good", "good", "empty", "text", "truncated", "missing", "input-error",
 )
 def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch_size, workers,
                                               shard):  # fmt: skip
-    from vithybrid_cli.inputs import InputError, InputItem
-    from vithybrid_cli.job import select
-    from vithybrid_cli.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.data.inputs import InputError, InputItem
+    from vithybrid_cli.pipeline.job import select
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
 
     good = png_bytes(0)
     contents = {
@@ -468,8 +468,8 @@ def test_runner_skips_non_cls_work_only_for_cls_tasks(tiny_model, monkeypatch):
     mean pooling, tokens and attention maps need every token."""
     import numpy as np
 
-    from vithybrid_cli.attention import attention_task
-    from vithybrid_cli.runner import Runner, RunOptions, classify_task, embed_task
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task, embed_task
+    from vithybrid_cli.report.attention import attention_task
 
     seen = []
     forward = type(tiny_model).forward

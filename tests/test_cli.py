@@ -328,7 +328,7 @@ def camera_photos(tmp_path_factory) -> list[str]:
 
 def test_the_api_gives_the_clis_results_in_bounded_batches(tiny, camera_photos, monkeypatch):
     import vithybrid_cli
-    from vithybrid_cli.model import ViTHybrid
+    from vithybrid_cli.model.model import ViTHybrid
 
     model = vithybrid_cli.load_model(tiny)
     batches = []
@@ -369,7 +369,7 @@ def test_load_model_takes_the_clis_dtype_names(tiny):
 
 def test_the_api_names_an_image_it_cannot_read(tiny, photos, bad_inputs):
     import vithybrid_cli
-    from vithybrid_cli.preprocess import ImageError
+    from vithybrid_cli.data.preprocess import ImageError
 
     model = vithybrid_cli.load_model(tiny)
     with pytest.raises(ImageError, match="empty file") as failed:
@@ -381,7 +381,7 @@ def test_the_api_names_an_image_it_cannot_read(tiny, photos, bad_inputs):
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tiny, photos, tmp_path, monkeypatch):
-    from vithybrid_cli.journal import Journal
+    from vithybrid_cli.pipeline.journal import Journal
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -469,12 +469,12 @@ def test_debug_raises_instead_of_one_line(tiny, photos):
 
 
 def test_interrupt_exits_130(tiny, photos, monkeypatch):
-    import vithybrid_cli.cli
+    import vithybrid_cli.cli.commands
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vithybrid_cli.cli.Common, "load", interrupted)
+    monkeypatch.setattr(vithybrid_cli.cli.commands.Common, "load", interrupted)
     result = cli("classify", photos[0], "--model", tiny)
     assert result.exit_code == 130
     assert "interrupted" in result.stderr
@@ -570,7 +570,7 @@ def test_embed_pooler_matches_transformers(pooler_checkpoint, photos, tmp_path):
     from transformers.models.deprecated.vit_hybrid import ViTHybridModel
 
     import vithybrid_cli
-    from vithybrid_cli.preprocess import load_and_preprocess
+    from vithybrid_cli.data.preprocess import load_and_preprocess
 
     out = tmp_path / "p.npy"
     result = cli(
@@ -603,7 +603,7 @@ def test_embed_needs_npy_or_npz(tiny, photos, tmp_path):
 
 
 def test_attention_map_decodes_each_image_once(tiny, photos, tmp_path, monkeypatch):
-    import vithybrid_cli.runner as runner
+    import vithybrid_cli.pipeline.runner as runner
 
     opened = []
     load_image = runner.load_image
@@ -686,7 +686,7 @@ def test_attention_map_needs_exactly_one_destination(tiny, photos, tmp_path):
 
 
 def test_info(tiny):
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
 
     result = cli("info", "--model", tiny, "--dtype", "float32")
     assert result.exit_code == 0, result.stderr

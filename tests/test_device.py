@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vithybrid_cli.runtime import resolve_device
+from vithybrid_cli.pipeline.runtime import resolve_device
 
 
 @pytest.fixture

@@ -33,11 +33,11 @@ from batchkit import (
     write_list,
 )
 
-from vithybrid_cli.inputs import InputItem
-from vithybrid_cli.job import JournalOutput, select
-from vithybrid_cli.journal import journal_dir
-from vithybrid_cli.runner import Result
-from vithybrid_cli.runtime import Distributed
+from vithybrid_cli.data.inputs import InputItem
+from vithybrid_cli.pipeline.job import JournalOutput, select
+from vithybrid_cli.pipeline.journal import journal_dir
+from vithybrid_cli.pipeline.runner import Result
+from vithybrid_cli.pipeline.runtime import Distributed
 
 N_IMAGES = 24
 STALL_AT = 8  # rank 0's fifth input: it writes 0, 2, 4, 6 and stalls in its batch [8, 10]

@@ -16,10 +16,10 @@ import pytest
 import torch
 from checkpoints import make_timm_checkpoint, make_timm_model, photographs, save_timm_checkpoint
 
-from vithybrid_cli import kernels
-from vithybrid_cli.config import TIMM_ARCHITECTURES, timm_preprocess_config
-from vithybrid_cli.preprocess import preprocess_image
-from vithybrid_cli.weights import (
+from vithybrid_cli.data.preprocess import preprocess_image
+from vithybrid_cli.model import kernels
+from vithybrid_cli.model.config import TIMM_ARCHITECTURES, timm_preprocess_config
+from vithybrid_cli.model.weights import (
     MODEL_ALIASES,
     FeaturesOnlyError,
     imagenet21k_labels,
@@ -114,9 +114,9 @@ def test_every_member_has_timms_tensors_and_parameters(hub_id, tmp_path):
     import timm
     from timm.models._hub import save_config_for_hf
 
-    from vithybrid_cli.config import read_json, timm_model_config
-    from vithybrid_cli.model import ViTHybrid
-    from vithybrid_cli.weights import convert_state_dict
+    from vithybrid_cli.model.config import read_json, timm_model_config
+    from vithybrid_cli.model.model import ViTHybrid
+    from vithybrid_cli.model.weights import convert_state_dict
 
     with torch.device("meta"):
         reference = timm.create_model(hub_id.removeprefix("timm/"), pretrained=False)
@@ -191,7 +191,7 @@ def test_all_eleven_ids_resolve_from_an_offline_cache(hf_hub_cache, tmp_path, no
     config.json; the architecture, labels and preprocessing follow from it."""
     from timm.data import resolve_data_config
 
-    from vithybrid_cli.weights import read_configs
+    from vithybrid_cli.model.weights import read_configs
 
     for hub_id in TIMM_IDS:
         source = tmp_path / hub_id.replace("/", "--")
@@ -306,7 +306,7 @@ def test_classify_command_refuses_features_only(tmp_path):
 def test_bfloat16_and_fused_paths_follow_float32(tmp_path, name, monkeypatch):
     """bf16 (channels_last backbone, oneDNN epilogues where present, the folded GroupNorm on the
     r26's 32x32 stage-1 map at 128 pixels) stays with float32 for widths 192 and 384."""
-    from vithybrid_cli import backbone
+    from vithybrid_cli.model import backbone
 
     directory, _ = make_timm_checkpoint(tmp_path / "ckpt", name, depth=2, img_size=128)
     exact = load_model(directory)
@@ -354,7 +354,7 @@ def test_menu_cost_is_timms(monkeypatch):
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vithybrid_cli.family import cost
+    from vithybrid_cli.model.family import cost
 
     with torch.device("meta"), torch.no_grad():
         reference = timm.create_model("vit_tiny_r_s16_p8_384", pretrained=False)
@@ -378,7 +378,7 @@ def test_readme_documents_every_short_name():
 
 @pytest.mark.slow
 def test_every_members_stored_cost_is_computed_from_its_architecture():
-    from vithybrid_cli.family import MEMBERS, cost
+    from vithybrid_cli.model.family import MEMBERS, cost
 
     for member in MEMBERS:
         computed = cost(member.architecture, member.classes)
@@ -391,7 +391,7 @@ def test_models_command_prints_the_menu():
     from typer.testing import CliRunner
 
     from vithybrid_cli.cli import app
-    from vithybrid_cli.family import MEMBERS
+    from vithybrid_cli.model.family import MEMBERS
 
     result = CliRunner().invoke(app, ["models"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -405,7 +405,7 @@ def test_crop_box_is_the_region_timm_crops():
     centre 224/248 of the short side, offsets rounded as torchvision rounds them."""
     import timm
 
-    from vithybrid_cli.preprocess import crop_box
+    from vithybrid_cli.data.preprocess import crop_box
 
     cfg = timm.models.get_pretrained_cfg("vit_tiny_r_s16_p8_224.augreg_in21k").to_dict()
     config = timm_preprocess_config({"pretrained_cfg": json.loads(json.dumps(cfg))})

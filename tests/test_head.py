@@ -19,9 +19,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vithybrid_cli import fitting
 from vithybrid_cli.cli import app
-from vithybrid_cli.head import (
+from vithybrid_cli.model.head import (
     Head,
     HeadError,
     ModelIdentity,
@@ -31,7 +30,8 @@ from vithybrid_cli.head import (
     model_identity,
     save_head,
 )
-from vithybrid_cli.runner import RunOptions
+from vithybrid_cli.pipeline import fitting
+from vithybrid_cli.pipeline.runner import RunOptions
 
 LABELS = ["cat", "astronaut", "coffee", "rocket"]  # checkpoints.photographs' order
 TINY_SIZE = ["--image-size", "128", "--interpolate-pos-encoding"]
@@ -103,7 +103,7 @@ def task(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint):
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
 
     return load_model(tiny_checkpoint)
 
@@ -380,7 +380,7 @@ def test_foreign_and_truncated_head_files(tmp_path, tiny_checkpoint):
 
 
 def test_mismatched_heads_are_refused(tiny, fitted, make_checkpoint_dir, task):
-    from vithybrid_cli.weights import load_model
+    from vithybrid_cli.model.weights import load_model
 
     head = fitted[0].head
     options = RunOptions(image_size=(128, 128), interpolate_pos_encoding=True)

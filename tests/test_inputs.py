@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vithybrid_cli import inputs
-from vithybrid_cli.inputs import (
+from vithybrid_cli.data import inputs
+from vithybrid_cli.data.inputs import (
     IMAGE_EXTENSIONS,
     InputError,
     InputItem,
@@ -188,7 +188,7 @@ def test_symlink_loop_terminates(tmp_path, caplog):
     _touch(root / "a" / "1.jpg")
     os.symlink("..", root / "a" / "up")
     os.symlink(root, root / "a" / "self")
-    with caplog.at_level("WARNING", logger="vithybrid_cli.inputs"):
+    with caplog.at_level("WARNING", logger="vithybrid_cli.data.inputs"):
         results = list(iter_inputs([str(root)]))
     assert _rel(results, root) == [os.path.join("a", "1.jpg")]
     assert "symlink loop" in caplog.text

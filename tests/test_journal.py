@@ -1,4 +1,4 @@
-"""The journal (vithybrid_cli.journal): append, torn tails, settings, resume, merge in order."""
+"""The journal (pipeline/journal.py): append, torn tails, settings, resume, merge in order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vithybrid_cli.journal import (
+from vithybrid_cli.pipeline.journal import (
     Journal,
     SettingsMismatch,
     describe_differences,

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from checkpoints import make_hf_model, save_checkpoint
 from PIL import Image
 
-from vithybrid_cli import kernels
-from vithybrid_cli.config import ConfigError, ViTHybridConfig
-from vithybrid_cli.weights import CheckpointError, load_model
+from vithybrid_cli.model import kernels
+from vithybrid_cli.model.config import ConfigError, ViTHybridConfig
+from vithybrid_cli.model.weights import CheckpointError, load_model
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
@@ -459,7 +459,7 @@ def test_cls_only_full_size_matches_the_reference(
 def test_group_norm_statistics_of_a_1x1_conv_come_from_its_input():
     """The folded GroupNorm (backbone.group_norm_of_conv1x1) equals GroupNorm of the conv's
     output, computed without running the conv."""
-    from vithybrid_cli.backbone import group_norm_of_conv1x1
+    from vithybrid_cli.model.backbone import group_norm_of_conv1x1
 
     generator = torch.Generator().manual_seed(0)
     h = torch.relu(torch.randn(3, 16, 20, 24, generator=generator))  # post-ReLU, like a block's
@@ -477,7 +477,7 @@ def test_group_norm_statistics_of_a_1x1_conv_come_from_its_input():
 
 def fold_used(monkeypatch) -> list[int]:
     """Count calls of the folded conv + GroupNorm + add + ReLU."""
-    from vithybrid_cli import backbone
+    from vithybrid_cli.model import backbone
 
     calls = []
     original = backbone.conv_norm_add_relu
@@ -493,7 +493,7 @@ def fold_used(monkeypatch) -> list[int]:
 def test_folded_bottleneck_tail_matches_plain_ops_and_spares_the_callers_input(
     tiny_checkpoint, monkeypatch
 ):
-    from vithybrid_cli import backbone
+    from vithybrid_cli.model import backbone
 
     if not kernels.conv_available():
         pytest.skip("oneDNN's fused conv is not available on this CPU")
@@ -529,7 +529,7 @@ def test_folded_bottleneck_tail_matches_plain_ops_and_spares_the_callers_input(
 def test_bfloat16_backbone_paths_agree_with_plain_ops_at_larger_maps(tiny_checkpoint, monkeypatch):
     """At 256x256 the tiny model's stage-1 and stage-2 maps are large enough for the fold, and
     every small map takes the NCHW GroupNorm round trip: logits agree with the plain ops."""
-    from vithybrid_cli import backbone
+    from vithybrid_cli.model import backbone
 
     model = load_model(tiny_checkpoint, dtype=torch.bfloat16)
     pixels = tiny_pixels(2, 256, 256)
@@ -553,7 +553,7 @@ def plain_group_norm_act(self, x):
 
 
 def test_small_channels_last_group_norm_round_trip_is_exact():
-    from vithybrid_cli.backbone import GroupNormAct
+    from vithybrid_cli.model.backbone import GroupNormAct
 
     norm = GroupNormAct(32, 256)
     with torch.no_grad():

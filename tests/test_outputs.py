@@ -1,4 +1,4 @@
-"""Tests for vithybrid_cli.outputs: the record schema, the writer table, atomic files."""
+"""Tests for vithybrid_cli.io.outputs: the record schema, the writer table, atomic files."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vithybrid_cli.outputs import (
+from vithybrid_cli.io.outputs import (
     SUFFIXES,
     WRITERS,
     atomic_write,
@@ -284,7 +284,7 @@ def test_zero_rows_still_write_files(tmp_path, name):
 MEMORY_CHILD = """
 import resource, sys
 import numpy as np
-from vithybrid_cli.outputs import open_writer
+from vithybrid_cli.io.outputs import open_writer
 
 out, fmt = sys.argv[1], sys.argv[2]
 row = np.ones(512, np.float32)

@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vithybrid_cli.cli import app
-from vithybrid_cli.parquet import ParquetEmbeddingWriter, ParquetRecordWriter
-from vithybrid_cli.sources import MissingExtra
+from vithybrid_cli.data.sources import MissingExtra
+from vithybrid_cli.io.parquet import ParquetEmbeddingWriter, ParquetRecordWriter
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -304,7 +304,7 @@ def test_missing_pyarrow_on_the_command_line_is_one_line_before_any_work(
 ):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    import vithybrid_cli.weights as weights
+    import vithybrid_cli.model.weights as weights
 
     monkeypatch.setattr(weights, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     hint = 'error: install the parquet extra: pip install "vithybrid[parquet]" (needs pyarrow)'

@@ -15,9 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from vithybrid_cli import preprocess
-from vithybrid_cli.config import PreprocessConfig
-from vithybrid_cli.preprocess import (
+from vithybrid_cli.data import preprocess
+from vithybrid_cli.data.preprocess import (
     DRAFT_OVERSAMPLE,
     ImageError,
     decode_min_size,
@@ -27,6 +26,7 @@ from vithybrid_cli.preprocess import (
     target_size,
     to_rgb,
 )
+from vithybrid_cli.model.config import PreprocessConfig
 
 # google's preprocessor_config.json, without the file's bookkeeping key
 GOOGLE_PREPROCESSOR = {

@@ -28,11 +28,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vithybrid_cli import sources
 from vithybrid_cli.cli import app
-from vithybrid_cli.inputs import InputError, InputItem, cheap_to_count, iter_inputs
-from vithybrid_cli.preprocess import ImageError, load_and_preprocess, load_image
-from vithybrid_cli.sources import RemoteOptions, SourceError, fetch_url, iter_tar
+from vithybrid_cli.data import sources
+from vithybrid_cli.data.inputs import InputError, InputItem, cheap_to_count, iter_inputs
+from vithybrid_cli.data.preprocess import ImageError, load_and_preprocess, load_image
+from vithybrid_cli.data.sources import RemoteOptions, SourceError, fetch_url, iter_tar
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = RemoteOptions(max_download_mb=0.05, timeout=0.5, retries=1, backoff=0.01)
@@ -438,7 +438,7 @@ def bytes_read() -> int:
 def test_plain_tar_members_are_read_only_when_opened(tmp_path):
     """An uncompressed archive is indexed by its headers: the members of another torchrun rank
     (or done before a --resume) are passed without reading their bytes."""
-    from vithybrid_cli.job import select
+    from vithybrid_cli.pipeline.job import select
 
     blobs = [bytes([i]) * 200_000 for i in range(20)]
     members = [(f"{i:03d}.jpg", blob) for i, blob in enumerate(blobs)]
@@ -576,7 +576,7 @@ def test_bucket_glob_and_single_object(bucket, images):
 
 
 def test_bucket_images_decode_like_local_files(bucket, local):
-    from vithybrid_cli.config import PreprocessConfig
+    from vithybrid_cli.model.config import PreprocessConfig
 
     config = PreprocessConfig()
     items = {Path(r.path).name: r for r in iter_inputs([f"memory://{bucket}/"])}

@@ -19,7 +19,7 @@ import torch
 from checkpoints import hf_config
 from safetensors.torch import load_file, save_file
 
-from vithybrid_cli.weights import CheckpointError, imagenet_labels, load_model
+from vithybrid_cli.model.weights import CheckpointError, imagenet_labels, load_model
 
 FULL_MODEL_ID = "google/vit-hybrid-base-bit-384"
 
@@ -76,7 +76,7 @@ def test_hub_id_from_cache_named_only_by_environment(hf_hub_cache, tiny_checkpoi
     commit = hf_hub_cache.add(FULL_MODEL_ID, tiny_checkpoint)
     script = (
         "import json, sys\n"
-        "from vithybrid_cli.weights import load_model\n"
+        "from vithybrid_cli.model.weights import load_model\n"
         f"model = load_model({FULL_MODEL_ID!r})\n"
         "total = sum(float(t.double().sum()) for t in model.state_dict().values())\n"
         "print(json.dumps([str(model.checkpoint.weight_files[0]), total]))\n"

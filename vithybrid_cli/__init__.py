@@ -16,15 +16,15 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL_ID, PreprocessConfig, ViTHybridConfig
+from .model.config import DEFAULT_MODEL_ID, PreprocessConfig, ViTHybridConfig
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from .fitting import FitReport
-    from .head import Head
-    from .model import ViTHybrid
+    from .model.head import Head
+    from .model.model import ViTHybrid
+    from .pipeline.fitting import FitReport
 
 __version__ = "0.1.0"
 __all__ = [
@@ -52,8 +52,8 @@ def load_model(
     The model has `.config`, `.preprocess_config` and `.checkpoint`; call it on pixel batches as
     `model(pixels, output_attentions=..., interpolate_pos_encoding=...)`.
     """
-    from .runtime import resolve_device, resolve_dtype
-    from .weights import load_model as load_checkpoint
+    from .model.weights import load_model as load_checkpoint
+    from .pipeline.runtime import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device) if isinstance(device, str) else device
     if isinstance(dtype, str):
@@ -71,7 +71,7 @@ def preprocess_images(
     import numpy as np
     import torch
 
-    from .preprocess import load_and_preprocess, preprocess_image, to_rgb
+    from .data.preprocess import load_and_preprocess, preprocess_image, to_rgb
 
     arrays = [
         preprocess_image(to_rgb(image), config, image_size)
@@ -85,10 +85,10 @@ def preprocess_images(
 def run(model: ViTHybrid, images: Sequence[Any], task: Any, **options: Any) -> list[Any]:
     """The task's payload per image, through the CLI's Runner (batches, decode threads, draft
     decoding); an image that cannot be read raises ImageError naming it."""
-    from .inputs import InputItem
-    from .job import CollectOutput, run_job
-    from .preprocess import ImageError
-    from .runner import Runner, RunOptions
+    from .data.inputs import InputItem
+    from .data.preprocess import ImageError
+    from .pipeline.job import CollectOutput, run_job
+    from .pipeline.runner import Runner, RunOptions
 
     runner = Runner(model, RunOptions(**options))
     items = [image if hasattr(image, "mode") else InputItem(os.fspath(image)) for image in images]
@@ -114,12 +114,12 @@ def classify(
 
     With `head` (a Head or a head file from fit_head/`vithybrid fit`), over the head's labels.
     """
-    from .runner import classify_task
+    from .pipeline.runner import classify_task
 
     task = classify_task(top_k, model.config.id2label)
     if head is not None:
-        from .head import head_task, model_identity
-        from .runner import RunOptions
+        from .model.head import head_task, model_identity
+        from .pipeline.runner import RunOptions
 
         head = load_head(head) if isinstance(head, str | os.PathLike) else head
         options = RunOptions(
@@ -147,7 +147,7 @@ def embed(
     """(N, hidden) float32 embeddings: `cls` (pre-logits), `mean` of patch tokens, or `pooler`."""
     import numpy as np
 
-    from .runner import embed_task
+    from .pipeline.runner import embed_task
 
     task = embed_task(pool, normalize)
     rows = run(model, images, task, image_size=image_size, batch_size=batch_size,
@@ -161,20 +161,20 @@ def fit_head(model: ViTHybrid, data: str | os.PathLike | None = None, **options:
     See fitting.fit_head for the options (labels_from, val, val_fraction, c, pool, cache_dir...).
     Save the head with save_head(report.head, "head.safetensors").
     """
-    from .fitting import fit_head as fit
+    from .pipeline.fitting import fit_head as fit
 
     return fit(model, data, **options)
 
 
 def load_head(path: str | os.PathLike) -> Head:
     """Read a head file; raises head.HeadError (a ValueError) with one line when it is unusable."""
-    from .head import load_head as load
+    from .model.head import load_head as load
 
     return load(path)
 
 
 def save_head(head: Head, path: str | os.PathLike) -> None:
     """Write a head as safetensors (bit-exact round trip through load_head)."""
-    from .head import save_head as save
+    from .model.head import save_head as save
 
     save(head, path)

@@ -136,7 +136,7 @@ def read_capped(stream: BinaryIO, options: RemoteOptions) -> bytes:
 def _request(url: str) -> urllib.request.Request:
     import urllib.request
 
-    from . import __version__
+    from .. import __version__
 
     # No Accept restriction and the Content-Type of the answer is ignored: decoding decides.
     return urllib.request.Request(url, headers={"User-Agent": f"vithybrid/{__version__}"})

@@ -480,7 +480,7 @@ def require_writer(fmt: str) -> None:
     """MissingExtra (the one-line install hint) now, not after the run, when `fmt`'s writer
     needs a package that is not installed."""
     if fmt in WRITER_EXTRAS:
-        from .sources import require
+        from ..data.sources import require
 
         require(*WRITER_EXTRAS[fmt])
 

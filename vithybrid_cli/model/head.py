@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..pipeline.runner import RunOptions
     from .model import ViTHybrid, ViTHybridOutput
-    from .runner import RunOptions
 
 HEAD_FORMAT = "vithybrid-head"
 HEAD_FORMAT_VERSION = "1"
@@ -140,7 +140,7 @@ def save_head(head: Head, path: str | os.PathLike) -> None:
     """Write `head` as safetensors (tensors as they are, so a reload is bit-exact), atomically."""
     from safetensors.numpy import save
 
-    from .outputs import atomic_write
+    from ..io.outputs import atomic_write
 
     tensors = {name: np.ascontiguousarray(getattr(head, name)) for name in TENSORS}
     data = save(tensors, metadata=head.metadata())
@@ -267,7 +267,7 @@ FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one has
 
 def model_identity(model: ViTHybrid, options: RunOptions) -> ModelIdentity:
     """The identity of `model` run with `options` (image size, position-encoding interpolation)."""
-    from .preprocess import target_size
+    from ..data.preprocess import target_size
 
     checkpoint = model.checkpoint
     revision = checkpoint.revision
@@ -303,7 +303,7 @@ class HeadTask:
     kind = "records"
 
     def __post_init__(self) -> None:
-        from .runner import embed_task
+        from ..pipeline.runner import embed_task
 
         self.pooled = embed_task(self.head.pool, normalize=False)
 
@@ -322,7 +322,7 @@ class HeadTask:
         }
 
     def __call__(self, output: ViTHybridOutput) -> list[Any]:
-        from .runner import decide
+        from ..pipeline.runner import decide
 
         probabilities = self.head.probabilities(np.stack(self.pooled(output)))
         k = min(self.top_k, self.head.num_classes)

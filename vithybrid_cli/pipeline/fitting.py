@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .head import Head, ModelIdentity, model_identity
-from .inputs import InputItem, display_path, iter_inputs
+from ..data.inputs import InputItem, display_path, iter_inputs
+from ..model.head import Head, ModelIdentity, model_identity
 
 if TYPE_CHECKING:
-    from .model import ViTHybrid
+    from ..model.model import ViTHybrid
     from .runner import RunOptions
 
 logger = logging.getLogger(__name__)

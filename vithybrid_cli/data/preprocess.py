@@ -24,8 +24,8 @@ from typing import IO, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from vithybrid_cli.config import PreprocessConfig
-from vithybrid_cli.sources import SourceError
+from vithybrid_cli.data.sources import SourceError
+from vithybrid_cli.model.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 

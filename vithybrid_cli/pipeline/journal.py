@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .outputs import json_safe, safe_text
+from ..io.outputs import json_safe, safe_text
 
 VERSION = 1
 FILE_NAME = re.compile(r"run(\d+)\.rank(\d+)of(\d+)")

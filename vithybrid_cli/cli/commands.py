@@ -24,8 +24,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from . import __version__
-from .config import DEFAULT_MODEL_ID
+from .. import __version__
+from ..data.sources import MissingExtra
+from ..model.config import DEFAULT_MODEL_ID
 from .options import (
     Alpha,
     ArrayOutput,
@@ -90,7 +91,6 @@ from .render import (
     stderr,
     stdout,
 )
-from .sources import MissingExtra
 
 app = typer.Typer(
     name="vithybrid",
@@ -130,7 +130,7 @@ class Interrupted(KeyboardInterrupt):
 
 def error_line(error: BaseException) -> str:
     """One line; an OSError names its file: `out.jsonl: no space left on device`."""
-    from .inputs import display_path
+    from ..data.inputs import display_path
 
     if isinstance(error, OSError) and error.strerror:
         message = error.strerror[0].lower() + error.strerror[1:]
@@ -190,8 +190,8 @@ class Common:
 
     def load(self) -> Any:
         """The checkpoint on the chosen device and dtype, with errors as UserError."""
-        from .runtime import prepare_model, resolve_device, resolve_dtype
-        from .weights import CheckpointError, load_model
+        from ..model.weights import CheckpointError, load_model
+        from ..pipeline.runtime import prepare_model, resolve_device, resolve_dtype
 
         try:
             device = resolve_device(self.device.value)
@@ -202,7 +202,7 @@ class Common:
         return prepare_model(loaded, self.compile)
 
     def runner(self, model: Any, attentions: bool = False) -> Any:
-        from .runner import Runner, RunOptions
+        from ..pipeline.runner import Runner, RunOptions
 
         options = RunOptions(
             batch_size=self.batch_size,
@@ -219,7 +219,7 @@ class Common:
 
     def run(self, verb: str, inputs: Any, runner: Any, task: Any, output: Any, job: Any,
             on_result: Callable[[Any], None] | None = None) -> Any:  # fmt: skip
-        from .job import run_job
+        from ..pipeline.job import run_job
 
         with Reporter(verb, not self.quiet and job.rank == 0, inputs.countable) as reporter:
             summary = run_job(
@@ -246,7 +246,7 @@ class Inputs:
     max_download_mb: float | None = None
 
     def __post_init__(self) -> None:
-        from .sources import is_http_url, is_remote, require_protocol
+        from ..data.sources import is_http_url, is_remote, require_protocol
 
         if not self.paths and not self.files_from:
             raise UserError(
@@ -261,8 +261,8 @@ class Inputs:
                     raise MissingExtra(f"{spec}: {error}") from error
 
     def __call__(self) -> Iterator[Any]:
-        from .inputs import iter_inputs
-        from .sources import RemoteOptions
+        from ..data.inputs import iter_inputs
+        from ..data.sources import RemoteOptions
 
         limit = {} if self.max_download_mb is None else {"max_download_mb": self.max_download_mb}
         return iter_inputs(
@@ -272,7 +272,7 @@ class Inputs:
     @property
     def countable(self) -> bool:
         """Whether a progress bar's total costs only local listing (no stdin, network, .tar.gz)."""
-        from .inputs import cheap_to_count
+        from ..data.inputs import cheap_to_count
 
         return cheap_to_count(self.paths or [], self.files_from)
 
@@ -287,7 +287,7 @@ def ensure_parent(*paths: str | None) -> None:
 def output_format(path: str, kind: str, fmt: str | None = None) -> str:
     """The format of output file `path` (`fmt`, else its suffix), with its writer's packages
     installed (else MissingExtra): checked before the model loads."""
-    from .outputs import WRITERS, format_from_path, formats, require_writer
+    from ..io.outputs import WRITERS, format_from_path, formats, require_writer
 
     fmt = fmt or format_from_path(path)
     if (kind, fmt) not in WRITERS:
@@ -299,14 +299,14 @@ def output_format(path: str, kind: str, fmt: str | None = None) -> str:
 
 def file_output(path: str, kind: str, runner: Any, task: Any, job: Any, **options: Any) -> Any:
     """The journaled output for file `path` (its format from its suffix, checked now)."""
-    from .job import JournalOutput, job_settings
+    from ..pipeline.job import JournalOutput, job_settings
 
     fmt = output_format(path, kind, options.pop("fmt", None))
     return JournalOutput(path, fmt, kind, job_settings(runner, task), job=job, **options)
 
 
 def record_format(format: Format | None, output: str | None) -> str:
-    from .outputs import format_from_path
+    from ..io.outputs import format_from_path
 
     to_file = bool(output) and output != "-"
     fmt = (format.value if format else None) or (format_from_path(output) if to_file else None)
@@ -366,8 +366,8 @@ def classify(
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
 
     def body() -> int:
-        from .job import CollectOutput, StreamOutput
-        from .runtime import Distributed
+        from ..pipeline.job import CollectOutput, StreamOutput
+        from ..pipeline.runtime import Distributed
 
         fmt, inputs = record_format(format, output), Inputs(paths, files_from, max_download_mb)
         fitted = load_head_file(head)  # before the model: a bad head file fails fast
@@ -424,9 +424,9 @@ def embed(
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
 
     def body() -> int:
-        from .outputs import format_from_path, sidecar_path
-        from .runner import embed_task
-        from .runtime import Distributed
+        from ..io.outputs import format_from_path, sidecar_path
+        from ..pipeline.runner import embed_task
+        from ..pipeline.runtime import Distributed
 
         inputs = Inputs(paths, files_from, max_download_mb)
         task = embed_task(pool.value, normalize, tokens)
@@ -477,9 +477,9 @@ def attention_map(
                     interpolate_pos_encoding, image_size, False, quiet, strict)  # fmt: skip
 
     def body() -> int:
-        from .attention import attention_task, save_overlay
-        from .job import NoOutput
-        from .runtime import Distributed
+        from ..pipeline.job import NoOutput
+        from ..pipeline.runtime import Distributed
+        from ..report.attention import attention_task, save_overlay
 
         inputs = one_or_many(Inputs(paths, files_from, max_download_mb), output, output_dir)
         task = attention_task(method.value, head_fusion.value, discard_ratio)
@@ -508,7 +508,7 @@ def attention_map(
 
 def one_or_many(inputs: Inputs, output: str | None, output_dir: str | None) -> Inputs:
     """--output takes one image, --output-dir any number; exactly one of them is needed."""
-    from .sources import is_remote, is_tar_name
+    from ..data.sources import is_remote, is_tar_name
 
     if bool(output) == bool(output_dir):
         raise UserError("give --output FILE.png (one image) or --output-dir DIR (any number)")
@@ -564,7 +564,7 @@ def load_head_file(path: str | None) -> Any:
     """The head at `path` (None: no head); HeadError is a ValueError: one line, exit 2."""
     if path is None:
         return None
-    from .head import load_head
+    from ..model.head import load_head
 
     return load_head(path)
 
@@ -573,9 +573,9 @@ def labeling_task(
     loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
 ) -> Any:
     """classify's task: the checkpoint's classifier, or a head checked against this run."""
-    from .head import head_task, model_identity
-    from .runner import classify_task
-    from .weights import require_classifier
+    from ..model.head import head_task, model_identity
+    from ..model.weights import require_classifier
+    from ..pipeline.runner import classify_task
 
     if head is None:
         require_classifier(loaded)  # features-only checkpoints: a one-line hint
@@ -587,7 +587,7 @@ def labeling_task(
 def refuse_torchrun() -> None:
     """fit runs in one process: its ranks would race on the cache and the head file, and a fit
     embeds a few hundred images at most (the cache makes every refit instant)."""
-    from .runtime import shard_from_env
+    from ..pipeline.runtime import shard_from_env
 
     rank, world = shard_from_env()
     if world > 1:
@@ -627,8 +627,8 @@ def fit(
     def body() -> int:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from .fitting import default_cache_dir, fit_head
-        from .head import save_head
+        from ..model.head import save_head
+        from ..pipeline.fitting import default_cache_dir, fit_head
 
         if data is None and labels_from is None:
             raise UserError("no training data: give DATA (one folder per label) or --labels-from")
@@ -659,7 +659,7 @@ def models(debug: Debug = False) -> None:
     """The ViT-Hybrid family: short names for --model, size, cost, accuracy, speed."""
 
     def body() -> int:
-        from .family import MENU_COLUMNS, menu_cells
+        from ..model.family import MENU_COLUMNS, menu_cells
 
         rows, caption = menu_cells()
         table = Table(box=None, caption=caption)

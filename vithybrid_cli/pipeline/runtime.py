@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from .model import ViTHybrid
+    from ..model.model import ViTHybrid
 
 logger = logging.getLogger(__name__)
 

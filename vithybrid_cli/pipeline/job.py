@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from .inputs import InputError
+from ..data.inputs import InputError
+from ..io.outputs import naming, open_writer, record_of, safe_text
 from .journal import Job, Journal, SingleProcess
-from .outputs import naming, open_writer, record_of, safe_text
 from .runner import Result, Runner, Task
 
 if TYPE_CHECKING:
-    from .model import ViTHybrid
+    from ..model.model import ViTHybrid
 
 Inputs = Callable[[], Iterable[Any]]  # a fresh stream of InputItem / InputError per call
 

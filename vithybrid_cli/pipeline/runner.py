@@ -33,14 +33,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .inputs import InputError, InputItem
-from .preprocess import ImageError, crop_box, decode_min_size, load_image, preprocess_image, to_rgb
+from ..data.inputs import InputError, InputItem
+from ..data.preprocess import (
+    ImageError,
+    crop_box,
+    decode_min_size,
+    load_image,
+    preprocess_image,
+    to_rgb,
+)
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from .model import ViTHybrid, ViTHybridOutput
+    from ..model.model import ViTHybrid, ViTHybridOutput
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +256,7 @@ class Runner:
         """(width, height) of the tensors the model sees."""
         if self.options.image_size:
             return tuple(self.options.image_size)
-        from .preprocess import target_size
+        from ..data.preprocess import target_size
 
         return target_size(self.preprocess_config)
 

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..data.sources import require
 from .outputs import atomic_write, safe_text
-from .sources import require
 
 RECORD_ROW_GROUP = 32_768  # rows; a few tens of MB of Python objects at most while buffering
 EMBEDDING_ROW_GROUP_BYTES = 64 << 20  # vector bytes buffered before a row group is written

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .outputs import atomic_write
-from .preprocess import to_rgb
+from ..data.preprocess import to_rgb
+from ..io.outputs import atomic_write
 
 if TYPE_CHECKING:
-    from .model import ViTHybridOutput
+    from ..model.model import ViTHybridOutput
 
 HEAD_FUSIONS = ("mean", "max", "min")
 METHODS = ("rollout", "last-layer")

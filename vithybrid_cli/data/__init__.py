@@ -1,0 +1,1 @@
+"""What to read and how: inputs, byte sources, decode and preprocessing."""

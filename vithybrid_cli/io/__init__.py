@@ -1,0 +1,1 @@
+"""Writing results: the record schema, writer table, Parquet."""

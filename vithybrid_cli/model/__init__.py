@@ -1,0 +1,1 @@
+"""The network: configs, BiT backbone, ViT-Hybrid, fused kernels, checkpoints, the family, heads."""

@@ -1,0 +1,1 @@
+"""Pictures and pages: attention maps and overlays."""
