@@ -805,24 +805,6 @@ def example_folder(tmp_path, photos) -> Path:
 
 
 @pytest.mark.slow
-def test_example_nearest_neighbours(tiny, example_folder, photos):
-    result = run(
-        [sys.executable, REPO / "examples" / "nearest_neighbours.py", example_folder,
-         "--model", tiny, "--dtype", "float32"],
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    names = {Path(path).name for path in photos}
-    lines = result.stdout.splitlines()
-    assert len(lines) == 4  # one nearest neighbour per image
-    for line in lines:
-        left, rest = line.split("  ->  ")
-        right, cosine = rest.split("  (cosine ")
-        assert left != right
-        assert Path(left).name in names and Path(right).name in names
-        assert -1.0 <= float(cosine.rstrip(")")) <= 1.0
-
-
-@pytest.mark.slow
 def test_example_label_folder(tiny, example_folder, tmp_path):
     result = run(["bash", REPO / "examples" / "label_folder.sh", example_folder, "--model", tiny],
                  cwd=tmp_path)  # fmt: skip
