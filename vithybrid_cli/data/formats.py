@@ -132,6 +132,11 @@ def known_extension(name: str) -> bool:
     return extension(name) in _BY_EXTENSION
 
 
+def for_extension(ext: str) -> ImageFormat | None:
+    """The known format of extension `ext` (with the dot, any case)."""
+    return _BY_EXTENSION.get(ext.lower())
+
+
 def missing_format(name: str) -> ImageFormat | None:
     """The known format `name`'s extension says, when this install cannot decode it."""
     ext = extension(name)
