@@ -179,11 +179,11 @@ class _Scope:
         real = os.path.realpath(path)
         while True:
             if real in self.excluded:
-                return self.skips_output(real, path)
+                return self.skips_output(real, path)  # noted as the user spells the folder
             parent = os.path.dirname(real)
             if parent == real:
                 return False
-            real = parent
+            real, path = parent, os.path.dirname(path) or parent
 
     def skipped(self) -> int:
         return sum(self.notes.undecodable.values())
