@@ -319,3 +319,24 @@ def test_directory_symlinks_are_followed_only_with_follow_links(tmp_path, tiny_c
     assert "did not follow 1 directory symlink (--follow-links follows them)" in done.stderr
     done = cli("classify", root, "--model", tiny_checkpoint, "-f", "jsonl", "--follow-links")
     assert done.exit_code == 0 and "3 labeled" in done.stderr
+
+
+def test_buckets_and_archives_count_what_they_skip(tmp_path, heif_unavailable):
+    fsspec = pytest.importorskip("fsspec")
+    png = encode("png", upright(), rotated=False)
+    memory, bucket = fsspec.filesystem("memory"), f"/formats-{os.getpid()}"
+    memory.pipe({f"{bucket}/a.png": png, f"{bucket}/b.heic": HEIC_BYTES})
+    shards = [tmp_path / "indexed.tar", tmp_path / "streamed.tar.gz"]
+    for shard, mode in zip(shards, ("w", "w:gz"), strict=True):
+        with tarfile.open(shard, mode) as archive:
+            for name, data in (("c.png", png), ("d.heic", HEIC_BYTES), ("e.heif", HEIC_BYTES)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    try:
+        notes = WalkNotes()
+        items = iter_inputs([f"memory://{bucket}/", *map(str, shards)], notes=notes)
+        assert [item.path.rsplit("/", 1)[1] for item in items] == ["a.png", "c.png", "c.png"]
+        assert notes.undecodable == {".heic": 3, ".heif": 2}
+    finally:
+        memory.rm(bucket, recursive=True)
