@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
-from .formats import known_extension, missing_format, sniff_decodable
+from .formats import decodable_extensions, extension, known_extension, sniff_decodable
 from .sources import (
     RemoteFileOpener,
     RemoteOptions,
@@ -133,12 +133,15 @@ def iter_inputs(
     specs = [os.fsdecode(spec) for spec in specs]
     if files_from == STDIN and STDIN in specs:
         raise ValueError("'-' reads an image from stdin, so --files-from cannot also be '-'")
+    excluded = frozenset(os.path.realpath(os.fsdecode(path)) for path in exclude)
     scope = _Scope(
         options or RemoteOptions(),
         notes if notes is not None else WalkNotes(),
-        frozenset(os.path.realpath(os.fsdecode(path)) for path in exclude),
+        excluded,
+        frozenset(os.path.basename(path) for path in excluded),
         follow_links,
         take_undecodable,
+        decodable_extensions(),
     )
     expander = _Expander(scope, stdin, list_on_stdin=files_from == STDIN)
     return expander.stream(specs, files_from)
@@ -151,17 +154,27 @@ class _Scope:
     options: RemoteOptions
     notes: WalkNotes
     excluded: frozenset[str]  # real paths
+    excluded_names: frozenset[str]  # their last components: most entries need no real path
     follow_links: bool
     take_undecodable: bool
+    decodable: frozenset[str]  # extensions
 
     def skips_undecodable(self, name: str) -> bool:
         """Whether walked file `name` is left out as a format this install cannot decode
         (counted); False for everything else."""
-        if self.take_undecodable or missing_format(name) is None:
+        if self.take_undecodable:
             return False
-        ext = os.path.splitext(name)[1].lower()
+        ext = extension(name)
+        if ext in self.decodable or not known_extension(ext):
+            return False
         self.notes.undecodable[ext] = self.notes.undecodable.get(ext, 0) + 1
         return True
+
+    def skips_entry(self, entry: os.DirEntry) -> bool:
+        """Whether walked `entry` is one of the run's own outputs (noted once)."""
+        if entry.name not in self.excluded_names:
+            return False
+        return self.skips_output(os.path.realpath(entry.path), entry.path)
 
     def skips_output(self, real: str, path: str) -> bool:
         """Whether `path` (real path `real`) is one of the run's own outputs (noted once)."""
@@ -631,7 +644,6 @@ def _walk_directory(root: str, scope: _Scope) -> Iterator[InputItem | InputError
 @dataclass
 class _Frame:
     path: str
-    real: str  # its real path (the run's outputs are known by theirs)
     key: tuple[int, int]
     entries: Iterator[os.DirEntry]
     external: bool  # reached through a symlink leaving the root
@@ -661,7 +673,7 @@ class _Walk:
         except OSError as error:
             yield InputError(self.root, _os_message(error))
             return
-        yield from self._enter(stack, self.root, self.root_real, root_key, external=False)
+        yield from self._enter(stack, self.root, root_key, external=False)
         while stack:
             frame = stack[-1]
             entry = next(frame.entries, None)
@@ -672,7 +684,7 @@ class _Walk:
                 yield from self._visit(stack, entry, frame)
 
     def _enter(
-        self, stack: list[_Frame], path: str, real: str, key: tuple[int, int], *, external: bool
+        self, stack: list[_Frame], path: str, key: tuple[int, int], *, external: bool
     ) -> Iterator[InputError]:
         try:
             entries = _sorted_entries(path)
@@ -680,7 +692,7 @@ class _Walk:
             yield InputError(path, f"cannot read directory: {_os_message(error)}")
             return
         self.on_path.add(key)
-        stack.append(_Frame(path, real, key, iter(entries), external))
+        stack.append(_Frame(path, key, iter(entries), external))
 
     def _visit(
         self, stack: list[_Frame], entry: os.DirEntry, frame: _Frame
@@ -696,21 +708,17 @@ class _Walk:
             return
         if not (is_dir or (is_file and self._wanted_file(entry, is_link, frame.external))):
             return
-        # a real path costs system calls only for symlinks, and only when outputs are known
-        real = ""
-        if self.scope.excluded:
-            real = os.path.realpath(entry.path) if is_link else os.path.join(frame.real, entry.name)
-            if self.scope.skips_output(real, entry.path):
-                return
+        if self.scope.skips_entry(entry):
+            return
         if is_dir:
-            yield from self._visit_dir(stack, entry, real, is_link, frame.external)
+            yield from self._visit_dir(stack, entry, is_link, frame.external)
         elif is_tar_name(entry.name):
             yield from _expand_local_tar(entry.path, self.scope)
         elif not self.scope.skips_undecodable(entry.name):
             yield InputItem(entry.path)
 
     def _visit_dir(
-        self, stack: list[_Frame], entry: os.DirEntry, real: str, is_link: bool, external: bool
+        self, stack: list[_Frame], entry: os.DirEntry, is_link: bool, external: bool
     ) -> Iterator[InputError]:
         try:
             key = _key(entry.stat())
@@ -727,7 +735,7 @@ class _Walk:
             if key in self.external_dirs:
                 return
             self.external_dirs.add(key)
-        yield from self._enter(stack, entry.path, real, key, external=external)
+        yield from self._enter(stack, entry.path, key, external=external)
 
     def _wanted_file(self, entry: os.DirEntry, is_link: bool, external: bool) -> bool:
         wanted = known_extension(entry.name) or is_tar_name(entry.name)
