@@ -26,7 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
-from .formats import decodable_extensions, extension, known_extension, sniff_decodable
+from .formats import (
+    decodable_extensions,
+    extension,
+    for_extension,
+    known_extension,
+    sniff_decodable,
+)
 from .sources import (
     RemoteFileOpener,
     RemoteOptions,
@@ -165,7 +171,7 @@ class _Scope:
         if self.take_undecodable:
             return False
         ext = extension(name)
-        if ext in self.decodable or not known_extension(ext):
+        if ext in self.decodable or for_extension(ext) is None:
             return False
         self.notes.undecodable[ext] = self.notes.undecodable.get(ext, 0) + 1
         return True
