@@ -340,3 +340,20 @@ def test_buckets_and_archives_count_what_they_skip(tmp_path, heif_unavailable):
         assert notes.undecodable == {".heic": 3, ".heif": 2}
     finally:
         memory.rm(bucket, recursive=True)
+
+
+def test_fit_data_folders_warn_of_the_formats_they_skip(camera_roll, heif_unavailable):
+    from vithybrid_cli.pipeline.fitting import collect_folder
+
+    data = camera_roll.parent / "data"
+    (data / "cats").mkdir(parents=True)
+    (data / "dogs").mkdir()
+    (data / "cats" / "a.png").write_bytes((camera_roll / "a.png").read_bytes())
+    (data / "dogs" / "b.heic").write_bytes(HEIC_BYTES)
+    found = collect_folder(str(data))
+    assert [example.label for example in found.items] == ["cats"]
+    assert found.errors == []
+    assert found.warnings == [
+        f"label folder {data / 'dogs'} has no images: skipped",
+        f"skipped 1 .heic file: {HEIF_HINT}",
+    ]

@@ -24,15 +24,9 @@ def note_lines(notes: Any, *, quiet: bool = False) -> list[str]:
 
     Formats this install cannot decode are said even with --quiet: files were not labeled.
     """
-    from ..data.formats import for_extension
-
-    lines: list[str] = []
     if notes is None:  # the inputs were never walked
-        return lines
-    for ext, count in sorted(notes.undecodable.items()):
-        fmt = for_extension(ext)
-        hint = f": {fmt.hint}" if fmt is not None else ""
-        lines.append(f"skipped {count} {ext} file{'s' if count != 1 else ''}{hint}")
+        return []
+    lines = notes.undecodable_lines()
     if quiet:
         return lines
     for path in notes.own_outputs:

@@ -101,6 +101,15 @@ class WalkNotes:
     own_outputs: list[str] = field(default_factory=list)  # the run's outputs met, each once
     links_not_followed: int = 0  # directory symlinks (without follow_links)
 
+    def undecodable_lines(self) -> list[str]:
+        """`skipped 120 .heic files: pip install "vithybrid[heif]"`, a line per extension."""
+        lines = []
+        for ext, count in sorted(self.undecodable.items()):
+            fmt = for_extension(ext)
+            hint = f": {fmt.hint}" if fmt is not None else ""
+            lines.append(f"skipped {count} {ext} file{'s' if count != 1 else ''}{hint}")
+        return lines
+
 
 def display_path(path: str) -> str:
     """`path` made printable and JSON-safe: undecodable bytes and control chars as \\xNN."""
