@@ -15,6 +15,7 @@ import functools
 import importlib
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,11 @@ def decodes(fmt: ImageFormat) -> bool:
     Image.init()
     if fmt.pillow_id not in Image.OPEN:
         return False
-    return fmt.feature is None or bool(features.check(fmt.feature))
+    if fmt.feature is None:
+        return True
+    with warnings.catch_warnings():  # a Pillow older than the feature warns "Unknown feature"
+        warnings.simplefilter("ignore")
+        return bool(features.check(fmt.feature))
 
 
 @functools.lru_cache(maxsize=1)
