@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vithybrid_cli.data import inputs
+from vithybrid_cli.data.formats import decodable_extensions
 from vithybrid_cli.data.inputs import (
-    IMAGE_EXTENSIONS,
     InputError,
     InputItem,
     display_path,
@@ -60,8 +60,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_extensions_cover_pillow_defaults():
-    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".bmp", ".gif"} <= IMAGE_EXTENSIONS
-    assert ".heic" not in IMAGE_EXTENSIONS
+    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".bmp", ".gif"} <= decodable_extensions()
 
 
 def test_directory_walk_is_sorted_depth_first_with_sniffing(tree):
@@ -189,7 +188,7 @@ def test_symlink_loop_terminates(tmp_path, caplog):
     os.symlink("..", root / "a" / "up")
     os.symlink(root, root / "a" / "self")
     with caplog.at_level("WARNING", logger="vithybrid_cli.data.inputs"):
-        results = list(iter_inputs([str(root)]))
+        results = list(iter_inputs([str(root)], follow_links=True))
     assert _rel(results, root) == [os.path.join("a", "1.jpg")]
     assert "symlink loop" in caplog.text
 
@@ -206,7 +205,7 @@ def test_symlinks_leaving_the_root_are_followed_once(tmp_path):
     os.symlink(outside / "o.jpg", root / "o_alias.jpg")  # already yielded via link1
     os.symlink(root / "r.jpg", root / "r_alias.jpg")  # inside the root: real path suffices
     os.symlink(outside, outside / "inner" / "back")  # loop in the outside tree
-    assert _rel(iter_inputs([str(root)]), root) == [
+    assert _rel(iter_inputs([str(root)], follow_links=True), root) == [
         os.path.join("link1", "inner", "i.jpg"),
         os.path.join("link1", "o.jpg"),
         "r.jpg",

@@ -43,6 +43,7 @@ from .options import (
     FitData,
     FitFormat,
     FitFormatOpt,
+    FollowLinks,
     Format,
     Fusion,
     HeadFusion,
@@ -228,6 +229,11 @@ class Common:
             )  # fmt: skip
         if summary.stopped:
             stderr.print("stopping at the first failure (--strict)")
+        if job.rank == 0:
+            from .walk import note_lines
+
+            for line in note_lines(inputs.notes, quiet=self.quiet):
+                stderr.print(line, soft_wrap=True, markup=False, highlight=False)
         if not self.quiet and job.rank == 0:
             note = " (interrupted)" if summary.interrupted else ""
             counts = f"{summary.succeeded} {verb}, {summary.failed} failed"
@@ -244,6 +250,10 @@ class Inputs:
     paths: list[str] | None
     files_from: str | None
     max_download_mb: float | None = None
+    follow_links: bool = False
+    exclude: list[str] | None = None  # the run's own outputs (walk.own_outputs)
+    strict: bool = False  # walked images this install cannot decode fail instead of a note
+    notes: Any = None  # the latest stream's inputs.WalkNotes
 
     def __post_init__(self) -> None:
         from ..data.sources import is_http_url, is_remote, require_protocol
@@ -261,13 +271,16 @@ class Inputs:
                     raise MissingExtra(f"{spec}: {error}") from error
 
     def __call__(self) -> Iterator[Any]:
-        from ..data.inputs import iter_inputs
+        from ..data.inputs import WalkNotes, iter_inputs
         from ..data.sources import RemoteOptions
 
         limit = {} if self.max_download_mb is None else {"max_download_mb": self.max_download_mb}
+        self.notes = WalkNotes()  # the run's stream comes last: its notes are the summary's
         return iter_inputs(
-            self.paths or [], files_from=self.files_from, options=RemoteOptions(**limit)
-        )
+            self.paths or [], files_from=self.files_from, options=RemoteOptions(**limit),
+            follow_links=self.follow_links, exclude=self.exclude or (), notes=self.notes,
+            take_undecodable=self.strict,
+        )  # fmt: skip
 
     @property
     def countable(self) -> bool:
@@ -359,6 +372,7 @@ def classify(
     compile: Compile = False,
     quiet: Quiet = False,
     strict: Strict = False,
+    follow_links: FollowLinks = False,
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
@@ -368,8 +382,11 @@ def classify(
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
         from ..pipeline.runtime import Distributed
+        from .walk import own_outputs
 
-        fmt, inputs = record_format(format, output), Inputs(paths, files_from, max_download_mb)
+        fmt = record_format(format, output)
+        inputs = Inputs(paths, files_from, max_download_mb, follow_links, own_outputs(output),
+                        strict)  # fmt: skip
         fitted = load_head_file(head)  # before the model: a bad head file fails fast
         ensure_parent(output)
         job = Distributed.from_env()
@@ -417,6 +434,7 @@ def embed(
     compile: Compile = False,
     quiet: Quiet = False,
     strict: Strict = False,
+    follow_links: FollowLinks = False,
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
@@ -427,8 +445,10 @@ def embed(
         from ..io.outputs import format_from_path, sidecar_path
         from ..pipeline.runner import embed_task
         from ..pipeline.runtime import Distributed
+        from .walk import own_outputs
 
-        inputs = Inputs(paths, files_from, max_download_mb)
+        written = own_outputs(output, sidecar_path(output))
+        inputs = Inputs(paths, files_from, max_download_mb, follow_links, written, strict)
         task = embed_task(pool.value, normalize, tokens)
         output_format(output, "embeddings")  # an unknown suffix or a missing extra: now
         ensure_parent(output)
@@ -470,6 +490,7 @@ def attention_map(
     image_size: ImageSize = None,
     quiet: Quiet = False,
     strict: Strict = False,
+    follow_links: FollowLinks = False,
     debug: Debug = False,
 ) -> None:
     """Draw where the model looks: an attention heatmap over each image."""
@@ -480,8 +501,11 @@ def attention_map(
         from ..pipeline.job import NoOutput
         from ..pipeline.runtime import Distributed
         from ..report.attention import attention_task, save_overlay
+        from .walk import own_outputs
 
-        inputs = one_or_many(Inputs(paths, files_from, max_download_mb), output, output_dir)
+        written = own_outputs(output, output_dir, raw)
+        inputs = Inputs(paths, files_from, max_download_mb, follow_links, written, strict)
+        inputs = one_or_many(inputs, output, output_dir)
         task = attention_task(method.value, head_fusion.value, discard_ratio)
         if raw:
             output_format(raw, "embeddings")
@@ -547,10 +571,12 @@ def info(
     common = Common(model, revision, device, dtype, None, None, False, None)
 
     def body() -> int:
+        from .walk import format_rows
+
         if head is not None:
             render_rows(head_rows(head, load_head_file(head)))
         else:
-            render_rows(describe(common.load()))
+            render_rows(describe(common.load()) + format_rows())
         return 0
 
     run_command(body, debug)

@@ -134,7 +134,17 @@ ImageSize = Annotated[
 ]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
-Strict = Annotated[bool, typer.Option(help="Stop at the first input that fails.")]
+Strict = Annotated[
+    bool,
+    typer.Option(
+        help="Stop at the first input that fails (a walked image this install cannot decode "
+        "fails too)."
+    ),
+]
+FollowLinks = Annotated[
+    bool,
+    typer.Option("--follow-links", help="Walk into symlinked folders (loops are skipped)."),
+]
 Resume = Annotated[bool, typer.Option(help="Skip inputs already in --output and append the rest.")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks and debug logs.")]
 HeadOpt = Annotated[

@@ -26,6 +26,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
+from .formats import (
+    decodable_extensions,
+    extension,
+    for_extension,
+    known_extension,
+    sniff_decodable,
+)
 from .sources import (
     RemoteFileOpener,
     RemoteOptions,
@@ -44,27 +51,6 @@ from .sources import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Formats Pillow decodes without plugins; HEIC/AVIF need extra packages, so they are left out.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".jfif",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".ico",
-    }
-)
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _SNIFF_BYTES = 12
@@ -106,6 +92,25 @@ class InputError:
     message: str
 
 
+@dataclass
+class WalkNotes:
+    """What walking the inputs left out that the user should hear of (the CLI's summary)."""
+
+    # extension -> walked files in a known image format that this install cannot decode
+    undecodable: dict[str, int] = field(default_factory=dict)
+    own_outputs: list[str] = field(default_factory=list)  # the run's outputs met, each once
+    links_not_followed: int = 0  # directory symlinks (without follow_links)
+
+    def undecodable_lines(self) -> list[str]:
+        """`skipped 120 .heic files: pip install "vithybrid[heif]"`, a line per extension."""
+        lines = []
+        for ext, count in sorted(self.undecodable.items()):
+            fmt = for_extension(ext)
+            hint = f": {fmt.hint}" if fmt is not None else ""
+            lines.append(f"skipped {count} {ext} file{'s' if count != 1 else ''}{hint}")
+        return lines
+
+
 def display_path(path: str) -> str:
     """`path` made printable and JSON-safe: undecodable bytes and control chars as \\xNN."""
     try:
@@ -122,6 +127,10 @@ def iter_inputs(
     files_from: str | None = None,
     stdin: TextIO | None = None,
     options: RemoteOptions | None = None,
+    follow_links: bool = False,
+    exclude: Iterable[str] = (),
+    notes: WalkNotes | None = None,
+    take_undecodable: bool = False,
 ) -> Iterator[InputItem | InputError]:
     """Images named by `specs`, then by the lines of `files_from` ("-": `stdin`), in order.
 
@@ -129,12 +138,83 @@ def iter_inputs(
     `scheme://` object-store URL (fsspec) or `-` (one image's bytes from `stdin`). `options`
     bound downloads (size cap, timeout, retries). ValueError at once when `-` and
     `files_from="-"` would both need stdin.
+
+    Walks (directories, globs, archives, buckets) take the files whose extension or content is
+    an image format this install decodes (formats.py). They leave out, and count in `notes`:
+    files in a known format it cannot decode (`take_undecodable`: taken instead, so decoding
+    fails with the hint), the paths in `exclude` (the run's own outputs) and what is beneath
+    them, and directory symlinks unless `follow_links`. What is named directly is taken.
     """
     specs = [os.fsdecode(spec) for spec in specs]
     if files_from == STDIN and STDIN in specs:
         raise ValueError("'-' reads an image from stdin, so --files-from cannot also be '-'")
-    expander = _Expander(options or RemoteOptions(), stdin, list_on_stdin=files_from == STDIN)
+    excluded = frozenset(os.path.realpath(os.fsdecode(path)) for path in exclude)
+    scope = _Scope(
+        options or RemoteOptions(),
+        notes if notes is not None else WalkNotes(),
+        excluded,
+        frozenset(os.path.basename(path) for path in excluded),
+        follow_links,
+        take_undecodable,
+        decodable_extensions(),
+    )
+    expander = _Expander(scope, stdin, list_on_stdin=files_from == STDIN)
     return expander.stream(specs, files_from)
+
+
+@dataclass
+class _Scope:
+    """The rules every walk of one stream follows, and the notes it keeps."""
+
+    options: RemoteOptions
+    notes: WalkNotes
+    excluded: frozenset[str]  # real paths
+    excluded_names: frozenset[str]  # their last components: most entries need no real path
+    follow_links: bool
+    take_undecodable: bool
+    decodable: frozenset[str]  # extensions
+
+    def skips_undecodable(self, name: str) -> bool:
+        """Whether walked file `name` is left out as a format this install cannot decode
+        (counted); False for everything else."""
+        if self.take_undecodable:
+            return False
+        ext = extension(name)
+        if ext in self.decodable or for_extension(ext) is None:
+            return False
+        self.notes.undecodable[ext] = self.notes.undecodable.get(ext, 0) + 1
+        return True
+
+    def skips_entry(self, entry: os.DirEntry) -> bool:
+        """Whether walked `entry` is one of the run's own outputs (noted once)."""
+        if entry.name not in self.excluded_names:
+            return False
+        return self.skips_output(os.path.realpath(entry.path), entry.path)
+
+    def skips_output(self, real: str, path: str) -> bool:
+        """Whether `path` (real path `real`) is one of the run's own outputs (noted once)."""
+        if real not in self.excluded:
+            return False
+        shown = display_path(path)
+        if shown not in self.notes.own_outputs:
+            self.notes.own_outputs.append(shown)
+        return True
+
+    def skips_output_within(self, path: str) -> bool:
+        """skips_output for `path` or any folder above it (a glob's match)."""
+        if not self.excluded:
+            return False
+        real = os.path.realpath(path)
+        while True:
+            if real in self.excluded:
+                return self.skips_output(real, path)  # noted as the user spells the folder
+            parent = os.path.dirname(real)
+            if parent == real:
+                return False
+            real, path = parent, os.path.dirname(path) or parent
+
+    def skipped(self) -> int:
+        return sum(self.notes.undecodable.values())
 
 
 def cheap_to_count(specs: Iterable[str], files_from: str | None = None) -> bool:
@@ -160,7 +240,7 @@ def _compressed_archive(spec: str) -> bool:
 
 @dataclass
 class _Expander:
-    options: RemoteOptions
+    scope: _Scope
     stdin: TextIO | None
     list_on_stdin: bool
 
@@ -180,9 +260,9 @@ class _Expander:
         elif is_http_url(spec):
             yield from self._expand_url(spec)
         elif is_remote(spec):
-            yield from _expand_remote(spec, self.options)
+            yield from _expand_remote(spec, self.scope)
         else:
-            yield from _expand_local(spec, self.options)
+            yield from _expand_local(spec, self.scope)
 
     def _stdin_item(self) -> InputItem | InputError:
         if self.list_on_stdin:
@@ -190,16 +270,17 @@ class _Expander:
         stream = self.stdin if self.stdin is not None else sys.stdin
         if stream is None or _isatty(stream):
             return InputError(STDIN, "stdin is a terminal: pipe an image into it")
-        data = _read_stdin(stream, self.options)
+        data = _read_stdin(stream, self.scope.options)
         if isinstance(data, SourceError):
             return InputError(STDIN, data.message)
         return InputItem(STDIN, functools.partial(io.BytesIO, data))
 
     def _expand_url(self, url: str) -> Iterator[InputItem | InputError]:
         if is_tar_name(url.split("?", 1)[0].split("#", 1)[0]):
-            yield from _expand_tar(url, lambda: open_url_stream(url, self.options), self.options)
+            opener = functools.partial(open_url_stream, url, self.scope.options)
+            yield from _expand_tar(url, opener, self.scope)
         else:
-            yield InputItem(url, UrlOpener(url, self.options))
+            yield InputItem(url, UrlOpener(url, self.scope.options))
 
 
 def _isatty(stream: Any) -> bool:
@@ -224,63 +305,67 @@ def _read_stdin(stream: Any, options: RemoteOptions) -> bytes | SourceError:
 # Local specs
 
 
-def _expand_local(spec: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+def _expand_local(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]:
     try:
         info = os.stat(spec)
     except FileNotFoundError:
-        yield from _expand_missing(spec, options)
+        yield from _expand_missing(spec, scope)
         return
     except OSError as error:
         yield InputError(spec, _os_message(error))
         return
     if stat.S_ISDIR(info.st_mode):
-        yield from _walk_directory(spec, options)
+        yield from _walk_directory(spec, scope)
     elif is_tar_name(spec):
-        yield from _expand_local_tar(spec, options)
+        yield from _expand_local_tar(spec, scope)
     else:
         yield InputItem(spec)  # named explicitly: decoding decides whether it is an image
 
 
-def _expand_missing(spec: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+def _expand_missing(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]:
     if os.path.lexists(spec):
         yield InputError(spec, "broken symbolic link")
     elif _GLOB_MAGIC.search(spec):
-        yield from _expand_glob(spec, options)
+        yield from _expand_glob(spec, scope)
     else:
         yield InputError(spec, "no such file or directory")
 
 
-def _expand_glob(pattern: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+def _expand_glob(pattern: str, scope: _Scope) -> Iterator[InputItem | InputError]:
     # Sorting needs every match, so a glob (unlike a directory walk) is materialised.
     matches = {path for path in glob.iglob(pattern, recursive=True) if _is_image_file(path)}
+    matches = {path for path in matches if not scope.skips_output_within(path)}
+    skipped = scope.skipped()
+    matches = {path for path in matches if not scope.skips_undecodable(path)}
     if not matches:
-        yield InputError(pattern, "glob matched no files")
+        if scope.skipped() == skipped:
+            yield InputError(pattern, "glob matched no files")
         return
     for path in sorted(matches, key=_path_sort_key):
         if is_tar_name(path):
-            yield from _expand_local_tar(path, options)
+            yield from _expand_local_tar(path, scope)
         else:
             yield InputItem(path)
 
 
-def _expand_local_tar(path: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+def _expand_local_tar(path: str, scope: _Scope) -> Iterator[InputItem | InputError]:
     """A local archive's image members; an uncompressed one is indexed by its headers alone."""
     if path.lower().endswith(".tar"):
-        indexed = _expand_indexed_tar(path, options)
+        indexed = _expand_indexed_tar(path, scope)
         if indexed is not None:
             yield from indexed
             return
-    yield from _expand_tar(path, lambda: open(path, "rb"), options)  # noqa: SIM115 - closed there
+    yield from _expand_tar(path, lambda: open(path, "rb"), scope)  # noqa: SIM115 - closed there
 
 
-def _expand_indexed_tar(path: str, options: RemoteOptions) -> Iterator[Any] | None:
+def _expand_indexed_tar(path: str, scope: _Scope) -> Iterator[Any] | None:
     """An uncompressed archive's members as items that read their bytes when opened, or None
     when `path` is no such archive (a compressed one named .tar: read as a stream instead)."""
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed by the generator below
     except OSError as error:
         return iter([InputError(path, _os_message(error))])
-    members = index_tar(file, options, _wanted_member)
+    members = index_tar(file, scope.options, _wanted_member)
     try:
         first = next(members, None)
     except SourceError:
@@ -294,6 +379,8 @@ def _expand_indexed_tar(path: str, options: RemoteOptions) -> Iterator[Any] | No
                 return
             try:
                 for name, place in itertools.chain([first], members):
+                    if scope.skips_undecodable(name):
+                        continue
                     if isinstance(place, SourceError):
                         yield InputError(f"{path}/{name}", place.message)
                     elif isinstance(place, bytes):
@@ -311,7 +398,7 @@ def _expand_indexed_tar(path: str, options: RemoteOptions) -> Iterator[Any] | No
 
 
 def _expand_tar(
-    archive: str, open_stream: Callable[[], BinaryIO], options: RemoteOptions
+    archive: str, open_stream: Callable[[], BinaryIO], scope: _Scope
 ) -> Iterator[InputItem | InputError]:
     """Each image member of `archive` as an item holding its bytes, path `ARCHIVE/MEMBER`.
 
@@ -329,8 +416,10 @@ def _expand_tar(
         return
     with stream:
         try:
-            for name, data in iter_tar(stream, options, _wanted_member):
+            for name, data in iter_tar(stream, scope.options, _wanted_member):
                 found = True
+                if scope.skips_undecodable(name):
+                    continue
                 path = f"{archive}/{name}"
                 if isinstance(data, SourceError):
                     yield InputError(path, data.message)
@@ -347,26 +436,27 @@ def _wanted_member(name: str, head: bytes) -> bool:
     # Hidden members (macOS' ._name.jpg resource forks, .git/...) are skipped, as a walk does.
     if any(part.startswith(".") for part in name.split("/")):
         return False
-    return _has_image_extension(name) or _sniff_head(head)
+    return known_extension(name) or _sniff_head(head)
 
 
 # --------------------------------------------------------------------------------------------
 # Object stores (fsspec)
 
 
-def _expand_remote(spec: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
+def _expand_remote(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+    options = scope.options
     try:
         fs, root = remote_filesystem(spec)
     except SourceError as error:
         yield InputError(spec, error.message)
         return
     if _GLOB_MAGIC.search(root):
-        yield from _expand_remote_glob(fs, spec, root, options)
+        yield from _expand_remote_glob(fs, spec, root, scope)
         return
     if is_tar_name(root):
-        yield from _expand_tar(spec, RemoteFileOpener(fs, root, options, capped=False), options)
+        yield from _expand_tar(spec, RemoteFileOpener(fs, root, options, capped=False), scope)
         return
-    if _has_image_extension(root) and not spec.endswith("/"):
+    if known_extension(root) and not spec.endswith("/"):
         yield InputItem(spec, RemoteFileOpener(fs, root, options))  # no round trip to check
         return
     try:
@@ -375,28 +465,26 @@ def _expand_remote(spec: str, options: RemoteOptions) -> Iterator[InputItem | In
         yield InputError(spec, describe_os_error(error))
         return
     if info.get("type") == "directory":
-        yield from _walk_remote(fs, spec, root, options)
+        yield from _walk_remote(fs, spec, root, scope)
     else:
         yield InputItem(spec, RemoteFileOpener(fs, root, options, size=info.get("size")))
 
 
-def _remote_item(fs: Any, url: str, info: dict, options: RemoteOptions) -> Iterator[Any]:
-    path = info["name"]
+def _remote_item(fs: Any, url: str, info: dict, scope: _Scope) -> Iterator[Any]:
+    path, options = info["name"], scope.options
     if is_tar_name(path):
-        yield from _expand_tar(url, RemoteFileOpener(fs, path, options, capped=False), options)
-    else:
+        yield from _expand_tar(url, RemoteFileOpener(fs, path, options, capped=False), scope)
+    elif not scope.skips_undecodable(path):
         yield InputItem(url, RemoteFileOpener(fs, path, options, size=info.get("size")))
 
 
 def _remote_wanted(info: dict) -> bool:
     # Listing gives no bytes to sniff (that would be a request per object): names decide.
     name = info["name"].rstrip("/")
-    return info.get("type") == "file" and (_has_image_extension(name) or is_tar_name(name))
+    return info.get("type") == "file" and (known_extension(name) or is_tar_name(name))
 
 
-def _walk_remote(
-    fs: Any, spec: str, root: str, options: RemoteOptions
-) -> Iterator[InputItem | InputError]:
+def _walk_remote(fs: Any, spec: str, root: str, scope: _Scope) -> Iterator[InputItem | InputError]:
     """Depth-first and name-sorted like the local walk, one listing at a time; dot names skipped."""
     found = False
     base, root = spec.rstrip("/"), root.rstrip("/")
@@ -420,7 +508,7 @@ def _walk_remote(
         elif _remote_wanted(entry):
             found = True
             url = _remote_url(fs, base, root, entry["name"].rstrip("/"))
-            yield from _remote_item(fs, url, entry, options)
+            yield from _remote_item(fs, url, entry, scope)
     if not found:
         yield InputError(spec, "directory contains no images")
 
@@ -436,7 +524,7 @@ def _remote_listing(fs: Any, directory: str) -> list[dict]:
 
 
 def _expand_remote_glob(
-    fs: Any, spec: str, pattern: str, options: RemoteOptions
+    fs: Any, spec: str, pattern: str, scope: _Scope
 ) -> Iterator[InputItem | InputError]:
     try:
         matches = fs.glob(pattern, detail=True)
@@ -462,7 +550,7 @@ def _expand_remote_glob(
         root = None
     for info in sorted(infos, key=lambda i: i["name"].encode("utf-8", "surrogatepass")):
         url = _remote_url(fs, base, root, info["name"].rstrip("/"))
-        yield from _remote_item(fs, url, info, options)
+        yield from _remote_item(fs, url, info, scope)
 
 
 def _remote_url(fs: Any, base: str, root: str | None, name: str) -> str:
@@ -529,15 +617,11 @@ def _is_image_file(path: str) -> bool:
             return False
     except OSError:
         return False
-    return _has_image_extension(path) or is_tar_name(path) or _sniff(path)
-
-
-def _has_image_extension(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return known_extension(path) or is_tar_name(path) or _sniff(path)
 
 
 def _sniff(path: str) -> bool:
-    """True when the file starts like a JPEG, PNG, GIF, BMP, TIFF or WEBP."""
+    """True when the file starts like an image this install decodes (see _sniff_head)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
@@ -547,12 +631,14 @@ def _sniff(path: str) -> bool:
 
 
 def _sniff_head(head: bytes) -> bool:
-    """True when `head` (a file's first 12 bytes) starts a JPEG, PNG, GIF, BMP, TIFF or WEBP."""
+    """True when `head` (a file's first 12 bytes) starts a JPEG, PNG, GIF, BMP, TIFF or WEBP,
+    or a HEIF, AVIF or JPEG XL file that this install decodes."""
     return (
         head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a"))
         or head.startswith((b"II*\x00", b"MM\x00*"))
         or (head.startswith(b"RIFF") and head[8:12] == b"WEBP")
         or (head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00")  # reserved fields
+        or sniff_decodable(head)
     )
 
 
@@ -560,13 +646,14 @@ def _sniff_head(head: bytes) -> bool:
 # Directory walk
 
 
-def _walk_directory(root: str, options: RemoteOptions) -> Iterator[InputItem | InputError]:
-    found = False
-    for result in _Walk(root, options):
+def _walk_directory(root: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+    found, skipped = False, scope.skipped()
+    for result in _Walk(root, scope):
         found = found or isinstance(result, InputItem)
         yield result
     if not found:
-        yield InputError(root, "directory contains no images")
+        none = "no images" if scope.skipped() == skipped else "no images this install decodes"
+        yield InputError(root, f"directory contains {none}")
 
 
 @dataclass
@@ -579,14 +666,15 @@ class _Frame:
 
 @dataclass
 class _Walk:
-    """Depth-first, name-sorted walk of `root` that follows symlinks without loops or repeats.
+    """Depth-first, name-sorted walk of `root`; directory symlinks are followed only with
+    `scope.follow_links`, then without loops or repeats.
 
     Symlinks that resolve inside the root are skipped (the real path is walked anyway), so only
     what symlinks bring in from outside needs remembering, not every file seen.
     """
 
     root: str
-    options: RemoteOptions = field(default_factory=RemoteOptions)
+    scope: _Scope
     root_real: str = ""
     on_path: set[tuple[int, int]] = field(default_factory=set)
     external_dirs: set[tuple[int, int]] = field(default_factory=set)
@@ -608,7 +696,7 @@ class _Walk:
                 stack.pop()
                 self.on_path.discard(frame.key)
             else:
-                yield from self._visit(stack, entry, frame.external)
+                yield from self._visit(stack, entry, frame)
 
     def _enter(
         self, stack: list[_Frame], path: str, key: tuple[int, int], *, external: bool
@@ -622,7 +710,7 @@ class _Walk:
         stack.append(_Frame(path, key, iter(entries), external))
 
     def _visit(
-        self, stack: list[_Frame], entry: os.DirEntry, external: bool
+        self, stack: list[_Frame], entry: os.DirEntry, frame: _Frame
     ) -> Iterator[InputItem | InputError]:
         try:
             is_link = entry.is_symlink()
@@ -630,13 +718,19 @@ class _Walk:
             is_file = not is_dir and entry.is_file()
         except OSError:
             return
+        if is_dir and is_link and not self.scope.follow_links:
+            self.scope.notes.links_not_followed += 1
+            return
+        if not (is_dir or (is_file and self._wanted_file(entry, is_link, frame.external))):
+            return
+        if self.scope.skips_entry(entry):
+            return
         if is_dir:
-            yield from self._visit_dir(stack, entry, is_link, external)
-        elif is_file and self._wanted_file(entry, is_link, external):
-            if is_tar_name(entry.name):
-                yield from _expand_local_tar(entry.path, self.options)
-            else:
-                yield InputItem(entry.path)
+            yield from self._visit_dir(stack, entry, is_link, frame.external)
+        elif is_tar_name(entry.name):
+            yield from _expand_local_tar(entry.path, self.scope)
+        elif not self.scope.skips_undecodable(entry.name):
+            yield InputItem(entry.path)
 
     def _visit_dir(
         self, stack: list[_Frame], entry: os.DirEntry, is_link: bool, external: bool
@@ -659,7 +753,7 @@ class _Walk:
         yield from self._enter(stack, entry.path, key, external=external)
 
     def _wanted_file(self, entry: os.DirEntry, is_link: bool, external: bool) -> bool:
-        wanted = _has_image_extension(entry.name) or is_tar_name(entry.name)
+        wanted = known_extension(entry.name) or is_tar_name(entry.name)
         if not (wanted or _sniff(entry.path)):
             return False
         if is_link and self._covered(entry.path):

@@ -24,6 +24,7 @@ from typing import IO, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from vithybrid_cli.data.formats import register_plugins, sniff_missing, undecodable_message
 from vithybrid_cli.data.sources import SourceError
 from vithybrid_cli.model.config import PreprocessConfig
 
@@ -134,13 +135,17 @@ def load_image(source: ImageSource, *, min_size: tuple[int, int] | None = None) 
     Every failure, fetching the bytes included, raises ImageError naming the source.
     """
     display = source_name(source)
+    register_plugins()  # the extras' openers (HEIC, JPEG XL), in whichever process decodes
     try:
         with _open_source(source) as opened:
             fp = _seekable(opened)
             if _is_empty(fp):
                 raise ImageError(display, "empty file (0 bytes)")
-            with _decompression_bombs_as_errors():
-                image = _decode(fp, min_size)
+            try:
+                with _decompression_bombs_as_errors():
+                    image = _decode(fp, min_size)
+            except Image.UnidentifiedImageError as error:
+                raise ImageError(display, _unidentified(fp, display)) from error
             return to_rgb(image)
     except ImageError:
         raise
@@ -148,6 +153,17 @@ def load_image(source: ImageSource, *, min_size: tuple[int, int] | None = None) 
         raise ImageError(display, error.message) from error
     except Exception as error:  # Pillow's plugins raise many types on corrupt data
         raise ImageError(display, _describe(error)) from error
+
+
+def _unidentified(fp: IO[bytes], name: str) -> str:
+    """Why Pillow knows no opener for `fp`: a format this install lacks (by content, else by
+    `name`), with the way to add it, or none at all."""
+    head = b""
+    with contextlib.suppress(OSError, ValueError):
+        fp.seek(0)
+        head = fp.read(12)
+    missing = sniff_missing(head, name)
+    return undecodable_message(missing) if missing else "not a recognized image format"
 
 
 def _decode(fp, min_size: tuple[int, int] | None) -> Image.Image:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.inputs import InputItem, display_path, iter_inputs
+from ..data.inputs import InputItem, WalkNotes, display_path, iter_inputs
 from ..model.head import Head, ModelIdentity, model_identity
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def collect_folder(root: str, exclude: Sequence[str] = ()) -> Examples:
             "or a CSV/JSONL of path,label with --labels-from"
         )
     excluded = {os.path.realpath(path) for path in exclude}
-    found = Examples()
+    found, notes = Examples(), WalkNotes()
     loose = 0
     with os.scandir(root) as scan:
         entries = sorted(
@@ -139,15 +139,18 @@ def collect_folder(root: str, exclude: Sequence[str] = ()) -> Examples:
         if os.path.realpath(entry.path) in excluded:
             continue
         before = len(found.items)
-        for item in iter_inputs([entry.path]):
+        for item in iter_inputs([entry.path], notes=notes):
             if isinstance(item, InputItem):
                 found.items.append(Example(item.path, entry.name))
-            elif item.message == "directory contains no images" and item.path == entry.path:
+            elif (
+                item.message.startswith("directory contains no images") and item.path == entry.path
+            ):
                 pass  # reported below, as a skipped label
             else:
                 found.errors.append((item.path, item.message))
         if len(found.items) == before:
             found.warnings.append(f"label folder {display_path(entry.path)} has no images: skipped")
+    found.warnings += notes.undecodable_lines()  # formats this install cannot decode
     if loose:
         found.warnings.append(
             f"{loose} file(s) directly in {display_path(root)} are in no label folder: ignored"
@@ -174,16 +177,17 @@ def collect_labels_file(labels_file: str) -> Examples:
     except UnicodeDecodeError:
         raise FitError(f"{display_path(labels_file)}: not UTF-8 text") from None
     base = os.path.dirname(labels_file)
-    found = Examples()
+    found, notes = Examples(), WalkNotes()
     for line_number, path, label in _label_rows(labels_file, text):
         if not path or not label:
             raise FitError(f"{display_path(labels_file)}:{line_number}: needs a path and a label")
         spec = path if os.path.isabs(path) else os.path.join(base, path)
-        for item in iter_inputs([spec]):
+        for item in iter_inputs([spec], notes=notes):
             if isinstance(item, InputItem):
                 found.items.append(Example(item.path, label))
             else:
                 found.errors.append((item.path, item.message))
+    found.warnings += notes.undecodable_lines()
     if not found.items:
         raise FitError(f"{display_path(labels_file)}: names no readable images")
     return found
