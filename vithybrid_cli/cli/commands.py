@@ -696,3 +696,6 @@ def exit_now(status: int) -> None:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(status)
+
+
+from . import report as _report  # noqa: E402, F401 - registers `vithybrid report`

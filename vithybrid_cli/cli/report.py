@@ -1,0 +1,93 @@
+"""`vithybrid report`: a gallery page of a classify run (the work is in report/gallery.py)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from .commands import app, run_command
+from .options import Debug, Quiet, UserError, Workers
+from .render import stderr
+
+
+class ThumbFormat(str, Enum):
+    webp = "webp"
+    jpeg = "jpeg"
+
+
+@app.command()
+def report(
+    results: Annotated[
+        str,
+        typer.Argument(
+            help="A classify output: .jsonl, .json, .csv, .parquet or a folder of .parquet parts.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The page to write (default: RESULTS with .html); thumbnails go to NAME_files/.",
+        ),
+    ] = None,  # fmt: skip
+    title: Annotated[str | None, typer.Option(help="The page's title (default: RESULTS).")] = None,
+    thumb_size: Annotated[
+        int, typer.Option(min=32, max=1024, help="Longest side of a thumbnail, in pixels.")
+    ] = 256,
+    thumb_format: Annotated[
+        ThumbFormat, typer.Option(help="Thumbnail format.", case_sensitive=False)
+    ] = ThumbFormat.webp,
+    workers: Workers = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a gallery page of a classify run: thumbnails by label, the least certain, failures."""
+
+    def body() -> int:
+        from pathlib import Path
+
+        from ..report.gallery import build_gallery
+
+        target = output or str(Path(results.rstrip("/")).with_suffix(".html"))
+        if Path(target).suffix.lower() not in (".html", ".htm"):
+            raise UserError(f"--output {target!r}: the page is an .html file")
+        with thumbnail_progress(quiet) as progress:
+            done = build_gallery(
+                results, target, size=thumb_size, fmt=thumb_format.value, workers=workers,
+                title=title, progress=progress,
+            )  # fmt: skip
+        if not quiet:
+            stats = done.stats
+            missing = f", {stats.missing} missing" if stats.missing else ""
+            stderr.print(
+                f"{done.rows} records ({done.labels} labels, {done.failed} failed); thumbnails: "
+                f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
+                f"wrote {done.output}",
+                soft_wrap=True,
+            )
+        return 0
+
+    run_command(body, debug)
+
+
+class thumbnail_progress:  # noqa: N801 - used as a context manager, like contextlib's
+    """A progress bar of thumbnails made (on a terminal, unless --quiet): a callback."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        columns = [TextColumn("thumbnails"), BarColumn(), MofNCompleteColumn()]
+        shown = not quiet and stderr.is_terminal
+        self.bar = Progress(*columns, console=stderr, transient=True, disable=not shown)
+
+    def __enter__(self) -> Any:
+        self.bar.__enter__()
+        task = self.bar.add_task("thumbnails", total=None)
+        return lambda done, total: self.bar.update(task, completed=done, total=total)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.__exit__(*exc_info)
