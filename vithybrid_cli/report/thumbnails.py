@@ -109,7 +109,7 @@ def make_thumbnails(
                     result[path].file = sources[path].key
                     stats.made += 1
                 else:
-                    result[path].reason = reason
+                    result[path].reason, result[path].original = reason, None
                     stats.missing += 1
                 done += 1
                 if progress is not None:
