@@ -619,6 +619,14 @@ def fit(
     image_size: ImageSize = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_page: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            help="Also write a page: per-class metrics, confusion heatmap, "
+            "misclassified validation images.",
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
     common = Common(model, revision, device, dtype, batch_size, workers,
@@ -633,6 +641,7 @@ def fit(
         if data is None and labels_from is None:
             raise UserError("no training data: give DATA (one folder per label) or --labels-from")
         refuse_torchrun()
+        page_path(report_page, "--report")
         ensure_parent(output)
         loaded = common.load()
         columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
@@ -649,6 +658,8 @@ def fit(
             )  # fmt: skip
         save_head(report.head, output)
         report_fit(report, output, format is FitFormat.json, quiet)
+        if report_page:
+            write_fit_report(report, report_page, output, workers, quiet)
         return 0
 
     run_command(body, debug)
@@ -698,4 +709,4 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
-from . import report as _report  # noqa: E402, F401 - registers `vithybrid report`
+from .report import page_path, write_fit_report  # noqa: E402 - also registers `vithybrid report`

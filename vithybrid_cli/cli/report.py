@@ -52,26 +52,50 @@ def report(
 
         from ..report.gallery import build_gallery
 
-        target = output or str(Path(results.rstrip("/")).with_suffix(".html"))
-        if Path(target).suffix.lower() not in (".html", ".htm"):
-            raise UserError(f"--output {target!r}: the page is an .html file")
+        target = page_path(output or str(Path(results.rstrip("/")).with_suffix(".html")))
         with thumbnail_progress(quiet) as progress:
             done = build_gallery(
                 results, target, size=thumb_size, fmt=thumb_format.value, workers=workers,
                 title=title, progress=progress,
             )  # fmt: skip
-        if not quiet:
-            stats = done.stats
-            missing = f", {stats.missing} missing" if stats.missing else ""
-            stderr.print(
-                f"{done.rows} records ({done.labels} labels, {done.failed} failed); thumbnails: "
-                f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
-                f"wrote {done.output}",
-                soft_wrap=True,
-            )
+        summarize(done, "records", quiet)
         return 0
 
     run_command(body, debug)
+
+
+def page_path(path: str | None, option: str = "--output") -> str | None:
+    """`path` when it names an .html file (checked before any work), else UserError."""
+    from pathlib import Path
+
+    if path is not None and Path(path).suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{option} {path!r}: the page is an .html file")
+    return path
+
+
+def summarize(done: Any, what: str, quiet: bool) -> None:
+    """One stderr line: what the page holds, the thumbnails made and reused, where it is."""
+    if quiet:
+        return
+    stats = done.stats
+    missing = f", {stats.missing} missing" if stats.missing else ""
+    stderr.print(
+        f"{done.rows} {what} ({done.labels} labels, {done.failed} failed); thumbnails: "
+        f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
+        f"wrote {done.output}",
+        soft_wrap=True,
+    )
+
+
+def write_fit_report(report: Any, path: str, head_path: str, workers: int | None,
+                     quiet: bool) -> None:  # fmt: skip
+    """fit --report: the page of the fitted head (report/fit_page.py)."""
+    from ..report.fit_page import write_fit_page
+
+    with thumbnail_progress(quiet) as progress:
+        done = write_fit_page(report, path, head_path=head_path, workers=workers,
+                              progress=progress)  # fmt: skip
+    summarize(done, "validation images", quiet)
 
 
 class thumbnail_progress:  # noqa: N801 - used as a context manager, like contextlib's

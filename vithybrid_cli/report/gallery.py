@@ -131,11 +131,17 @@ def _by_count(item: tuple[str, int]) -> tuple[int, str]:
     return -item[1], item[0]
 
 
-def _tile(row: Row, thumb: Thumbnail | None, page_dir: Path, folder: Path) -> Tile:
+def pictured(tile: Tile, thumb: Thumbnail | None, page_dir: Path, folder: Path) -> Tile:
+    """`tile` with its thumbnail and larger image as URLs relative to the page (or why none)."""
     thumb = thumb or Thumbnail(reason="no thumbnail")
-    url = relative_url(folder / thumb.file, page_dir) if thumb.file else None
-    original = relative_url(thumb.original, page_dir) if thumb.original else None
-    tile = Tile(row.path, thumb=url, image=original, reason=thumb.reason, top_k=row.top_k)
+    tile.thumb = relative_url(folder / thumb.file, page_dir) if thumb.file else None
+    tile.image = relative_url(thumb.original, page_dir) if thumb.original else None
+    tile.reason = thumb.reason
+    return tile
+
+
+def _tile(row: Row, thumb: Thumbnail | None, page_dir: Path, folder: Path) -> Tile:
+    tile = pictured(Tile(row.path, top_k=row.top_k), thumb, page_dir, folder)
     if not row.ok:
         tile.group, tile.kind, tile.error = FAILED, "failed", row.error
         return tile

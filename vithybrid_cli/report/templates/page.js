@@ -133,9 +133,9 @@
       const body = spec.rows.map((row) =>
         el("tr", {}, ...row.map((value, i) => {
           const column = spec.columns[i];
-          const number = typeof value === "number";
+          const number = typeof value === "number" || /^[-–]?[\d.,]+$|^–$/.test(value);
           const cls = number ? "number" : column === "error" ? "error" : column === "path" ? "path" : "";
-          const text = number && !Number.isInteger(value) ? value.toFixed(3) : value === null ? "–" : String(value);
+          const text = typeof value === "number" && !Number.isInteger(value) ? value.toFixed(3) : value === null ? "–" : String(value);
           return el("td", { class: cls, text });
         })));
       const card = el("div", { class: "card table", "data-title": spec.title },
