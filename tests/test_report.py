@@ -8,6 +8,7 @@ missing. Everything is local: the page must not make one request that is not fil
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -371,3 +372,72 @@ def test_a_head_run_shows_its_decisions_and_abstentions_as_a_group(tmp_path, ope
     assert "best guess yours" in shown.texts("#groups .group.abstained .tile .detail")[0]
     facts = dict(zip(shown.texts("#facts dt"), shown.texts("#facts dd"), strict=True))
     assert facts["ABSTAINED"] == "2"  # inner text, as shown: upper case
+
+
+# ---------------------------------------------------------------------------- fit --report
+
+
+@pytest.fixture(scope="module")
+def fit_task(tmp_path_factory) -> Path:
+    from test_head import write_task
+
+    root = tmp_path_factory.mktemp("fit-task")
+    return write_task(root, {"train": 4, "val": 3}, scale=0.5, size=64, seed=3)
+
+
+def test_fit_report_keeps_each_validation_prediction_as_counted_in_the_confusion(
+    tiny_checkpoint, fit_task, tmp_path
+):
+    from vithybrid_cli.model.weights import load_model
+    from vithybrid_cli.pipeline.fitting import fit_head
+
+    report = fit_head(load_model(tiny_checkpoint), str(fit_task / "train"), val_fraction=0.5,
+                      cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    assert len(report.validation) == sum(report.val_counts) == 8
+    counted = [[0] * len(report.labels) for _ in report.labels]
+    for path, truth, ranked in report.validation:
+        assert Path(path).parent.name == truth  # the split's own images, with their labels
+        assert [score for _, score in ranked] == sorted((s for _, s in ranked), reverse=True)
+        counted[report.labels.index(truth)][report.labels.index(ranked[0][0])] += 1
+    assert counted == report.confusion
+
+
+@pytest.mark.slow
+def test_fit_report_page_shows_metrics_the_confusion_and_the_misclassified(
+    tiny_checkpoint, fit_task, tmp_path, open_page
+):
+    page_path = tmp_path / "fit.html"
+    head = tmp_path / "h.safetensors"
+    result = cli("fit", fit_task / "train", "--val", fit_task / "val", "-o", head,
+                 "--model", tiny_checkpoint, "--format", "json", "--report", page_path)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    fitted = json.loads(result.stdout)
+    confusion, labels = fitted["confusion"], fitted["labels"]
+    wrong = sum(confusion[i][j] for i in range(len(labels)) for j in range(len(labels)) if i != j)
+    assert wrong > 0  # the tiny random model confuses hard crops: there is something to show
+    shown = open_page(page_path)
+    page = shown.page
+    assert page.locator("svg rect.cell").count() == len(labels) ** 2
+    per_class = page.locator('#tables [data-title="Per class"] tbody tr')
+    assert per_class.count() == len(labels)
+    first = fitted["per_class"][0]
+    assert per_class.first.inner_text().split("\t")[:4] == [
+        first["label"], str(first["train"]), str(first["validation"]), f"{first['precision']:.3f}"
+    ]  # fmt: skip
+    assert page.locator("#groups .tile").count() == wrong
+    for tile in page.locator("#groups .tile").all():
+        group = tile.locator("xpath=ancestor::section[1]").get_attribute("data-group")
+        truth, predicted = group.split(" → ")
+        assert truth != predicted
+        assert tile.locator(".label").inner_text() == predicted
+        assert tile.locator(".detail").inner_text().startswith(f"true: {truth}")
+    page.locator("#views button", has_text="All validation").click()
+    validation = sum(row["validation"] for row in fitted["per_class"])
+    expect(page.locator("#groups .tile")).to_have_count(validation)
+
+
+def test_fit_report_must_be_an_html_file_and_is_checked_before_the_model(fit_task, tmp_path):
+    head, missing_model = tmp_path / "h.safetensors", tmp_path / "no-such-model"
+    result = cli("fit", fit_task / "train", "-o", head, "--model", missing_model,
+                 "--report", tmp_path / "fit.png")  # fmt: skip
+    assert_clean_error(result, "--report", "fit.png", ".html")
