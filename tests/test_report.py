@@ -441,3 +441,33 @@ def test_fit_report_must_be_an_html_file_and_is_checked_before_the_model(fit_tas
     result = cli("fit", fit_task / "train", "-o", head, "--model", missing_model,
                  "--report", tmp_path / "fit.png")  # fmt: skip
     assert_clean_error(result, "--report", "fit.png", ".html")
+
+
+# ---------------------------------------------------------------------------- attention-map --index
+
+
+@pytest.mark.slow
+def test_attention_map_index_shows_each_overlay_and_each_failure(
+    classified, tiny_checkpoint, tmp_path, open_page
+):
+    photos = classified.parent / "photos"
+    result = cli("attention-map", photos, "-d", tmp_path / "maps", "--index",
+                 "--model", tiny_checkpoint)  # fmt: skip
+    assert result.exit_code == 1, result.stderr  # broken.jpg
+    assert "wrote" in result.stderr and "index.html" in result.stderr
+    shown = open_page(tmp_path / "maps" / "index.html")
+    page = shown.page
+    assert page.locator("#groups .tile").count() == 5
+    assert shown.texts("#groups .tile .name") == sorted(p.name for p in photos.iterdir())
+    assert "truncated" in page.locator("#groups .tile.failed").inner_text().lower()
+    for image in page.locator("#groups .tile img").all():
+        image.scroll_into_view_if_needed()
+        assert image.evaluate("i => i.decode().then(() => i.naturalWidth)") > 0
+    page.locator("#groups .tile img").first.click()  # the full overlay, beside the page
+    expect(page.locator("#viewer .large img")).to_have_attribute("src", "astronaut.png")
+
+
+def test_attention_map_index_needs_an_output_dir(tmp_path):
+    cat = Path(__file__).resolve().parent.parent / "examples" / "cat.jpg"
+    result = cli("attention-map", cat, "-o", tmp_path / "cat.png", "--index")
+    assert_clean_error(result, "--index", "--output-dir")

@@ -460,6 +460,9 @@ def attention_map(
     discard_ratio: DiscardRatio = 0.0,
     alpha: Alpha = 0.5,
     raw: Raw = None,
+    index: Annotated[
+        bool, typer.Option("--index", help="Also write DIR/index.html, a page of the overlays.")
+    ] = False,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -482,6 +485,8 @@ def attention_map(
         from ..report.attention import attention_task, save_overlay
 
         inputs = one_or_many(Inputs(paths, files_from, max_download_mb), output, output_dir)
+        if index and not output_dir:
+            raise UserError("--index writes DIR/index.html: give --output-dir DIR")
         task = attention_task(method.value, head_fusion.value, discard_ratio)
         if raw:
             output_format(raw, "embeddings")
@@ -492,6 +497,7 @@ def attention_map(
             # Under torchrun a rank cannot see the others' names: every file gets its index.
             names: set[str] | None = set() if job.world == 1 else None
             saved: list[int] = []
+            pictures = IndexNotes(target or NoOutput())
 
             def save(result: Any) -> None:
                 if output and saved:
@@ -499,8 +505,11 @@ def attention_map(
                 saved.append(result.index)
                 png = Path(output) if output else unique_png(Path(output_dir), result, names)
                 save_overlay(result.image, result.payload, result.crop_box, png, alpha)
+                pictures.saved[result.index] = str(png)
 
-            summary = common.run("mapped", inputs, runner, task, target or NoOutput(), job, save)
+            summary = common.run("mapped", inputs, runner, task, pictures, job, save)
+        if index and job.rank == 0:
+            write_attention_index(pictures, output_dir, workers, quiet)
         return status_of(summary)
 
     run_command(body, debug)
@@ -709,4 +718,9 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
-from .report import page_path, write_fit_report  # noqa: E402 - also registers `vithybrid report`
+from .report import (  # noqa: E402 - also registers `vithybrid report`
+    IndexNotes,
+    page_path,
+    write_attention_index,
+    write_fit_report,
+)

@@ -79,8 +79,9 @@ def summarize(done: Any, what: str, quiet: bool) -> None:
         return
     stats = done.stats
     missing = f", {stats.missing} missing" if stats.missing else ""
+    labels = f"{done.labels} labels, " if done.labels else ""
     stderr.print(
-        f"{done.rows} {what} ({done.labels} labels, {done.failed} failed); thumbnails: "
+        f"{done.rows} {what} ({labels}{done.failed} failed); thumbnails: "
         f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
         f"wrote {done.output}",
         soft_wrap=True,
@@ -115,3 +116,37 @@ class thumbnail_progress:  # noqa: N801 - used as a context manager, like contex
 
     def __exit__(self, *exc_info: object) -> None:
         self.bar.__exit__(*exc_info)
+
+
+class IndexNotes:
+    """attention-map's output, noting each input's picture (or error) for --index."""
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+        self.saved: dict[int, str] = {}  # input index -> the overlay written
+        self.notes: dict[int, tuple[str, str | None]] = {}  # input index -> (path, error)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.output, name)
+
+    def write(self, result: Any) -> None:
+        self.notes[result.index] = (result.path, None if result.ok else result.error)
+        self.output.write(result)
+
+
+def write_attention_index(
+    notes: IndexNotes, directory: str, workers: int | None, quiet: bool
+) -> None:
+    """attention-map --index: DIR/index.html, a tile per input (report/gallery.py)."""
+    from pathlib import Path
+
+    from ..report.gallery import IndexItem, write_index
+
+    items = [
+        IndexItem(path, notes.saved.get(number), error)
+        for number, (path, error) in sorted(notes.notes.items())
+    ]
+    with thumbnail_progress(quiet) as progress:
+        done = write_index(items, str(Path(directory) / "index.html"), title="Attention maps",
+                           workers=workers, progress=progress)  # fmt: skip
+    summarize(done, "inputs", quiet)

@@ -156,3 +156,49 @@ def _tile(row: Row, thumb: Thumbnail | None, page_dir: Path, folder: Path) -> Ti
     else:
         tile.group, tile.title, tile.detail = row.label, row.label, detail
     return tile
+
+
+# ---------------------------------------------------------------------------- an index of images
+
+
+@dataclass
+class IndexItem:
+    """One input of a run that wrote pictures: the picture it made, or its error."""
+
+    path: str  # the input, as named
+    picture: str | None = None  # the file made for it (an overlay PNG)
+    error: str | None = None
+    group: str = ""
+
+
+def write_index(
+    items: list[IndexItem],
+    output: str,
+    *,
+    title: str,
+    size: int = THUMBNAIL_SIZE,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> GalleryReport:
+    """A page of `items`' pictures (attention-map --index), thumbnails in NAME_files/."""
+    started = time.perf_counter()
+    folder = thumbnail_folder(output)
+    pictures = [item.picture for item in items if item.picture]
+    thumbs, stats = make_thumbnails(pictures, folder, size=size, workers=workers, progress=progress)
+    page_dir = Path(output).parent
+    tiles = []
+    for item in items:
+        tile = Tile(item.path, group=item.group)
+        if item.error is not None:  # in its place in the order, not a group of its own
+            tile.kind, tile.error = "failed", item.error
+        else:
+            tile = pictured(tile, thumbs.get(item.picture or ""), page_dir, folder)
+        tiles.append(tile)
+    failed = [i for i, item in enumerate(items) if item.error is not None]
+    views = [View("All", list(range(len(tiles))), "In input order; click for the full picture.")]
+    if failed:
+        views.append(View("Failed", failed, "Inputs that made no picture, with the error."))
+    facts = [("images", f"{len(items) - len(failed):,}"), ("failed", f"{len(failed):,}")]
+    write_page(Page(title, facts=facts, views=views, tiles=tiles), output)
+    return GalleryReport(output, str(folder), len(items), 0, len(failed), 0, stats,
+                         time.perf_counter() - started)  # fmt: skip

@@ -156,11 +156,11 @@
     } else {
       picture = el("div", { class: "placeholder", text: tile.error || tile.reason || "no image" });
     }
-    const label = tile.title === undefined ? (tile.error ? "failed" : "–") : tile.title;
+    const label = tile.title === undefined ? (tile.error ? "failed" : null) : tile.title;
     const node = el("figure", { class: `tile ${tile.kind || ""}`, tabindex: "0", "data-index": index, title: tile.path },
       el("div", { class: "thumb" }, picture),
       el("figcaption", {},
-        el("div", { class: "label", text: label }),
+        label === null ? null : el("div", { class: "label", text: label }),
         tile.detail ? el("div", { class: "detail", text: tile.detail }) : null,
         el("div", { class: "name", text: name })));
     node.addEventListener("click", () => openViewer(index));
