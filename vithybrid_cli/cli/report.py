@@ -50,14 +50,12 @@ def report(
     def body() -> int:
         from pathlib import Path
 
-        from ..report.gallery import build_gallery
+        from ..report.gallery import ThumbnailOptions, build_gallery
 
         target = page_path(output or str(Path(results.rstrip("/")).with_suffix(".html")))
         with thumbnail_progress(quiet) as progress:
-            done = build_gallery(
-                results, target, size=thumb_size, fmt=thumb_format.value, workers=workers,
-                title=title, progress=progress,
-            )  # fmt: skip
+            options = ThumbnailOptions(thumb_size, thumb_format.value, workers, progress)
+            done = build_gallery(results, target, title=title, thumbnails=options)
         summarize(done, "records", quiet)
         return 0
 
@@ -92,10 +90,11 @@ def write_fit_report(report: Any, path: str, head_path: str, workers: int | None
                      quiet: bool) -> None:  # fmt: skip
     """fit --report: the page of the fitted head (report/fit_page.py)."""
     from ..report.fit_page import write_fit_page
+    from ..report.gallery import ThumbnailOptions
 
     with thumbnail_progress(quiet) as progress:
-        done = write_fit_page(report, path, head_path=head_path, workers=workers,
-                              progress=progress)  # fmt: skip
+        options = ThumbnailOptions(workers=workers, progress=progress)
+        done = write_fit_page(report, path, head_path=head_path, thumbnails=options)
     summarize(done, "validation images", quiet)
 
 
@@ -140,13 +139,14 @@ def write_attention_index(
     """attention-map --index: DIR/index.html, a tile per input (report/gallery.py)."""
     from pathlib import Path
 
-    from ..report.gallery import IndexItem, write_index
+    from ..report.gallery import IndexItem, ThumbnailOptions, write_index
 
     items = [
         IndexItem(path, notes.saved.get(number), error)
         for number, (path, error) in sorted(notes.notes.items())
     ]
     with thumbnail_progress(quiet) as progress:
-        done = write_index(items, str(Path(directory) / "index.html"), title="Attention maps",
-                           workers=workers, progress=progress)  # fmt: skip
+        options = ThumbnailOptions(workers=workers, progress=progress)
+        page = str(Path(directory) / "index.html")
+        done = write_index(items, page, title="Attention maps", thumbnails=options)
     summarize(done, "inputs", quiet)

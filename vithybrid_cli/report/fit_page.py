@@ -8,13 +8,11 @@ label; the images left out of the fit are listed with their errors.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .gallery import GalleryReport, pictured, thumbnail_folder
+from .gallery import GalleryReport, ThumbnailOptions, pictured, thumbnails_beside
 from .page import Page, Tile, View, heatmap, table, write_page
-from .thumbnails import THUMBNAIL_SIZE, make_thumbnails
 
 
 def write_fit_page(
@@ -22,15 +20,12 @@ def write_fit_page(
     output: str,
     *,
     head_path: str = "",
-    size: int = THUMBNAIL_SIZE,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    thumbnails: ThumbnailOptions | None = None,
 ) -> GalleryReport:
     """Thumbnails of `report`'s validation images beside `output`, then the page itself."""
     started = time.perf_counter()
-    folder = thumbnail_folder(output)
     paths = [path for path, _, _ in report.validation]
-    thumbs, stats = make_thumbnails(paths, folder, size=size, workers=workers, progress=progress)
+    thumbs, stats, folder = thumbnails_beside(output, paths, thumbnails or ThumbnailOptions())
     page_dir = Path(output).parent
     tiles, wrong = [], []
     for path, truth, ranked in report.validation:

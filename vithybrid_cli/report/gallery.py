@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,25 +43,41 @@ def thumbnail_folder(output: str | os.PathLike[str]) -> Path:
     return target.with_name(f"{target.stem}_files")
 
 
+@dataclass
+class ThumbnailOptions:
+    size: int = THUMBNAIL_SIZE
+    fmt: str = "webp"
+    workers: int | None = None
+    progress: Callable[[int, int], None] | None = None  # (made, to make)
+
+
+def thumbnails_beside(
+    output: str, paths: Iterable[str], options: ThumbnailOptions, bases: Iterable[Path] = ()
+) -> tuple[dict[str, Thumbnail], ThumbnailStats, Path]:
+    """The thumbnails of `paths` in the folder beside page `output` (and that folder)."""
+    folder = thumbnail_folder(output)
+    thumbs, stats = make_thumbnails(
+        paths, folder, bases=bases, size=options.size, fmt=options.fmt, workers=options.workers,
+        progress=options.progress,
+    )  # fmt: skip
+    return thumbs, stats, folder
+
+
 def build_gallery(
     results_path: str,
     output: str,
     *,
-    size: int = THUMBNAIL_SIZE,
-    fmt: str = "webp",
-    workers: int | None = None,
     title: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    thumbnails: ThumbnailOptions | None = None,
 ) -> GalleryReport:
     """Read classify output `results_path`, make its thumbnails, write the page `output`."""
     started = time.perf_counter()
     results = read_results(results_path)
-    folder = thumbnail_folder(output)
     base = Path(results_path).parent if not Path(results_path).is_dir() else Path(results_path)
-    thumbs, stats = make_thumbnails(
-        (row.path for row in results.rows), folder, bases=[base], size=size, fmt=fmt,
-        workers=workers, progress=progress,
-    )  # fmt: skip
+    paths = (row.path for row in results.rows)
+    thumbs, stats, folder = thumbnails_beside(
+        output, paths, thumbnails or ThumbnailOptions(), [base]
+    )
     page = gallery_page(results, thumbs, Path(output).parent, folder, title or results_path)
     write_page(page, output)
     labels = {row.label for row in results.rows if row.ok and row.label is not None}
@@ -176,15 +192,12 @@ def write_index(
     output: str,
     *,
     title: str,
-    size: int = THUMBNAIL_SIZE,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    thumbnails: ThumbnailOptions | None = None,
 ) -> GalleryReport:
     """A page of `items`' pictures (attention-map --index), thumbnails in NAME_files/."""
     started = time.perf_counter()
-    folder = thumbnail_folder(output)
     pictures = [item.picture for item in items if item.picture]
-    thumbs, stats = make_thumbnails(pictures, folder, size=size, workers=workers, progress=progress)
+    thumbs, stats, folder = thumbnails_beside(output, pictures, thumbnails or ThumbnailOptions())
     page_dir = Path(output).parent
     tiles = []
     for item in items:
