@@ -471,3 +471,12 @@ def test_attention_map_index_needs_an_output_dir(tmp_path):
     cat = Path(__file__).resolve().parent.parent / "examples" / "cat.jpg"
     result = cli("attention-map", cat, "-o", tmp_path / "cat.png", "--index")
     assert_clean_error(result, "--index", "--output-dir")
+
+
+def test_page_data_cannot_end_its_script_early():
+    from vithybrid_cli.report.page import Page, Tile, page_json
+
+    path = "x/</script><script>alert(1)</script>\u2028.jpg"
+    text = page_json(Page("t", tiles=[Tile(path, title="<b>")]))
+    assert "</" not in text and "\u2028" not in text
+    assert json.loads(text)["tiles"] == [{"path": path, "title": "<b>"}]

@@ -21,7 +21,7 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
-from ..io.outputs import atomic_write, json_safe
+from ..io.outputs import atomic_write
 
 
 @dataclass
@@ -107,13 +107,21 @@ def page_json(page: Page) -> str:
         "views": [asdict(view) for view in page.views],
         "tiles": [_tile_json(tile) for tile in page.tiles],
     }
-    text = json.dumps(json_safe(data), ensure_ascii=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    # ASCII: lone surrogates (undecodable file names) and U+2028 travel as escapes. Scores are
+    # finite or None by now (results.py): allow_nan=False only guards that.
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c")
+
+
+TILE_FIELDS = [name for name in Tile.__dataclass_fields__]
 
 
 def _tile_json(tile: Tile) -> dict[str, Any]:
     """The tile without its empty fields (a 100,000-tile page is mostly those)."""
-    return {key: value for key, value in asdict(tile).items() if value not in (None, "", [])}
+    fields = ((key, getattr(tile, key)) for key in TILE_FIELDS)
+    return {
+        key: value for key, value in fields if value is not None and value != "" and value != []
+    }
 
 
 def write_page(page: Page, target: str | os.PathLike[str]) -> None:

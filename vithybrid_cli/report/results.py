@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -138,10 +139,12 @@ def _row_of(path: str, top_k: list[tuple[str, float | None]]) -> Row:
 
 
 def _score(value: Any) -> float | None:
+    """A finite float, or None (missing, empty, NaN, not a number)."""
     try:
-        return None if value is None or value == "" else float(value)
+        score = float(value)
     except (TypeError, ValueError):
         return None
+    return score if math.isfinite(score) else None
 
 
 # ---------------------------------------------------------------------------- CSV
@@ -198,8 +201,9 @@ def _read_parquet(parts: list[Path], name: str) -> Results:
             if error is not None:
                 rows.append(Row(path, error=error))
                 continue
-            top_k = list(zip(labels or [], scores or [], strict=True))
+            top_k = [(label, _score(value)) for label, value in zip(labels or [], scores or [],
+                                                                       strict=True)]  # fmt: skip
             # classify writes the top-1 label there unless a decision differs (an abstention)
             decision = decision or label != (labels[0] if labels else None)
-            rows.append(Row(path, label, score, top_k))
+            rows.append(Row(path, label, _score(score), top_k))
     return Results(rows, decision)
