@@ -5,10 +5,8 @@
 1. thumbnails: `--images` camera-like JPEGs (1600x1200, made once in WORK/images), a classify
    output naming them, `vithybrid report` timed as a process: the first run makes every
    thumbnail, the second reuses them (the rerun cost).
-2. the page: a classify output of `--rows` records (1,000 labels) naming those images over and
-   over under distinct paths, so every row has its tile; thumbnails are made for the distinct
-   images only when the paths are the same, so here the rows point at missing files and the
-   number is the page's own cost (reading, grouping, JSON, writing), plus its size in bytes.
+2. the page: a classify output of `--rows` records (1,000 labels) naming files that do not
+   exist, so the number is the page's own cost (reading, grouping, JSON, writing), and its size.
 3. with --browser: that page opened in headless chromium (Debian's, through playwright): time to
    the first page of tiles, to a filter's result and to the next page.
 """
@@ -19,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -59,10 +58,14 @@ def write_results(target: Path, paths: list[str], labels: int) -> None:
             file.write(json.dumps(record(path, rng, labels)) + "\n")
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of `command`: CPU time moves less with other load."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def browse(page: Path) -> dict:
@@ -106,15 +109,16 @@ def main() -> None:
     write_results(work / "photos.jsonl", [str(p) for p in images], 1000)
     for stale in (work / "photos_files").glob("*"):
         stale.unlink()
-    first = timed([*report, str(work / "photos.jsonl"), "-o", str(work / "photos.html")])
-    again = timed([*report, str(work / "photos.jsonl"), "-o", str(work / "photos.html")])
-    results.update(images=args.images, first_s=first, per_image_ms=1000 * first / args.images,
+    first, first_cpu = timed([*report, str(work / "photos.jsonl"), "-o", str(work / "photos.html")])
+    again, _ = timed([*report, str(work / "photos.jsonl"), "-o", str(work / "photos.html")])
+    results.update(images=args.images, first_s=first, cpu_ms_per_image=1000 * first_cpu / args.images,
                    rerun_s=again)  # fmt: skip
 
     paths = [f"missing/dir{i // 1000}/img{i:06d}.jpg" for i in range(args.rows)]
     write_results(work / "rows.jsonl", paths, 1000)
-    page_s = timed([*report, str(work / "rows.jsonl"), "-o", str(work / "rows.html")])
-    results.update(rows=args.rows, page_s=page_s, page_mb=(work / "rows.html").stat().st_size / 1e6)
+    page_s, page_cpu = timed([*report, str(work / "rows.jsonl"), "-o", str(work / "rows.html")])
+    results.update(rows=args.rows, page_s=page_s, page_cpu_s=page_cpu,
+                   page_mb=(work / "rows.html").stat().st_size / 1e6)  # fmt: skip
     if args.browser:
         results.update(browse(work / "rows.html"))
     print(json.dumps(results, indent=1))

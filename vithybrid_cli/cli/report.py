@@ -24,6 +24,7 @@ def report(
         typer.Argument(
             help="A classify output: .jsonl, .json, .csv, .parquet or a folder of .parquet parts.",
             show_default=False,
+            metavar="RESULTS",
         ),
     ],
     output: Annotated[
