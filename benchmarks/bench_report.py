@@ -111,8 +111,8 @@ def main() -> None:
         stale.unlink()
     first, first_cpu = timed([*report, str(work / "photos.jsonl"), "-o", str(work / "photos.html")])
     again, _ = timed([*report, str(work / "photos.jsonl"), "-o", str(work / "photos.html")])
-    results.update(images=args.images, first_s=first, cpu_ms_per_image=1000 * first_cpu / args.images,
-                   rerun_s=again)  # fmt: skip
+    per_image = 1000 * first_cpu / args.images
+    results.update(images=args.images, first_s=first, cpu_ms_per_image=per_image, rerun_s=again)
 
     paths = [f"missing/dir{i // 1000}/img{i:06d}.jpg" for i in range(args.rows)]
     write_results(work / "rows.jsonl", paths, 1000)
