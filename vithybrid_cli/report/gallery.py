@@ -74,7 +74,8 @@ def build_gallery(
     started = time.perf_counter()
     results = read_results(results_path)
     base = Path(results_path).parent if not Path(results_path).is_dir() else Path(results_path)
-    paths = (row.path for row in results.rows)
+    # a failed input is not opened again: its tile shows the error (a dead URL would time out)
+    paths = (row.path for row in results.rows if row.ok)
     thumbs, stats, folder = thumbnails_beside(
         output, paths, thumbnails or ThumbnailOptions(), [base]
     )
@@ -157,10 +158,9 @@ def pictured(tile: Tile, thumb: Thumbnail | None, page_dir: Path, folder: Path) 
 
 
 def _tile(row: Row, thumb: Thumbnail | None, page_dir: Path, folder: Path) -> Tile:
+    if not row.ok:  # its error takes the thumbnail's place
+        return Tile(row.path, group=FAILED, kind="failed", error=row.error)
     tile = pictured(Tile(row.path, top_k=row.top_k), thumb, page_dir, folder)
-    if not row.ok:
-        tile.group, tile.kind, tile.error = FAILED, "failed", row.error
-        return tile
     margin = row.margin
     detail = f"{row.score:.3f}" if row.score is not None else ""
     if margin is not None and len(row.top_k) > 1:
