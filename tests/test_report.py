@@ -174,6 +174,48 @@ def test_an_unreadable_image_gets_its_reason_and_the_rest_is_made(images, tmp_pa
     assert made["broken.jpg"].original is None  # nothing to show larger either
 
 
+@pytest.fixture
+def served(images):
+    """`images` over loopback HTTP (a thread of the standard library's server)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(images))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def test_thumbnails_of_urls_bucket_objects_and_their_archive_members(images, served, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    bucket = f"thumbs-{os.getpid()}"
+    fs.pipe(f"/{bucket}/a.jpg", (images / "coffee.jpg").read_bytes())
+    fs.pipe(f"/{bucket}/shard.tar", (images / "shard.tar").read_bytes())
+    try:
+        paths = [f"{served}/cat.jpg", f"{served}/gone.jpg", f"memory://{bucket}/a.jpg",
+                 f"memory://{bucket}/shard.tar/inner/rocket.jpg"]  # fmt: skip
+        made, stats = make_thumbnails(paths, tmp_path / "thumbs", workers=2)
+    finally:
+        fs.rm(f"/{bucket}", recursive=True)
+    assert (stats.made, stats.missing) == (3, 1)
+    assert "404" in made[f"{served}/gone.jpg"].reason
+    for path in (paths[0], paths[2], paths[3]):
+        with Image.open(tmp_path / "thumbs" / made[path].file) as thumb:
+            assert max(thumb.size) == 256
+        assert made[path].original is None  # remote: the larger view is the thumbnail
+
+
 # ---------------------------------------------------------------------------- the command
 
 
