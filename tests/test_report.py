@@ -389,6 +389,7 @@ def test_a_few_thousand_rows_are_paged_and_the_review_view_puts_the_unsure_first
     page.locator("#pager-top .previous").wait_for()
     page.locator("#views button", has_text="Review").click()
     expect(page.locator("#pager-top .position")).to_have_text("page 1 of 6")  # 3,000 at 500 a page
+    assert page.locator("#groups .group h3").count() == 0  # one order across the labels
     details = shown.texts("#groups .tile .detail")[:5]
     scores = [float(text.split()[0]) for text in details]
     assert scores == sorted(scores) and scores[0] < 0.31

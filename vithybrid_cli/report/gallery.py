@@ -119,7 +119,8 @@ def gallery_page(
     views = [
         View("By label", by_label, "Grouped by label, most images first; best score first."),
         View("Review", sorted(good, key=lambda i: (certainty(rows[i]), i)),
-             "Least certain first: a low top-1 score or a small margin over the second label."),
+             "Least certain first: a low top-1 score or a small margin over the second label.",
+             grouped=False),
     ]  # fmt: skip
     if failed:
         views.append(View("Failed", failed, "Inputs classify could not label, with the error."))

@@ -47,6 +47,7 @@ class View:
     name: str
     order: list[int]
     note: str = ""  # one line under the tabs: what this order is
+    grouped: bool = True  # False: one grid, no headings (an order across groups)
 
 
 @dataclass

@@ -216,18 +216,20 @@
     // group sizes count every shown tile, not just this page's
     const sizes = new Map();
     for (const i of shown) { const g = DATA.tiles[i].group || ""; sizes.set(g, (sizes.get(g) || 0) + 1); }
+    const grouped = !DATA.views.length || DATA.views[state.view].grouped !== false;
     const groups = [];
     for (const i of slice) {
-      const tile = DATA.tiles[i], name = tile.group || "";
+      const tile = DATA.tiles[i], name = grouped ? tile.group || "" : "";
       if (!groups.length || groups[groups.length - 1].name !== name) {
-        groups.push({ name, kind: tile.kind === "failed" || tile.kind === "abstained" ? tile.kind : "", count: sizes.get(name), indices: [] });
+        const kind = name && (tile.kind === "failed" || tile.kind === "abstained") ? tile.kind : "";
+        groups.push({ name, kind, count: sizes.get(tile.group || ""), indices: [] });
       }
       groups[groups.length - 1].indices.push(i);
     }
     const container = document.getElementById("groups");
     renderGroups(container, groups);
-    if (!shown.length) container.append(el("p", { class: "empty", text: "No image matches." }));
     const total = DATA.views.length ? DATA.views[state.view].order.length : 0;
+    if (!shown.length) container.append(el("p", { class: "empty", text: total ? "No image matches." : "No images." }));
     document.getElementById("shown").textContent = state.filter.trim()
       ? `${shown.length} of ${total} shown` : `${total} images`;
     pager(document.getElementById("pager-top"), pages);
