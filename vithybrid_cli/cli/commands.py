@@ -480,6 +480,9 @@ def attention_map(
     discard_ratio: DiscardRatio = 0.0,
     alpha: Alpha = 0.5,
     raw: Raw = None,
+    index: Annotated[
+        bool, typer.Option("--index", help="Also write DIR/index.html, a page of the overlays.")
+    ] = False,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -506,6 +509,8 @@ def attention_map(
         written = own_outputs(output, output_dir, raw)
         inputs = Inputs(paths, files_from, max_download_mb, follow_links, written, strict)
         inputs = one_or_many(inputs, output, output_dir)
+        if index and not output_dir:
+            raise UserError("--index writes DIR/index.html: give --output-dir DIR")
         task = attention_task(method.value, head_fusion.value, discard_ratio)
         if raw:
             output_format(raw, "embeddings")
@@ -516,6 +521,7 @@ def attention_map(
             # Under torchrun a rank cannot see the others' names: every file gets its index.
             names: set[str] | None = set() if job.world == 1 else None
             saved: list[int] = []
+            pictures = IndexNotes(target or NoOutput())
 
             def save(result: Any) -> None:
                 if output and saved:
@@ -523,8 +529,11 @@ def attention_map(
                 saved.append(result.index)
                 png = Path(output) if output else unique_png(Path(output_dir), result, names)
                 save_overlay(result.image, result.payload, result.crop_box, png, alpha)
+                pictures.saved[result.index] = str(png)
 
-            summary = common.run("mapped", inputs, runner, task, target or NoOutput(), job, save)
+            summary = common.run("mapped", inputs, runner, task, pictures, job, save)
+        if index and job.rank == 0:
+            write_attention_index(pictures, output_dir, workers, quiet)
         return status_of(summary)
 
     run_command(body, debug)
@@ -645,6 +654,14 @@ def fit(
     image_size: ImageSize = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_page: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            help="Also write a page: per-class metrics, confusion heatmap, "
+            "misclassified validation images.",
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
     common = Common(model, revision, device, dtype, batch_size, workers,
@@ -659,6 +676,7 @@ def fit(
         if data is None and labels_from is None:
             raise UserError("no training data: give DATA (one folder per label) or --labels-from")
         refuse_torchrun()
+        page_path(report_page, "--report")
         ensure_parent(output)
         loaded = common.load()
         columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
@@ -675,6 +693,8 @@ def fit(
             )  # fmt: skip
         save_head(report.head, output)
         report_fit(report, output, format is FitFormat.json, quiet)
+        if report_page:
+            write_fit_report(report, report_page, output, workers, quiet)
         return 0
 
     run_command(body, debug)
@@ -722,3 +742,11 @@ def exit_now(status: int) -> None:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(status)
+
+
+from .report import (  # noqa: E402 - also registers `vithybrid report`
+    IndexNotes,
+    page_path,
+    write_attention_index,
+    write_fit_report,
+)

@@ -81,6 +81,8 @@ class FitReport:
     embedded: int  # images run through the model
     cached: int  # images whose embedding came from the cache
     seconds: float = 0.0
+    # each validation image: (path, true label, [(label, probability), ...] best first)
+    validation: list[tuple[str, str, list[tuple[str, float]]]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready (for --format json); the head itself is described, not included."""
@@ -603,6 +605,7 @@ def fit_head(
         if unknown:
             raise FitError(f"validation labels not among the training labels: {', '.join(unknown)}")
         kept = [e for e in val_found.items if e.path in vectors]
+        val_paths = [e.path for e in kept]
         train_x, train_y = features, targets
         val_x = (
             np.stack([vectors[e.path] for e in kept]).astype(np.float64)
@@ -612,6 +615,7 @@ def fit_head(
         val_y = np.array([index[e.label] for e in kept], dtype=np.int64)
     else:
         train_at, val_at = stratified_split(targets, val_fraction, seed)
+        val_paths = [train_examples[i].path for i in val_at]
         train_x, train_y = features[train_at], targets[train_at]
         val_x, val_y = features[val_at], targets[val_at]
 
@@ -643,10 +647,15 @@ def fit_head(
     val_accuracy = None
     precision = recall = f1 = []
     confusion: list[list[int]] = []
+    validation = []
     if len(val_y):
-        predicted = predict_proba(val_z, weight, bias).argmax(1)
+        probabilities = predict_proba(val_z, weight, bias)
+        predicted = probabilities.argmax(1)
         val_accuracy = float((predicted == val_y).mean())
         precision, recall, f1, confusion = classification_metrics(val_y, predicted, classes)
+        for path, truth, row in zip(val_paths, val_y, probabilities, strict=True):
+            ranked = [(labels[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:5]]
+            validation.append((path, labels[truth], ranked))
     train_counts = np.bincount(train_y, minlength=classes).tolist()
     val_counts = np.bincount(val_y, minlength=classes).tolist()
     head = Head(
@@ -686,6 +695,7 @@ def fit_head(
         embedded=embedded,
         cached=len(paths) - embedded,
         seconds=time.perf_counter() - started,
+        validation=validation,
     )
 
 

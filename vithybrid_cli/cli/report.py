@@ -1,0 +1,153 @@
+"""`vithybrid report`: a gallery page of a classify run (the work is in report/gallery.py)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from .commands import app, run_command
+from .options import Debug, Quiet, UserError, Workers
+from .render import stderr
+
+
+class ThumbFormat(str, Enum):
+    webp = "webp"
+    jpeg = "jpeg"
+
+
+@app.command()
+def report(
+    results: Annotated[
+        str,
+        typer.Argument(
+            help="A classify output: .jsonl, .json, .csv, .parquet or a folder of .parquet parts.",
+            show_default=False,
+            metavar="RESULTS",
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The page to write (default: RESULTS with .html); thumbnails go to NAME_files/.",
+        ),
+    ] = None,  # fmt: skip
+    title: Annotated[str | None, typer.Option(help="The page's title (default: RESULTS).")] = None,
+    thumb_size: Annotated[
+        int, typer.Option(min=32, max=1024, help="Longest side of a thumbnail, in pixels.")
+    ] = 256,
+    thumb_format: Annotated[
+        ThumbFormat, typer.Option(help="Thumbnail format.", case_sensitive=False)
+    ] = ThumbFormat.webp,
+    workers: Workers = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a gallery page of a classify run: thumbnails by label, the least certain, failures."""
+
+    def body() -> int:
+        from pathlib import Path
+
+        from ..report.gallery import ThumbnailOptions, build_gallery
+
+        target = page_path(output or str(Path(results.rstrip("/")).with_suffix(".html")))
+        with thumbnail_progress(quiet) as progress:
+            options = ThumbnailOptions(thumb_size, thumb_format.value, workers, progress)
+            done = build_gallery(results, target, title=title, thumbnails=options)
+        summarize(done, "records", quiet)
+        return 0
+
+    run_command(body, debug)
+
+
+def page_path(path: str | None, option: str = "--output") -> str | None:
+    """`path` when it names an .html file (checked before any work), else UserError."""
+    from pathlib import Path
+
+    if path is not None and Path(path).suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{option} {path!r}: the page is an .html file")
+    return path
+
+
+def summarize(done: Any, what: str, quiet: bool) -> None:
+    """One stderr line: what the page holds, the thumbnails made and reused, where it is."""
+    if quiet:
+        return
+    stats = done.stats
+    missing = f", {stats.missing} missing" if stats.missing else ""
+    labels = f"{done.labels} labels, " if done.labels else ""
+    stderr.print(
+        f"{done.rows} {what} ({labels}{done.failed} failed); thumbnails: "
+        f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
+        f"wrote {done.output}",
+        soft_wrap=True,
+    )
+
+
+def write_fit_report(report: Any, path: str, head_path: str, workers: int | None,
+                     quiet: bool) -> None:  # fmt: skip
+    """fit --report: the page of the fitted head (report/fit_page.py)."""
+    from ..report.fit_page import write_fit_page
+    from ..report.gallery import ThumbnailOptions
+
+    with thumbnail_progress(quiet) as progress:
+        options = ThumbnailOptions(workers=workers, progress=progress)
+        done = write_fit_page(report, path, head_path=head_path, thumbnails=options)
+    summarize(done, "validation images", quiet)
+
+
+class thumbnail_progress:  # noqa: N801 - used as a context manager, like contextlib's
+    """A progress bar of thumbnails made (on a terminal, unless --quiet): a callback."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        columns = [TextColumn("thumbnails"), BarColumn(), MofNCompleteColumn()]
+        shown = not quiet and stderr.is_terminal
+        self.bar = Progress(*columns, console=stderr, transient=True, disable=not shown)
+
+    def __enter__(self) -> Any:
+        self.bar.__enter__()
+        task = self.bar.add_task("thumbnails", total=None)
+        return lambda done, total: self.bar.update(task, completed=done, total=total)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.__exit__(*exc_info)
+
+
+class IndexNotes:
+    """attention-map's output, noting each input's picture (or error) for --index."""
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+        self.saved: dict[int, str] = {}  # input index -> the overlay written
+        self.notes: dict[int, tuple[str, str | None]] = {}  # input index -> (path, error)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.output, name)
+
+    def write(self, result: Any) -> None:
+        self.notes[result.index] = (result.path, None if result.ok else result.error)
+        self.output.write(result)
+
+
+def write_attention_index(
+    notes: IndexNotes, directory: str, workers: int | None, quiet: bool
+) -> None:
+    """attention-map --index: DIR/index.html, a tile per input (report/gallery.py)."""
+    from pathlib import Path
+
+    from ..report.gallery import IndexItem, ThumbnailOptions, write_index
+
+    items = [
+        IndexItem(path, notes.saved.get(number), error)
+        for number, (path, error) in sorted(notes.notes.items())
+    ]
+    with thumbnail_progress(quiet) as progress:
+        options = ThumbnailOptions(workers=workers, progress=progress)
+        page = str(Path(directory) / "index.html")
+        done = write_index(items, page, title="Attention maps", thumbnails=options)
+    summarize(done, "inputs", quiet)
