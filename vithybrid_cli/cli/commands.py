@@ -81,6 +81,7 @@ from .options import (
     Workers,
     parse_image_size,
 )
+from .ray_engine import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
 from .render import (
     Reporter,
     describe,
@@ -359,11 +360,23 @@ def classify(
     compile: Compile = False,
     quiet: Quiet = False,
     strict: Strict = False,
+    engine: EngineOpt = Engine.local,
+    concurrency: Concurrency = 1,
+    num_gpus: NumGpus = 0.0,
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
     common = Common(model, revision, device, dtype, batch_size, workers,
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
+    if engine is Engine.ray:  # cli/ray_engine.py
+        from .ray_engine import run_on_ray
+
+        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
+        inputs = (paths, files_from, max_download_mb)
+        step = {"top_k": top_k, "head": head, "min_score": min_score}
+        return run_command(
+            lambda: run_on_ray(common, inputs, output, ray, "Classifier", step), debug
+        )
 
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
@@ -417,17 +430,30 @@ def embed(
     compile: Compile = False,
     quiet: Quiet = False,
     strict: Strict = False,
+    engine: EngineOpt = Engine.local,
+    concurrency: Concurrency = 1,
+    num_gpus: NumGpus = 0.0,
+    format: EmbedFormat = None,
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
     common = Common(model, revision, device, dtype, batch_size, workers,
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
+    if engine is Engine.ray:  # cli/ray_engine.py
+        from .ray_engine import run_on_ray
+
+        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
+        inputs = (paths, files_from, max_download_mb)
+        step = {"pool": pool.value, "normalize": normalize, "tokens": tokens}
+        return run_command(lambda: run_on_ray(common, inputs, output, ray, "Embedder", step), debug)
 
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path
         from ..pipeline.runner import embed_task
         from ..pipeline.runtime import Distributed
 
+        if format is not None:
+            raise UserError("--format is for --engine ray: the --output suffix picks the format")
         inputs = Inputs(paths, files_from, max_download_mb)
         task = embed_task(pool.value, normalize, tokens)
         output_format(output, "embeddings")  # an unknown suffix or a missing extra: now
