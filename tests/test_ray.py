@@ -230,7 +230,7 @@ def processes_of(marker: str) -> list[int]:
         except OSError:
             continue
         parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        if marker.encode() in cmdline:
+        if marker.encode() in cmdline and int(entry) != os.getpid():
             holders.add(int(entry))
     found, grew = set(holders), True
     while grew:
@@ -268,19 +268,21 @@ def two_nodes(tmp_path):
     pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="vhr2", dir="/tmp")
     port = free_port()
-    env = child_env(RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    env = child_env(RAY_AUTH_MODE="disabled")  # loopback, this test's own cluster
     common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start"]
     head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.1",
             "--include-dashboard", "false", "--temp-dir", temp,
-            "--ray-client-server-port", free_port(),
             "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
     second = [*ray_cli, "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
               "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
     try:
         for command in (head, second):
             command = [str(arg) for arg in command]
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=TIMEOUT)
+            started = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=TIMEOUT
+            )
+            assert started.returncode == 0, started.stderr[-3000:]
         yield f"127.0.0.1:{port}", temp
     finally:
         stop(temp)
@@ -306,34 +308,27 @@ def test_two_nodes_with_a_worker_killed_mid_run(two_nodes, tiny, tmp_path):
     paths = make_images(folder, 40)
     block_with_fifo(paths[20])  # the run cannot finish before the test lets it
     dest = tmp_path / "parts"
-    env = child_env(RAY_ADDRESS=address, PYTHONPATH=os.pathsep.join(sys.path))
-    command = [
-        sys.executable,
-        "-m",
-        "vithybrid_cli",
-        "classify",
-        str(folder),
-        "-o",
-        str(dest),
-        "--engine",
-        "ray",
-        "--model",
-        tiny,
-        "--dtype",
-        "float32",
-        "--batch-size",
-        "4",
-    ]
-    run = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    env = child_env(
+        RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path)
+    )
+    listed = write_list(tmp_path / "list.txt", paths)  # a folder walk would skip the FIFO
+    command = [sys.executable, "-m", "vithybrid_cli", "classify", "--files-from", listed,
+               "-o", dest, "--engine", "ray", "--model", tiny, "--dtype", "float32",
+               "--batch-size", 4]  # fmt: skip
+    log = (tmp_path / "stderr.txt").open("w+")
+    run = subprocess.Popen([str(arg) for arg in command], env=env, stderr=log, text=True)
     try:
         actors = wait_for(lambda: titled(processes_of(temp), "Classifier"), "a model actor")
         os.kill(actors[0], signal.SIGKILL)
         # Ray restarts the actor and reruns its work; the FIFO's reader comes back too.
         wait_for(lambda: fifo_opened(paths[20]), "the run to reach the blocked input")
-        _, errors = run.communicate(timeout=TIMEOUT)
+        run.wait(timeout=TIMEOUT)
     finally:
         if run.poll() is None:
             run.kill()
+        log.seek(0)
+        errors = log.read()
+        print(errors[-5000:])  # shown when the test fails
     assert run.returncode == 1, errors  # the FIFO read as an empty file
     assert "39 labeled, 1 failed" in errors
     rows = read_parts(dest)  # asserts each path once
