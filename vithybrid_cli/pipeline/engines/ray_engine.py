@@ -348,7 +348,7 @@ def run_on_ray(
             model_step,
             fn_constructor_kwargs=options,
             batch_size=plan.batch_size,
-            concurrency=plan.concurrency,
+            compute=ray.data.ActorPoolStrategy(size=plan.concurrency),
             num_gpus=plan.num_gpus or None,
         )
         dataset.write_datasink(sink)
