@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import pickle
@@ -289,19 +290,23 @@ def input_rows(inputs: Iterable[Any], done: set[str]) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def ray_session() -> Iterator[None]:
+def ray_session(quiet: bool = False) -> Iterator[None]:
     """Ray as it is (already initialized: the caller's), the cluster RAY_ADDRESS names, or a
-    local Ray started for this run and shut down after it."""
+    local Ray started for this run and shut down after it. `quiet`: Ray's warnings only."""
     import ray
 
+    if quiet:
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         yield
         return
+    level = logging.WARNING if quiet else logging.INFO
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=level)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, logging_level=level)
     try:
         yield
     finally:
@@ -336,7 +341,7 @@ def run_on_ray(
     if not rows:
         return RayOutcome(Summary(elapsed=time.perf_counter() - started), [])
     sink = PartsSink(destination, plan.fmt, plan.kind, run, plan.rows_per_part, plan.metadata)
-    with ray_session():
+    with ray_session(quiet=not plan.progress):
         ray.data.DataContext.get_current().enable_progress_bars = plan.progress
         options = dict(model_options)
         if not plan.num_gpus:
