@@ -198,6 +198,33 @@ def test_a_fitted_head_on_ray_matches_the_local_engine(local_ray, tiny, tmp_path
     assert_records_match(read_parts(tmp_path / "parts"), read_local(tmp_path / "local.parquet"))
 
 
+@pytest.mark.slow
+def test_classifier_in_your_own_map_batches(local_ray, tiny, folder, tmp_path):
+    """The public callables on Ray's own reader (bytes in): the local engine's rows."""
+    from vithybrid_cli.ray import Classifier, Embedder
+
+    local = cli("classify", folder, "-o", tmp_path / "local.parquet", "--model", tiny,
+                "--dtype", "float32", "-k", 3)  # fmt: skip
+    assert local.exit_code == 1, local.output
+
+    def key(path: str) -> str:  # Ray's reader may write a local path its own way
+        return path.rsplit(f"/{folder.name}/", 1)[1]
+
+    expected = {key(path): row for path, row in read_local(tmp_path / "local.parquet").items()}
+    photos = local_ray.data.read_binary_files(str(folder), include_paths=True)
+    options = {"model": tiny, "dtype": "float32", "device": "cpu"}
+    pool = local_ray.data.ActorPoolStrategy(size=1)
+    rows = photos.map_batches(Classifier, fn_constructor_kwargs={**options, "top_k": 3},
+                              compute=pool, batch_size=4).take_all()  # fmt: skip
+    labeled = {key(row["path"]): row for row in rows}
+    assert_records_match(labeled, expected)
+    vectors = photos.map_batches(Embedder, fn_constructor_kwargs=options, compute=pool,
+                                 batch_size=4).take_all()  # fmt: skip
+    failed = {Path(row["path"]).name for row in vectors if row["error"]}
+    assert failed == {"junk.jpg", "empty.png"}
+    assert all(len(row["embedding"]) == 32 for row in vectors if not row["error"])
+
+
 def test_engine_ray_without_the_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
     monkeypatch.setitem(sys.modules, "ray.data", None)
