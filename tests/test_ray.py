@@ -236,6 +236,29 @@ def test_engine_ray_without_the_extra_is_one_line(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ([], "--engine ray writes a folder of parts: give --output DIR or a bucket URL"),
+        (
+            ["-o", "out", "--strict"],
+            "--strict is the local engine's: on Ray a failed input is a row",
+        ),
+        (["-o", "out", "-f", "csv"], "--engine ray writes parquet or jsonl parts, not csv"),
+    ],
+)
+def test_engine_ray_option_errors_are_one_line(tmp_path, args, line):
+    result = cli("classify", tmp_path, "--engine", "ray", *args)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {line}"
+
+
+def test_embed_format_is_for_the_ray_engine(tmp_path):
+    result = cli("embed", tmp_path, "-o", tmp_path / "v.npy", "-f", "jsonl")
+    assert result.exit_code == 2
+    assert "--format is for --engine ray" in result.output
+
+
 # ---------------------------------------------------------------------------- two nodes
 
 

@@ -58,10 +58,8 @@ class RayOptions:
 
 
 def part_format(fmt: str | None) -> str:
-    from ..pipeline.engines.ray_engine import FORMATS
-
-    fmt = fmt or "parquet"
-    if fmt not in FORMATS:
+    fmt = fmt or PartFormat.parquet.value
+    if fmt not in {part.value for part in PartFormat}:
         raise UserError(f"--engine ray writes parquet or jsonl parts, not {fmt}")
     return fmt
 
@@ -96,10 +94,12 @@ def run_on_ray(
     from .commands import Inputs
 
     inputs = Inputs(*named)  # no inputs, or a missing cloud extra: one line
-    require("ray.data", "ray", "ray[data]")  # before any work: one line, exit 2
     if not output or output == "-":
         raise UserError("--engine ray writes a folder of parts: give --output DIR or a bucket URL")
+    if common.strict:
+        raise UserError("--strict is the local engine's: on Ray a failed input is a row")
     fmt = part_format(engine.format)
+    require("ray.data", "ray", "ray[data]")  # before any work: one line, exit 2
     from .. import ray as steps
     from ..model.weights import CheckpointError
     from ..pipeline.engines.ray_engine import RayPlan, rows_per_part
