@@ -119,6 +119,12 @@ def run_on_ray(
         probe = step_class(device="cpu", **options, **task)
     except (CheckpointError, ValueError) as error:
         raise UserError(str(error)) from error
+    import torch
+
+    from ..pipeline.runner import auto_batch_size
+
+    device = "cuda" if engine.num_gpus else "cpu"
+    batch = common.batch_size or auto_batch_size(torch.device(device), probe.runner.input_size)
     shape = getattr(probe, "row_shape", None)
     metadata = {"vithybrid.top_k": str(probe.task.top_k)} if probe.kind == "records" else {}
     if shape:
@@ -126,14 +132,14 @@ def run_on_ray(
     plan = RayPlan(
         dest=output, fmt=fmt, kind=probe.kind, settings=probe.settings, resume=engine.resume,
         concurrency=engine.concurrency, num_gpus=engine.num_gpus,
-        batch_size=probe.runner.batch_size, rows_per_part=rows_per_part(probe.kind, shape),
+        batch_size=batch, rows_per_part=rows_per_part(probe.kind, shape),
         metadata=metadata, progress=not common.quiet,
     )  # fmt: skip
     decoder = steps.Decoder(config=probe.model.preprocess_config, image_size=options["image_size"])
     if step == "Classifier":
         task = {**task, "head": probe.head}  # the loaded head travels: no file needed on the nodes
     del probe
-    options.update(task, device="cuda" if engine.num_gpus else "cpu")
+    options.update(task, device=device)
     outcome = run(inputs(), decoder, step_class, options, plan)
     for path, error in sorted(outcome.errors):
         line = f"{display_path(path)}: {error}"
