@@ -318,7 +318,8 @@ def two_nodes(tmp_path):
     pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="vhr2", dir="/tmp")
     port = free_port()
-    env = child_env(RAY_AUTH_MODE="disabled")  # loopback, this test's own cluster
+    # loopback, this test's own cluster; its workers import vithybrid_cli as this process does
+    env = child_env(RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path))
     common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start"]
     head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.1",
