@@ -146,6 +146,22 @@ def test_embed_on_ray_matches_the_local_engine(local_ray, tiny, folder, tmp_path
 
 
 @pytest.mark.slow
+def test_embed_tokens_on_ray_have_the_local_nested_schema(local_ray, tiny, folder, tmp_path):
+    import pyarrow.parquet as pq
+
+    args = [folder / "large", "--model", tiny, "--dtype", "float32", "--tokens", "--normalize"]
+    assert cli("embed", *args, "-o", tmp_path / "local.parquet").exit_code == 0
+    result = cli("embed", *args, "-o", tmp_path / "parts", "--engine", "ray")
+    assert result.exit_code == 0, result.output
+    rows, expected = read_parts(tmp_path / "parts"), read_local(tmp_path / "local.parquet")
+    assert rows.keys() == expected.keys() and len(rows) == N_IMAGES // 2
+    for path, row in rows.items():  # (tokens, hidden) per image
+        np.testing.assert_allclose(row["embedding"], expected[path]["embedding"], atol=1e-4)
+    part = next((tmp_path / "parts").glob("part-*.parquet"))
+    assert pq.read_schema(part).equals(pq.read_schema(tmp_path / "local.parquet"), True)
+
+
+@pytest.mark.slow
 def test_jsonl_parts_resume_adds_only_new_inputs(local_ray, tiny, folder, tmp_path):
     images = sorted(str(path) for path in folder.rglob("img*.png"))
     first, everything = images[:5], [*images, str(folder / "junk.jpg")]
