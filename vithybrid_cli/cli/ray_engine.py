@@ -149,5 +149,6 @@ def run_on_ray(
         counts = f"{summary.succeeded} {VERBS[step]}, {summary.failed} failed"
         stderr.print(f"{counts} in {summary.elapsed:.1f} s", soft_wrap=True)
         where = escape(display_path(output))
-        stderr.print(f"wrote {outcome.parts} {fmt} parts to {where}", soft_wrap=True)
+        parts = f"{outcome.parts} {fmt} part{'' if outcome.parts == 1 else 's'}"
+        stderr.print(f"wrote {parts} to {where}", soft_wrap=True)
     return 1 if summary.failed else 0
