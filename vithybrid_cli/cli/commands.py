@@ -82,6 +82,7 @@ from .options import (
     Workers,
     parse_image_size,
 )
+from .ray_engine import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
 from .render import (
     Reporter,
     describe,
@@ -373,11 +374,24 @@ def classify(
     quiet: Quiet = False,
     strict: Strict = False,
     follow_links: FollowLinks = False,
+    engine: EngineOpt = Engine.local,
+    concurrency: Concurrency = 1,
+    num_gpus: NumGpus = 0.0,
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
     common = Common(model, revision, device, dtype, batch_size, workers,
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
+    if engine is Engine.ray:  # cli/ray_engine.py
+        from .ray_engine import run_on_ray
+        from .walk import own_outputs
+
+        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
+        inputs = (paths, files_from, max_download_mb, follow_links, own_outputs(output))
+        step = {"top_k": top_k, "head": head, "min_score": min_score}
+        return run_command(
+            lambda: run_on_ray(common, inputs, output, ray, "Classifier", step), debug
+        )
 
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
@@ -435,11 +449,23 @@ def embed(
     quiet: Quiet = False,
     strict: Strict = False,
     follow_links: FollowLinks = False,
+    engine: EngineOpt = Engine.local,
+    concurrency: Concurrency = 1,
+    num_gpus: NumGpus = 0.0,
+    format: EmbedFormat = None,
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
     common = Common(model, revision, device, dtype, batch_size, workers,
                     interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
+    if engine is Engine.ray:  # cli/ray_engine.py
+        from .ray_engine import run_on_ray
+        from .walk import own_outputs
+
+        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
+        inputs = (paths, files_from, max_download_mb, follow_links, own_outputs(output))
+        step = {"pool": pool.value, "normalize": normalize, "tokens": tokens}
+        return run_command(lambda: run_on_ray(common, inputs, output, ray, "Embedder", step), debug)
 
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path
@@ -447,6 +473,8 @@ def embed(
         from ..pipeline.runtime import Distributed
         from .walk import own_outputs
 
+        if format is not None:
+            raise UserError("--format is for --engine ray: the --output suffix picks the format")
         written = own_outputs(output, sidecar_path(output))
         inputs = Inputs(paths, files_from, max_download_mb, follow_links, written, strict)
         task = embed_task(pool.value, normalize, tokens)

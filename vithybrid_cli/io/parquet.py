@@ -36,6 +36,11 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, require("pyarrow.parquet", "parquet", "pyarrow")
 
 
+RECORD_COLUMNS = (
+    "path", "label", "score", "index", "top_k_labels", "top_k_scores", "top_k_indices", "error"
+)  # fmt: skip
+
+
 def record_schema(pa: Any) -> Any:
     return pa.schema(
         [
@@ -139,29 +144,10 @@ class ParquetRecordWriter(_ParquetFile):
             raise ValueError("write to a closed ParquetRecordWriter")
         if "path" not in record:
             raise ValueError(f"record without a 'path': {record!r}")
-        columns = self._columns
-        columns["path"].append(safe_text(str(record["path"])))
-        entries = record.get("top_k")
-        if record.get("error") is not None or entries is None:
-            error = " ".join(str(record.get("error") or "no result").split())
-            for name in ("label", "score", "index", "top_k_labels", "top_k_scores"):
-                columns[name].append(None)
-            columns["top_k_indices"].append(None)
-            columns["error"].append(safe_text(error))
-        else:
-            labels = [safe_text(str(entry["label"])) for entry in entries]
-            scores = [_finite(entry["score"]) for entry in entries]
-            indices = [int(entry["index"]) for entry in entries]
-            label = record["label"] if "label" in record else (labels[0] if labels else None)
-            columns["label"].append(None if label is None else safe_text(str(label)))
-            columns["score"].append(scores[0] if scores else None)
-            columns["index"].append(indices[0] if indices else None)
-            columns["top_k_labels"].append(labels)
-            columns["top_k_scores"].append(scores)
-            columns["top_k_indices"].append(indices)
-            columns["error"].append(None)
+        for name, value in record_row(record).items():
+            self._columns[name].append(value)
         self.count += 1
-        if len(columns["path"]) >= self.row_group_size:
+        if len(self._columns["path"]) >= self.row_group_size:
             self._flush_rows()
 
     def _flush_rows(self) -> None:
@@ -171,6 +157,25 @@ class ParquetRecordWriter(_ParquetFile):
 
     def _finish(self) -> None:
         self._flush_rows()
+
+
+def record_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One record as a row of `record_schema`'s columns (the Ray engine's parts use it too)."""
+    row: dict[str, Any] = dict.fromkeys(RECORD_COLUMNS)
+    row["path"] = safe_text(str(record["path"]))
+    entries = record.get("top_k")
+    if record.get("error") is not None or entries is None:
+        row["error"] = safe_text(" ".join(str(record.get("error") or "no result").split()))
+        return row
+    labels = [safe_text(str(entry["label"])) for entry in entries]
+    scores = [_finite(entry["score"]) for entry in entries]
+    indices = [int(entry["index"]) for entry in entries]
+    label = record["label"] if "label" in record else (labels[0] if labels else None)
+    row["label"] = None if label is None else safe_text(str(label))
+    row["score"] = scores[0] if scores else None
+    row["index"] = indices[0] if indices else None
+    row["top_k_labels"], row["top_k_scores"], row["top_k_indices"] = labels, scores, indices
+    return row
 
 
 def _finite(score: Any) -> float | None:
@@ -222,14 +227,7 @@ class ParquetEmbeddingWriter(_ParquetFile):
         self._open_schema(shape)
 
     def _open_schema(self, shape: tuple[int, ...]) -> None:
-        pa = self._pa
-        value_type = pa.float32()
-        for size in reversed(shape):
-            value_type = pa.list_(value_type, size)
-        metadata = {b"vithybrid.row_shape": ",".join(map(str, shape)).encode()}
-        self.schema = pa.schema(
-            [("path", pa.string()), ("embedding", value_type)], metadata=metadata
-        )
+        self.schema = embedding_schema(self._pa, shape)
         self._open(self.schema)
 
     def _flush_rows(self) -> None:
@@ -237,9 +235,7 @@ class ParquetEmbeddingWriter(_ParquetFile):
             return
         assert self._block is not None and self.row_shape is not None
         pa = self._pa
-        values = pa.array(self._block[: len(self._paths)].reshape(-1), type=pa.float32())
-        for size in reversed(self.row_shape):
-            values = pa.FixedSizeListArray.from_arrays(values, size)
+        values = embedding_array(pa, self._block[: len(self._paths)])
         self._write_table(
             pa.Table.from_arrays([pa.array(self._paths, pa.string()), values], schema=self.schema)
         )
@@ -249,3 +245,22 @@ class ParquetEmbeddingWriter(_ParquetFile):
         if self.row_shape is None:  # nothing written: a valid file with zero rows
             self._open_schema((0,))
         self._flush_rows()
+
+
+def embedding_schema(pa: Any, shape: tuple[int, ...]) -> Any:
+    """path + embedding: fixed_size_list<float32>[D], nested for row shapes such as (T, D)."""
+    value_type = pa.float32()
+    for size in reversed(shape):
+        value_type = pa.list_(value_type, size)
+    metadata = {b"vithybrid.row_shape": ",".join(map(str, shape)).encode()}
+    return pa.schema([("path", pa.string()), ("embedding", value_type)], metadata=metadata)
+
+
+def embedding_array(pa: Any, vectors: np.ndarray, mask: np.ndarray | None = None) -> Any:
+    """(N, *shape) float32 vectors as one `embedding` column; rows where `mask` is True null."""
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    for size in reversed(vectors.shape[2:]):
+        values = pa.FixedSizeListArray.from_arrays(values, size)
+    if mask is None or not mask.any():
+        return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1])
+    return pa.FixedSizeListArray.from_arrays(values, vectors.shape[1], mask=pa.array(mask))

@@ -341,11 +341,8 @@ class Runner:
                     pixels, result.image, result.crop_box = wait(work)
                     arrays.append(pixels)
                     slots.append(result)
-                except ImageError as error:
-                    result.error = error.message
-                except Exception as error:  # a decoder bug must not take the batch down
-                    logger.debug("unexpected failure decoding %s", path, exc_info=True)
-                    result.error = f"cannot decode: {type(error).__name__}: {error}"
+                except Exception as error:
+                    result.error = decode_failure(path, error)
             results.append(result)
         if arrays:
             for result, payload in zip(slots, self.forward(np.stack(arrays), task), strict=True):
@@ -370,6 +367,15 @@ class Runner:
                 cls_only=task.cls_only and not output_attentions,
             )
             return task(output)
+
+
+def decode_failure(path: str, error: Exception) -> str:
+    """The one line an input that failed to decode gets (an ImageError's own message)."""
+    if isinstance(error, ImageError):
+        return error.message
+    # a decoder bug must not take the batch down
+    logger.debug("unexpected failure decoding %s", path, exc_info=True)
+    return f"cannot decode: {type(error).__name__}: {error}"
 
 
 def wait(future: Future) -> Any:

@@ -1,0 +1,411 @@
+"""classify|embed --engine ray: the same rows as the local engine, on a local Ray (2 CPUs) and on
+a two-node cluster on loopback, with a worker killed mid-run; resume; the settings check.
+
+Every Ray instance here is this module's own: `ray.init` in this process (stopped by
+`ray.shutdown()`), or `ray start` processes with their own temp folder, stopped by their pids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from batchkit import (
+    TIMEOUT,
+    block_with_fifo,
+    child_env,
+    make_images,
+    png_bytes,
+    unblock_fifo,
+    write_list,
+)
+from typer.testing import CliRunner
+
+from vithybrid_cli.cli import app
+
+OBJECT_STORE = 100_000_000  # bytes: Ray's smallest is 75 MB; the tiny model needs little
+N_IMAGES = 12
+
+
+def cli(*args: object):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def read_parts(folder: Path) -> dict[str, dict]:
+    """path -> row of every part in `folder` (asserting each path appears once)."""
+    import pyarrow.dataset as ds
+
+    rows = ds.dataset(folder, format="parquet").to_table().to_pylist()
+    paths = [row["path"] for row in rows]
+    assert len(paths) == len(set(paths)), "a path written twice"
+    return {row["path"]: row for row in rows}
+
+
+def read_local(path: Path) -> dict[str, dict]:
+    import pyarrow.parquet as pq
+
+    return {row["path"]: row for row in pq.read_table(path).to_pylist()}
+
+
+def assert_records_match(ray_rows: dict[str, dict], local_rows: dict[str, dict]) -> None:
+    assert ray_rows.keys() == local_rows.keys()
+    for path, local in local_rows.items():
+        row = ray_rows[path]
+        assert row["error"] == local["error"], path
+        assert row["label"] == local["label"], path
+        assert row["top_k_labels"] == local["top_k_labels"], path
+        assert row["top_k_indices"] == local["top_k_indices"], path
+        if local["error"] is None:
+            np.testing.assert_allclose(row["top_k_scores"], local["top_k_scores"], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint) -> str:
+    return str(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """N_IMAGES PNGs of two sizes, a text file named .jpg and an empty .png."""
+    folder = tmp_path_factory.mktemp("ray") / "images"
+    make_images(folder, N_IMAGES // 2)
+    make_images(folder / "large", N_IMAGES // 2, size=(150, 90))
+    (folder / "junk.jpg").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray of this process's own, 2 CPUs, small object store; the CLI runs on it in-process."""
+    ray = pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="vhray", dir="/tmp")  # Ray's socket paths must stay short
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE, _temp_dir=temp)
+    yield ray
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- one machine
+
+
+@pytest.mark.slow
+def test_classify_on_ray_matches_the_local_engine(local_ray, tiny, folder, tmp_path):
+    local = cli("classify", folder, "-o", tmp_path / "local.parquet", "--model", tiny,
+                "--dtype", "float32", "-k", 3)  # fmt: skip
+    assert local.exit_code == 1, local.output  # the two bad inputs
+    result = cli("classify", folder, "-o", tmp_path / "parts", "--engine", "ray",
+                 "--model", tiny, "--dtype", "float32", "-k", 3)  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"{N_IMAGES} labeled, 2 failed in" in result.output
+    assert "junk.jpg: not a recognized image format" in result.output
+    rows = read_parts(tmp_path / "parts")
+    assert_records_match(rows, read_local(tmp_path / "local.parquet"))
+    assert rows[str(folder / "empty.png")]["error"] == "empty file (0 bytes)"
+    # the same columns, in the same order, as the local Parquet
+    import pyarrow.parquet as pq
+
+    part = next((tmp_path / "parts").glob("part-*.parquet"))
+    local_schema = pq.read_schema(tmp_path / "local.parquet")
+    assert pq.read_schema(part).names == local_schema.names
+    assert pq.read_schema(part).remove_metadata().equals(local_schema.remove_metadata())
+    settings = json.loads((tmp_path / "parts" / "_vithybrid.json").read_text())["settings"]
+    assert settings["top-k"] == 3 and settings["dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_embed_on_ray_matches_the_local_engine(local_ray, tiny, folder, tmp_path):
+    local = cli("embed", folder, "-o", tmp_path / "local.parquet", "--model", tiny,
+                "--dtype", "float32", "--pool", "mean")  # fmt: skip
+    assert local.exit_code == 1, local.output
+    result = cli("embed", folder, "-o", tmp_path / "parts", "--engine", "ray",
+                 "--model", tiny, "--dtype", "float32", "--pool", "mean")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"{N_IMAGES} embedded, 2 failed in" in result.output
+    rows, expected = read_parts(tmp_path / "parts"), read_local(tmp_path / "local.parquet")
+    assert rows.keys() == expected.keys()  # failures are left out of both
+    assert len(rows) == N_IMAGES
+    for path, row in rows.items():
+        ours, theirs = np.asarray(row["embedding"]), np.asarray(expected[path]["embedding"])
+        cosine = ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)
+        assert cosine >= 0.9999, path
+    import pyarrow.parquet as pq
+
+    part = next((tmp_path / "parts").glob("part-*.parquet"))
+    local_schema = pq.read_schema(tmp_path / "local.parquet")
+    assert pq.read_schema(part).equals(local_schema, check_metadata=True)
+
+
+@pytest.mark.slow
+def test_embed_tokens_on_ray_have_the_local_nested_schema(local_ray, tiny, folder, tmp_path):
+    import pyarrow.parquet as pq
+
+    args = [folder / "large", "--model", tiny, "--dtype", "float32", "--tokens", "--normalize"]
+    assert cli("embed", *args, "-o", tmp_path / "local.parquet").exit_code == 0
+    result = cli("embed", *args, "-o", tmp_path / "parts", "--engine", "ray")
+    assert result.exit_code == 0, result.output
+    rows, expected = read_parts(tmp_path / "parts"), read_local(tmp_path / "local.parquet")
+    assert rows.keys() == expected.keys() and len(rows) == N_IMAGES // 2
+    for path, row in rows.items():  # (tokens, hidden) per image
+        np.testing.assert_allclose(row["embedding"], expected[path]["embedding"], atol=1e-4)
+    part = next((tmp_path / "parts").glob("part-*.parquet"))
+    assert pq.read_schema(part).equals(pq.read_schema(tmp_path / "local.parquet"), True)
+
+
+@pytest.mark.slow
+def test_jsonl_parts_resume_adds_only_new_inputs(local_ray, tiny, folder, tmp_path):
+    images = sorted(str(path) for path in folder.rglob("img*.png"))
+    first, everything = images[:5], [*images, str(folder / "junk.jpg")]
+    dest = tmp_path / "parts"
+    args = ["--engine", "ray", "--model", tiny, "--dtype", "float32", "-k", 2, "-f", "jsonl"]
+    result = cli("classify", "--files-from", write_list(tmp_path / "a.txt", first), "-o", dest,
+                 *args)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "5 labeled, 0 failed" in result.output
+    before = {path.name: path.read_bytes() for path in dest.glob("part-*.jsonl")}
+
+    result = cli("classify", "--files-from", write_list(tmp_path / "b.txt", everything),
+                 "-o", dest, "--resume", *args)  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"{len(everything) - 5} labeled" not in result.output  # the junk one failed
+    assert f"{len(everything) - 6} labeled, 1 failed" in result.output
+    rows = [json.loads(line) for part in dest.glob("part-*.jsonl") for line in part.open()]
+    paths = [row["path"] for row in rows]
+    assert sorted(paths) == sorted(everything)  # each once
+    for name, data in before.items():  # the first run's parts are as they were
+        assert (dest / name).read_bytes() == data
+    assert set(rows[0]) == {"path", "label", "score", "index", "top_k_labels", "top_k_scores",
+                            "top_k_indices", "error"}  # fmt: skip
+
+    # Nothing left to do: a resume runs nothing; with other settings it is refused, one line.
+    result = cli("classify", "--files-from", tmp_path / "b.txt", "-o", dest, "--resume", *args)
+    assert "0 labeled, 0 failed" in result.output
+    changed = [arg if arg != 2 else 3 for arg in args]
+    result = cli("classify", "--files-from", tmp_path / "b.txt", "-o", dest, "--resume", *changed)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].endswith("was written with --top-k 2, not 3")
+
+
+@pytest.mark.slow
+def test_a_fitted_head_on_ray_matches_the_local_engine(local_ray, tiny, tmp_path):
+    from vithybrid_cli import fit_head, load_model, save_head
+
+    for label, first in (("a", 0), ("b", 100)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            (tmp_path / "data" / label / f"{i}.png").write_bytes(png_bytes(first + i))
+    report = fit_head(load_model(tiny), str(tmp_path / "data"), c=1.0)
+    save_head(report.head, tmp_path / "head.safetensors")
+    common = ["--model", tiny, "--dtype", "float32", "--head", tmp_path / "head.safetensors"]
+    local = cli("classify", tmp_path / "data", "-o", tmp_path / "local.parquet", *common)
+    assert local.exit_code == 0, local.output
+    result = cli("classify", tmp_path / "data", "-o", tmp_path / "parts", "--engine", "ray",
+                 *common)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert_records_match(read_parts(tmp_path / "parts"), read_local(tmp_path / "local.parquet"))
+
+
+@pytest.mark.slow
+def test_classifier_in_your_own_map_batches(local_ray, tiny, folder, tmp_path):
+    """The public callables on Ray's own reader (bytes in): the local engine's rows."""
+    from vithybrid_cli.ray import Classifier, Embedder
+
+    local = cli("classify", folder, "-o", tmp_path / "local.parquet", "--model", tiny,
+                "--dtype", "float32", "-k", 3)  # fmt: skip
+    assert local.exit_code == 1, local.output
+
+    def key(path: str) -> str:  # Ray's reader may write a local path its own way
+        return path.rsplit(f"/{folder.name}/", 1)[1]
+
+    expected = {key(path): row for path, row in read_local(tmp_path / "local.parquet").items()}
+    photos = local_ray.data.read_binary_files(str(folder), include_paths=True)
+    options = {"model": tiny, "dtype": "float32", "device": "cpu"}
+    pool = local_ray.data.ActorPoolStrategy(size=1)
+    rows = photos.map_batches(Classifier, fn_constructor_kwargs={**options, "top_k": 3},
+                              compute=pool, batch_size=4).take_all()  # fmt: skip
+    labeled = {key(row["path"]): row for row in rows}
+    assert_records_match(labeled, expected)
+    vectors = photos.map_batches(Embedder, fn_constructor_kwargs=options, compute=pool,
+                                 batch_size=4).take_all()  # fmt: skip
+    failed = {Path(row["path"]).name for row in vectors if row["error"]}
+    assert failed == {"junk.jpg", "empty.png"}
+    assert all(len(row["embedding"]) == 32 for row in vectors if not row["error"])
+
+
+def test_engine_ray_without_the_extra_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    result = cli("classify", tmp_path, "-o", tmp_path / "out", "--engine", "ray",
+                 "--model", tmp_path / "no-such-model")  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        'error: install the ray extra: pip install "vithybrid[ray]" (needs ray[data])'
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ([], "--engine ray writes a folder of parts: give --output DIR or a bucket URL"),
+        (
+            ["-o", "out", "--strict"],
+            "--strict is the local engine's: on Ray a failed input is a row",
+        ),
+        (["-o", "out", "-f", "csv"], "--engine ray writes parquet or jsonl parts, not csv"),
+    ],
+)
+def test_engine_ray_option_errors_are_one_line(tmp_path, args, line):
+    result = cli("classify", tmp_path, "--engine", "ray", *args)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {line}"
+
+
+def test_embed_format_is_for_the_ray_engine(tmp_path):
+    result = cli("embed", tmp_path, "-o", tmp_path / "v.npy", "-f", "jsonl")
+    assert result.exit_code == 2
+    assert "--format is for --engine ray" in result.output
+
+
+# ---------------------------------------------------------------------------- two nodes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def processes_of(marker: str) -> list[int]:
+    """Pids of the processes whose command line holds `marker`, and all their descendants."""
+    parents, holders = {}, set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if marker.encode() in cmdline and int(entry) != os.getpid():
+            holders.add(int(entry))
+    found, grew = set(holders), True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
+
+
+def titled(pids: list[int], text: str) -> list[int]:
+    """The pids among `pids` whose process title (Ray sets `ray::ACTOR`) contains `text`."""
+    found = []
+    for pid in pids:
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def wait_for(condition, what: str, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A head and a second node on loopback (`ray start`), their RAY_ADDRESS; stopped by pid."""
+    pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="vhr2", dir="/tmp")
+    port = free_port()
+    # loopback, this test's own cluster; its workers import vithybrid_cli as this process does
+    env = child_env(RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path))
+    common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start"]
+    head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.1",
+            "--include-dashboard", "false", "--temp-dir", temp,
+            "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
+    second = [*ray_cli, "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+              "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
+    try:
+        for command in (head, second):
+            command = [str(arg) for arg in command]
+            started = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=TIMEOUT
+            )
+            assert started.returncode == 0, started.stderr[-3000:]
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        stop(temp)
+
+
+def stop(marker: str) -> None:
+    """SIGTERM, then SIGKILL, to every process of the cluster whose temp folder is `marker`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_of(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        try:
+            wait_for(lambda: not processes_of(marker), "the cluster to stop", timeout=10)
+            return
+        except AssertionError:
+            continue
+
+
+@pytest.mark.slow
+def test_two_nodes_with_a_worker_killed_mid_run(two_nodes, tiny, tmp_path):
+    address, temp = two_nodes
+    folder = tmp_path / "images"
+    paths = make_images(folder, 40)
+    block_with_fifo(paths[20])  # the run cannot finish before the test lets it
+    dest = tmp_path / "parts"
+    env = child_env(
+        RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path)
+    )
+    listed = write_list(tmp_path / "list.txt", paths)  # a folder walk would skip the FIFO
+    command = [sys.executable, "-m", "vithybrid_cli", "classify", "--files-from", listed,
+               "-o", dest, "--engine", "ray", "--model", tiny, "--dtype", "float32",
+               "--batch-size", 4]  # fmt: skip
+    log = (tmp_path / "stderr.txt").open("w+")
+    run = subprocess.Popen([str(arg) for arg in command], env=env, stderr=log, text=True)
+    try:
+        actors = wait_for(lambda: titled(processes_of(temp), "Classifier"), "a model actor")
+        os.kill(actors[0], signal.SIGKILL)
+        # Ray restarts the actor and reruns its work; the FIFO's reader comes back too.
+        wait_for(lambda: fifo_opened(paths[20]), "the run to reach the blocked input")
+        run.wait(timeout=TIMEOUT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        log.seek(0)
+        errors = log.read()
+        print(errors[-5000:])  # shown when the test fails
+    assert run.returncode == 1, errors  # the FIFO read as an empty file
+    assert "39 labeled, 1 failed" in errors
+    rows = read_parts(dest)  # asserts each path once
+    assert sorted(rows) == sorted(paths)
+    assert rows[paths[20]]["error"] == "empty file (0 bytes)"
+
+
+def fifo_opened(path: str) -> bool:
+    try:
+        unblock_fifo(path)
+    except OSError:  # no reader yet
+        return False
+    return True

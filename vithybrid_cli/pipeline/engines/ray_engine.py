@@ -1,0 +1,367 @@
+"""The Ray Data engine: the job of `run_job`, with Ray moving the data across a cluster.
+
+    inputs, listed here as the local engine lists them (same paths, same resume keys)
+      -> ray.data.from_items: path + the pickled InputItem (or the listing's error)
+      -> map_batches(Decoder): decode and preprocess in CPU tasks, on any node
+      -> map_batches(Classifier | Embedder): the model in an actor pool (--concurrency,
+         --num-gpus); the same tasks as the local engine (vithybrid_cli/ray.py)
+      -> PartsSink: Parquet or JSONL parts in DEST (a local folder or a bucket URL)
+
+Every input ends up in DEST exactly once even when a worker dies: Ray retries the task (an actor
+is restarted and its batch rerun), and a part is named by its run and its write task, so a
+retried write replaces its own part instead of adding one. A local part is written to a hidden
+temp file and renamed; an object store shows an object only once it is whole.
+
+DEST also holds `_vithybrid.json`: the settings that shape a row (job_settings: model, weights,
+dtype, image size, task options), as the journal header records them. `--resume` reads the
+paths already in the parts and skips them, after checking those settings; a run without it
+removes the parts (and only them) first. Readers skip files starting with `_` or `.`, so
+pyarrow.dataset, DuckDB and pandas read DEST as one table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ray.data.datasource import Datasink
+
+from ...data.inputs import InputError
+from ...data.sources import SourceError, is_remote, remote_filesystem
+from ...io.outputs import json_safe, safe_text
+from ..job import Summary, select
+from ..journal import SettingsMismatch, describe_differences
+
+SETTINGS_FILE = "_vithybrid.json"
+VERSION = 1
+PART = re.compile(r"part-(\d+)-(\d+)\.(parquet|jsonl)")
+FORMATS = ("parquet", "jsonl")
+RECORD_ROWS_PER_PART = 16_384
+EMBEDDING_BYTES_PER_PART = 64 << 20
+
+
+# ---------------------------------------------------------------------------- the destination
+
+
+class Destination:
+    """DEST: a local folder or an fsspec URL (s3://, gs://, ...); its parts and settings."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.remote = is_remote(url)
+        if self.remote:
+            try:
+                self.fs, self.root = remote_filesystem(url)
+            except SourceError as error:
+                raise ValueError(f"{url}: {error}") from error
+        else:
+            import fsspec
+
+            self.fs, self.root = fsspec.filesystem("file"), os.path.abspath(url)
+        self.root = self.root.rstrip("/")
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def names(self) -> list[str]:
+        """The names of the files in DEST (none when it does not exist yet)."""
+        try:
+            listed = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(os.path.basename(str(name).rstrip("/")) for name in listed)
+
+    def parts(self) -> list[str]:
+        return [name for name in self.names() if PART.fullmatch(name)]
+
+    def read_header(self) -> dict[str, Any] | None:
+        try:
+            with self.fs.open(self.path(SETTINGS_FILE), "rb") as file:
+                header = json.loads(file.read())
+        except FileNotFoundError:
+            return None
+        except ValueError as error:
+            raise ValueError(f"{self.url}: {SETTINGS_FILE} is not valid JSON ({error})") from None
+        return header if isinstance(header, dict) else None
+
+    def prepare(self, fmt: str, settings: dict[str, Any], resume: bool) -> tuple[set[str], int]:
+        """Check or start DEST; (paths already there, this run's number)."""
+        settings = json.loads(json.dumps(json_safe(settings)))  # as read back
+        name = safe_text(self.url)
+        parts = self.parts()
+        for stale in self.names():  # temp files of killed writers
+            if stale.startswith(".tmp-part-"):
+                self.fs.rm(self.path(stale))
+        if resume:
+            header = self.read_header()
+            if header is None and parts:
+                raise ValueError(
+                    f"--resume: {name} has parts but no {SETTINGS_FILE} beside them: "
+                    "run without --resume to write it anew"
+                )
+            if header is not None:
+                differences = describe_differences(header.get("settings", {}), settings)
+                if header.get("format", fmt) != fmt:
+                    differences.insert(0, f"with --format {header['format']}, not {fmt}")
+                if differences:
+                    raise SettingsMismatch(f"--resume: {name} was written {'; '.join(differences)}")
+        else:
+            for part in parts:
+                self.fs.rm(self.path(part))
+            parts = []
+        done = self.paths_in(parts, fmt)
+        run = max((int(PART.fullmatch(part)[1]) for part in parts), default=-1) + 1
+        self.fs.makedirs(self.root, exist_ok=True)
+        header = {"vithybrid": VERSION, "engine": "ray", "format": fmt, "settings": settings}
+        with self.open(SETTINGS_FILE) as file:
+            file.write(json.dumps(header, indent=1).encode() + b"\n")
+        return done, run
+
+    def paths_in(self, parts: list[str], fmt: str) -> set[str]:
+        """Every path written in `parts` (a resume skips them)."""
+        done: set[str] = set()
+        for part in parts:
+            with self.fs.open(self.path(part), "rb") as file:
+                if fmt == "parquet":
+                    import pyarrow.parquet as pq
+
+                    done.update(pq.read_table(file, columns=["path"])["path"].to_pylist())
+                else:
+                    done.update(json.loads(line)["path"] for line in file if line.strip())
+        return done
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """A new file `name`, in place only when whole (local: a temp file, renamed)."""
+        if self.remote:
+            with self.fs.open(self.path(name), "wb") as file:
+                yield file
+            return
+        temp = self.path(f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(temp, "wb") as file:
+                yield file
+            os.replace(temp, self.path(name))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(name))
+
+
+# ---------------------------------------------------------------------------- the sink
+
+
+@dataclass
+class PartStats:
+    """What one write task did: rows in, rows written, and each failure (path, error)."""
+
+    rows: int = 0
+    written: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+class PartsSink(Datasink):
+    """Writes each write task's rows to one part, `part-RUN-TASK.parquet` (or .jsonl).
+
+    Embedding rows that failed are counted and left out, as the local engine leaves them out of
+    its files; record rows keep them (the `error` column).
+    """
+
+    def __init__(
+        self,
+        destination: Destination,
+        fmt: str,
+        kind: str,
+        run: int,
+        rows_per_part: int,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.destination, self.fmt, self.kind, self.run = destination, fmt, kind, run
+        self.rows_per_part, self.metadata = rows_per_part, metadata or {}
+        self.stats: list[PartStats] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_part
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> PartStats:
+        from ray.data.block import BlockAccessor
+
+        name = f"part-{self.run:04d}-{ctx.task_idx:06d}.{self.fmt}"
+        stats, writer = PartStats(), None
+        with self.destination.open(name) as file:
+            for block in blocks:
+                table = BlockAccessor.for_block(block).to_arrow()
+                stats.rows += table.num_rows
+                paths, errors = table["path"].to_pylist(), table["error"].to_pylist()
+                stats.errors += [(p, e) for p, e in zip(paths, errors, strict=True) if e]
+                table = self.rows_to_write(table)
+                if self.fmt == "parquet":
+                    if writer is None:
+                        writer = self.parquet_writer(file, table.schema)
+                    writer.write_table(table)
+                else:
+                    rows = (json_safe(row) for row in table.to_pylist())
+                    file.writelines(json.dumps(row).encode() + b"\n" for row in rows)
+                stats.written += table.num_rows
+            if writer is not None:
+                writer.close()
+        if not stats.written:  # every embedding failed: no empty part
+            self.destination.remove(name)
+        return stats
+
+    def rows_to_write(self, table: Any) -> Any:
+        if self.kind == "records":
+            return table
+        import pyarrow.compute as pc
+
+        return table.filter(pc.is_null(table["error"])).select(["path", "embedding"])
+
+    def parquet_writer(self, file: IO[bytes], schema: Any) -> Any:
+        import pyarrow.parquet as pq
+
+        metadata = {key.encode(): value.encode() for key, value in self.metadata.items()}
+        return pq.ParquetWriter(file, schema.with_metadata(metadata))
+
+    def on_write_complete(self, write_result: Any) -> None:
+        self.stats = list(write_result.write_returns)
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RayPlan:
+    """Where and how: DEST, its format, the job's settings, and the cluster's share of work."""
+
+    dest: str
+    fmt: str = "parquet"
+    kind: str = "records"
+    settings: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    concurrency: int = 1  # model actors
+    num_gpus: float = 0.0  # per model actor
+    batch_size: int = 8
+    rows_per_part: int = RECORD_ROWS_PER_PART
+    metadata: dict[str, str] = field(default_factory=dict)  # Parquet key-value metadata
+    progress: bool = True
+
+
+@dataclass
+class RayOutcome:
+    summary: Summary
+    errors: list[tuple[str, str]]  # (path, error) of each failure, in no particular order
+    parts: int = 0
+
+
+def rows_per_part(kind: str, row_shape: tuple[int, ...] | None = None) -> int:
+    """Rows per part: ~16k records, or ~64 MB of vectors."""
+    if kind == "records" or not row_shape:
+        return RECORD_ROWS_PER_PART
+    return max(1, EMBEDDING_BYTES_PER_PART // (4 * math.prod(row_shape)))
+
+
+def input_rows(inputs: Iterable[Any], done: set[str]) -> list[dict[str, Any]]:
+    """The dataset's rows: each input not done yet, its InputItem pickled (or its error)."""
+    rows = []
+    for _, item in select(inputs, done, 0, 1):
+        failed = isinstance(item, InputError)
+        rows.append(
+            {
+                "path": safe_text(item.path),
+                "item": b"" if failed else pickle.dumps(item),
+                "error": item.message if failed else "",
+            }
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def ray_session(quiet: bool = False) -> Iterator[None]:
+    """Ray as it is (already initialized: the caller's), the cluster RAY_ADDRESS names, or a
+    local Ray started for this run and shut down after it. `quiet`: Ray's warnings only."""
+    import ray
+
+    if quiet:
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if ray.is_initialized():
+        yield
+        return
+    level = logging.WARNING if quiet else logging.INFO
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=level)
+    else:
+        ray.init(include_dashboard=False, logging_level=level)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def actor_threads(concurrency: int) -> int:
+    """Torch threads per CPU model actor: the cluster's CPUs shared among the actors. (Ray starts
+    workers with OMP_NUM_THREADS=1; decode tasks share the same cores, as the local engine's
+    decode threads do.)"""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus // max(1, concurrency))
+
+
+def run_on_ray(
+    inputs: Iterable[Any],
+    decoder: Any,
+    model_step: type,
+    model_options: dict[str, Any],
+    plan: RayPlan,
+) -> RayOutcome:
+    """Run `model_step` (Classifier or Embedder, built in each actor with `model_options`) over
+    `inputs` into plan.dest; see the module docstring."""
+    import ray
+
+    started = time.perf_counter()
+    destination = Destination(plan.dest)
+    done, run = destination.prepare(plan.fmt, plan.settings, plan.resume)
+    rows = input_rows(inputs, done)
+    if not rows:
+        return RayOutcome(Summary(elapsed=time.perf_counter() - started), [])
+    sink = PartsSink(destination, plan.fmt, plan.kind, run, plan.rows_per_part, plan.metadata)
+    with ray_session(quiet=not plan.progress):
+        ray.data.DataContext.get_current().enable_progress_bars = plan.progress
+        options = dict(model_options)
+        if not plan.num_gpus:
+            options.setdefault("threads", actor_threads(plan.concurrency))
+        blocks = max(1, math.ceil(len(rows) / (2 * plan.batch_size)))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        dataset = dataset.map_batches(decoder, batch_size=plan.batch_size)
+        dataset = dataset.map_batches(
+            model_step,
+            fn_constructor_kwargs=options,
+            batch_size=plan.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=plan.concurrency),
+            num_gpus=plan.num_gpus or None,
+        )
+        dataset.write_datasink(sink)
+    failed = sum(len(stats.errors) for stats in sink.stats)
+    summary = Summary(
+        succeeded=sum(stats.rows for stats in sink.stats) - failed,
+        failed=failed,
+        elapsed=time.perf_counter() - started,
+    )
+    errors = [error for stats in sink.stats for error in stats.errors]
+    return RayOutcome(summary, errors, sum(1 for stats in sink.stats if stats.written))
