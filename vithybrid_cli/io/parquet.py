@@ -9,7 +9,8 @@ Columns
                 top_k_labels (list<string>), top_k_scores (list<double>), top_k_indices
                 (list<int64>) best first; error (string). A failed input has only path and error.
     embeddings: path (string), embedding (fixed_size_list<float32>[D]; nested for row shapes
-                such as (tokens, D) from `embed --tokens`).
+                such as (tokens, D) from `embed --tokens`); key-value metadata
+                ``vithybrid.settings``: the settings that made them (JSON, as the journal's).
 
 pandas, polars, DuckDB and pyarrow read both as they are.
 """
@@ -17,6 +18,7 @@ pandas, polars, DuckDB and pyarrow read both as they are.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from typing import Any, BinaryIO
@@ -24,10 +26,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..data.sources import require
-from .outputs import atomic_write, safe_text
+from .outputs import atomic_write, json_safe, safe_text
 
 RECORD_ROW_GROUP = 32_768  # rows; a few tens of MB of Python objects at most while buffering
 EMBEDDING_ROW_GROUP_BYTES = 64 << 20  # vector bytes buffered before a row group is written
+SETTINGS_KEY = b"vithybrid.settings"  # embeddings: the journal's settings, as JSON
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -190,9 +193,11 @@ class ParquetEmbeddingWriter(_ParquetFile):
         path: str | os.PathLike[str] | BinaryIO,
         *,
         row_group_bytes: int = EMBEDDING_ROW_GROUP_BYTES,
+        settings: dict[str, Any] | None = None,  # what made the vectors: key-value metadata
     ) -> None:
         super().__init__(path)
         self.row_group_bytes = row_group_bytes
+        self.settings = settings
         self.row_shape: tuple[int, ...] | None = None
         self.schema: Any = None
         self._paths: list[str] = []
@@ -227,6 +232,8 @@ class ParquetEmbeddingWriter(_ParquetFile):
         for size in reversed(shape):
             value_type = pa.list_(value_type, size)
         metadata = {b"vithybrid.row_shape": ",".join(map(str, shape)).encode()}
+        if self.settings is not None:
+            metadata[SETTINGS_KEY] = json.dumps(json_safe(self.settings), sort_keys=True).encode()
         self.schema = pa.schema(
             [("path", pa.string()), ("embedding", value_type)], metadata=metadata
         )

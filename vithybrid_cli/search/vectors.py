@@ -1,0 +1,211 @@
+"""Reading an `embed` output back: its vectors, the paths they belong to, the settings that
+made them (see io/outputs.py: NAME.paths.txt and NAME.settings.json beside a .npy, the
+settings sidecar beside a .npz, Parquet's ``vithybrid.settings`` metadata).
+
+A .npy is memory-mapped, so a million rows cost no memory until they are searched (and then
+one block at a time, see index.py); .npz and Parquet are read whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..io.outputs import format_from_path, json_safe, safe_text, settings_path, sidecar_path
+
+VECTOR_FORMATS = ("npy", "npz", "parquet")
+
+
+class VectorsError(ValueError):
+    """A vectors file that cannot be searched: one line naming it."""
+
+
+@dataclass
+class Vectors:
+    """An `embed` output: `array` (N, D) float32 (perhaps memory-mapped), `paths` (N), and the
+    settings recorded with it (None for a file written before they were)."""
+
+    source: str
+    array: np.ndarray
+    paths: list[str]
+    settings: dict[str, Any] | None
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+
+def is_vectors_file(spec: str) -> bool:
+    """Whether `spec` names an `embed` output (by its suffix) rather than images."""
+    return format_from_path(spec) in VECTOR_FORMATS
+
+
+def read_vectors(path: str) -> Vectors:
+    """The vectors, paths and settings of `path` (.npy, .npz or .parquet), checked: VectorsError
+    (naming the file) when the paths are missing or do not match the rows, or the rows are not
+    one vector per image."""
+    name = safe_text(path)
+    if not os.path.isfile(path):
+        raise VectorsError(f"{name}: no such file")
+    fmt = format_from_path(path)
+    try:
+        if fmt == "npy":
+            array, paths, settings = read_npy(path)
+        elif fmt == "npz":
+            array, paths, settings = read_npz(path)
+        elif fmt == "parquet":
+            array, paths, settings = read_parquet(path)
+        else:
+            raise VectorsError(f"{name}: not a vectors file (.npy, .npz or .parquet)")
+    except VectorsError:
+        raise
+    except (ValueError, OSError, KeyError, EOFError) as error:
+        raise VectorsError(f"{name}: not a readable vectors file ({error})") from error
+    if array.size == 0:
+        raise VectorsError(f"{name}: holds no vectors")
+    if array.ndim != 2:
+        shape = "x".join(str(n) for n in array.shape)
+        raise VectorsError(
+            f"{name}: holds arrays of shape {shape}, not one vector per image "
+            "(embed without --tokens)"
+        )
+    if len(paths) != len(array):
+        raise VectorsError(f"{name}: {len(array)} vectors but {len(paths)} paths")
+    return Vectors(path, array, paths, settings)
+
+
+def read_settings_file(path: str) -> dict[str, Any] | None:
+    sidecar = settings_path(path)
+    if not os.path.exists(sidecar):
+        return None
+    with open(sidecar, encoding="utf-8") as file:
+        settings = json.load(file)
+    if not isinstance(settings, dict):
+        raise VectorsError(f"{safe_text(sidecar)}: not a settings file")
+    return settings
+
+
+def read_npy(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
+    sidecar = sidecar_path(path)
+    if not os.path.exists(sidecar):
+        raise VectorsError(
+            f"{safe_text(path)}: no paths beside it ({safe_text(sidecar)}, which `embed` "
+            "writes with the .npy): cannot say which image a row is"
+        )
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    with open(sidecar, encoding="utf-8", newline="\n") as file:
+        paths = [line.removesuffix("\n") for line in file]
+    return array, paths, read_settings_file(path)
+
+
+def read_npz(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
+    with np.load(path, allow_pickle=False) as archive:
+        if "embeddings" not in archive.files:
+            raise VectorsError(f"{safe_text(path)}: no 'embeddings' array (embed writes one)")
+        if "paths" not in archive.files:
+            raise VectorsError(
+                f"{safe_text(path)}: no 'paths' array beside 'embeddings': cannot say which "
+                "image a row is"
+            )
+        array = archive["embeddings"]
+        paths = [str(p) for p in archive["paths"]]
+    return array, paths, read_settings_file(path)
+
+
+def read_parquet(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
+    from ..data.sources import require
+    from ..io.parquet import SETTINGS_KEY
+
+    pq = require("pyarrow.parquet", "parquet", "pyarrow")
+    schema = pq.read_schema(path)
+    if "embedding" not in schema.names:
+        raise VectorsError(f"{safe_text(path)}: no 'embedding' column (embed writes one)")
+    if "path" not in schema.names:
+        raise VectorsError(
+            f"{safe_text(path)}: no 'path' column beside 'embedding': cannot say which image "
+            "a row is"
+        )
+    table = pq.read_table(path, columns=["path", "embedding"])
+    column = table.column("embedding").combine_chunks()
+    width = getattr(column.type, "list_size", None)
+    values = column.flatten()
+    if width is None or not str(values.type).startswith("float"):
+        raise VectorsError(
+            f"{safe_text(path)}: 'embedding' is {column.type}, not one fixed-size float vector "
+            "per image (embed without --tokens)"
+        )
+    array = values.to_numpy().astype(np.float32, copy=False).reshape(-1, width)
+    paths = [str(p) for p in table.column("path").to_pylist()]
+    metadata = schema.metadata or {}
+    settings = json.loads(metadata[SETTINGS_KEY]) if SETTINGS_KEY in metadata else None
+    return array, paths, settings
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def check_settings(vectors: Vectors, current: dict[str, Any]) -> None:
+    """VectorsError when `current` (the query run's job settings) differs from the settings
+    recorded with `vectors`, naming each difference as the journal's --resume refusals do:
+    ``vectors.npy was written with --pool cls, not mean``. The model's name and revision do
+    not count when the weights are the same (a directory named another way)."""
+    from ..pipeline.journal import describe_differences
+
+    if vectors.settings is None:
+        return
+    recorded = json.loads(json.dumps(vectors.settings))
+    now = json.loads(json.dumps(json_safe(current)))
+    if recorded.get("weights") is not None and recorded.get("weights") == now.get("weights"):
+        for key in ("model", "revision"):
+            recorded.pop(key, None)
+            now.pop(key, None)
+    differences = describe_differences(recorded, now)
+    if differences:
+        raise VectorsError(f"{safe_text(vectors.source)} was written {'; '.join(differences)}")
+
+
+def check_width(vectors: Vectors, width: int) -> None:
+    """VectorsError when the model's vectors (`width` wide) cannot be compared with the file's."""
+    if vectors.width != width:
+        raise VectorsError(
+            f"{safe_text(vectors.source)}: vectors of width {vectors.width}, but this model's "
+            f"are {width} wide: embed the queries with the model that wrote it"
+        )
+
+
+class CollectVectors:
+    """A run_job output: every input's result (without its payload, for error records) and the
+    vectors of those that succeeded, in input order, in memory."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+        self.paths: list[str] = []
+        self.rows: list[np.ndarray] = []
+
+    def open(self) -> set[str]:
+        return set()
+
+    def write(self, result: Any) -> None:
+        if result.ok:
+            self.paths.append(result.path)
+            self.rows.append(np.asarray(result.payload, dtype=np.float32))
+        result.payload = None  # held once, in self.rows
+        self.results.append(result)
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def vectors(self, source: str = "<images>", settings: dict[str, Any] | None = None) -> Vectors:
+        width = self.rows[0].shape[-1] if self.rows else 0
+        array = np.stack(self.rows) if self.rows else np.zeros((0, width), np.float32)
+        return Vectors(source, array, list(self.paths), settings)
