@@ -134,7 +134,6 @@ class ApproximateIndex:
         from usearch.index import Index
 
         self.index = Index(ndim=int(base.shape[1]), metric="ip", dtype="f16")
-        self.index.reserve(len(base))
         for start in range(0, len(base), block_rows):
             block = normalized(base[start : start + block_rows]).numpy()
             self.index.add(np.arange(start, start + len(block)), block)
