@@ -66,7 +66,10 @@ def planted(margin: float, seed: int = 0, background: int = 1500, width: int = 2
     return vectors, {frozenset(where[row] for row in group) for group in expected}
 
 
-def test_planted_groups_recovered_exactly_at_the_threshold():
+def test_planted_groups_recovered_exactly_at_the_threshold(monkeypatch):
+    import vithybrid_cli.search.index as index
+
+    monkeypatch.setattr(index, "PAIR_BLOCK_ROWS", 512)  # several tiles, diagonal and not
     vectors, expected = planted(margin=2e-4)
     groups = find_duplicates(vectors, [""] * len(vectors), THRESHOLD, index="exact")
     assert {frozenset(group.rows) for group in groups} == expected
@@ -77,7 +80,7 @@ def test_planted_groups_recovered_exactly_at_the_threshold():
 
 def test_planted_groups_with_the_approximate_index():
     pytest.importorskip("usearch")
-    vectors, expected = planted(margin=0.02, seed=1, background=500)  # float16: wider margin
+    vectors, expected = planted(margin=2e-4, seed=1, background=500)
     groups = find_duplicates(vectors, [""] * len(vectors), THRESHOLD, index="approximate")
     assert {frozenset(group.rows) for group in groups} == expected
 
@@ -103,8 +106,6 @@ def test_exact_neighbours_blocked_equals_brute_force_and_ties_keep_row_order():
     assert found.indices[0, :2].tolist() == [7, 300]
     assert found.indices[1].tolist() == np.argsort(-scores[1], kind="stable")[:5].tolist()
     np.testing.assert_allclose(found.scores[1], np.sort(scores[1])[::-1][:5], atol=1e-5)
-    mine = exact_neighbours(base, queries, 3, exclude_self=True, query_offset=7, block_rows=64)
-    assert mine.indices[0, 0] == 300  # row 7 is not its own answer; its copy is
 
 
 # ---------------------------------------------------------------------------- vectors files

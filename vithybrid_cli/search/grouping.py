@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .index import Neighbours
-
 HASH_CHUNK = 1 << 20
 
 
@@ -37,18 +35,6 @@ class Group:
     rows: list[int]
     score: float
     exact: bool
-
-
-def pairs_above(
-    start: int, found: Neighbours, threshold: float
-) -> Iterable[tuple[int, int, float]]:
-    """(row, other row, similarity) for each neighbour at or above `threshold`, row < other."""
-    rows, columns = np.nonzero(found.scores >= threshold)
-    for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
-        other = int(found.indices[row, column])
-        if other >= 0:
-            first, second = sorted((start + row, other))
-            yield first, second, float(found.scores[row, column])
 
 
 def same_bytes(paths: list[str]) -> list[list[int]]:
@@ -148,16 +134,12 @@ def find_duplicates(
     """Duplicate groups among the rows of `array` (see the module docstring): near-duplicates
     at cosine >= `threshold` by the `index` (index.choose_index), and, with `compare_bytes`,
     rows whose `paths` are local files with the same bytes."""
-    from .index import all_neighbours, choose_index
+    from .index import choose_index, similar_pairs
 
     if len(array) < 2:
         return []
     method = choose_index(index, len(array))
-    pairs = (
-        pair
-        for start, found in all_neighbours(array, min(neighbours, len(array) - 1), index=method)
-        for pair in pairs_above(start, found, threshold)
-    )
+    pairs = similar_pairs(array, threshold, min(neighbours, len(array) - 1), index=method)
     copies = same_bytes(paths) if compare_bytes else []
     return group_duplicates(pairs, threshold, copies)
 

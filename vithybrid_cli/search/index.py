@@ -5,8 +5,8 @@ Exact search streams the base vectors in blocks of rows (a memory-mapped .npy is
 at a time), normalizes each block, multiplies it with the queries and keeps a running top-k per
 query: memory is a block of base rows, a block of queries and their top-k, whatever N is. The
 cost is N x Q dot products: for `similar` (a few queries) one pass over the file; for
-`duplicates` (every vector a query) N^2, which is where the approximate index pays off (see
-benchmarks/README.md for the crossover).
+`duplicates` (every pair, `similar_pairs`) N^2 / 2, which is where the approximate index pays
+off (see benchmarks/README.md for the crossover).
 
 Scores are cosine similarities; ties keep the lower row first, so an exact copy that comes
 first in the file is the first answer.
@@ -22,6 +22,7 @@ import numpy as np
 
 BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
 QUERY_ROWS = 2048  # queries per product: the (QUERY_ROWS, BLOCK_ROWS) scores are 64 MiB
+PAIR_BLOCK_ROWS = 4096  # duplicates: (4096, 4096) tiles of the all-pairs products, 64 MiB
 INDEXES = ("auto", "exact", "approximate")
 # Above this many vectors `duplicates` builds an approximate index when usearch is installed:
 # the crossover measured by benchmarks/bench_search.py (see benchmarks/README.md).
@@ -52,28 +53,18 @@ def exact_neighbours(
     queries: np.ndarray,
     k: int,
     *,
-    exclude_self: bool = False,
-    query_offset: int = 0,
     block_rows: int = BLOCK_ROWS,
 ) -> Neighbours:
-    """The k nearest base rows of each query row, by blocked exact products (see the module).
-
-    With `exclude_self`, query row q is base row `query_offset + q` and is not its own answer.
-    """
+    """The k nearest base rows of each query row, by blocked exact products (see the module)."""
     import torch
 
     k = max(1, min(k, len(base)))
     query = normalized(queries)
     best_scores = torch.full((len(query), k), -torch.inf)
     best_indices = torch.full((len(query), k), -1, dtype=torch.long)
-    rows = torch.arange(len(query))
     for start in range(0, len(base), block_rows):
         block = normalized(base[start : start + block_rows])
         scores = query @ block.T
-        if exclude_self:
-            own = rows + query_offset - start
-            inside = (own >= 0) & (own < len(block))
-            scores[rows[inside], own[inside]] = -torch.inf
         block_scores, block_positions = torch.topk(scores, min(k, len(block)), dim=1)
         merged_scores = torch.cat([best_scores, block_scores], dim=1)
         merged_indices = torch.cat([best_indices, block_positions + start], dim=1)
@@ -95,37 +86,79 @@ def ties_by_row(scores: Any, indices: Any) -> tuple[Any, Any]:
     return scores.gather(1, order), indices.gather(1, order)
 
 
-def all_neighbours(
-    base: np.ndarray, k: int, *, index: str = "exact", query_rows: int = QUERY_ROWS
-) -> Iterator[tuple[int, Neighbours]]:
-    """(first row, Neighbours) for every block of base rows against the whole base, each row
-    without itself: the k nearest of every vector, with memory bounded by the blocks."""
+def similar_pairs(
+    base: np.ndarray,
+    threshold: float,
+    k: int,
+    *,
+    index: str = "exact",
+    block_rows: int | None = None,
+) -> Iterator[tuple[int, int, float]]:
+    """(row, other row, cosine) with row < other for pairs of `base` rows at or above
+    `threshold`, each row's at most k strongest (per block of rows: the bound on memory).
+
+    Exact: the upper triangle of the N x N products, a (block_rows, block_rows) tile at a time
+    (half the work of every row against every row); a tile's rows and columns with no score
+    at or above the threshold (nearly all of them) cost one max. Approximate: each row's k
+    nearest from the index, rescored exactly.
+    """
+    import torch
+
     if index == "approximate":
         approximate = ApproximateIndex(base)
-        for start in range(0, len(base), query_rows):
-            found = approximate.search(base[start : start + query_rows], k + 1)
-            yield start, without_self(found, start, k)
+        for start in range(0, len(base), QUERY_ROWS):
+            found = approximate.search(base[start : start + QUERY_ROWS], k + 1)
+            yield from neighbour_pairs(start, found, threshold)
         return
-    for start in range(0, len(base), query_rows):
-        queries = base[start : start + query_rows]
-        yield start, exact_neighbours(base, queries, k, exclude_self=True, query_offset=start)
+    block_rows = block_rows or PAIR_BLOCK_ROWS
+    for start in range(0, len(base), block_rows):
+        rows = normalized(base[start : start + block_rows])
+        for other in range(start, len(base), block_rows):
+            columns = rows if other == start else normalized(base[other : other + block_rows])
+            scores = rows @ columns.T
+            if other == start:  # the diagonal tile: each pair once, no row with itself
+                below = torch.ones_like(scores, dtype=torch.bool).tril()
+                scores.masked_fill_(below, -torch.inf)
+            yield from tile_pairs(scores, start, other, threshold, k)
+            yield from ((a, b, s) for b, a, s in tile_pairs(scores.T, other, start, threshold, k))
 
 
-def without_self(found: Neighbours, start: int, k: int) -> Neighbours:
-    """Each row's own entry taken out of an approximate answer (which may or may not hold it)."""
-    scores = np.full((len(found.indices), k), -np.inf, dtype=np.float32)
-    indices = np.full((len(found.indices), k), -1, dtype=np.int64)
-    for row, (row_scores, row_indices) in enumerate(zip(found.scores, found.indices, strict=True)):
-        keep = (row_indices != start + row) & (row_indices >= 0)
-        count = min(k, int(keep.sum()))
-        scores[row, :count] = row_scores[keep][:count]
-        indices[row, :count] = row_indices[keep][:count]
-    return Neighbours(scores, indices)
+def tile_pairs(
+    scores: Any, first_row: int, first_column: int, threshold: float, k: int
+) -> Iterator[tuple[int, int, float]]:
+    """(row, column, score) of each tile row's k best scores at or above `threshold`."""
+    import torch
+
+    hit = torch.nonzero(scores.amax(dim=1) >= threshold).flatten()
+    if len(hit) == 0:
+        return
+    best, columns = torch.topk(scores[hit], min(k, scores.shape[1]), dim=1)
+    for row, column, score in zip(
+        hit.repeat_interleave(best.shape[1]).tolist(),
+        columns.flatten().tolist(),
+        best.flatten().tolist(),
+        strict=True,
+    ):
+        if score >= threshold:
+            yield first_row + row, first_column + column, score
+
+
+def neighbour_pairs(start: int, found: Neighbours, threshold: float) -> Iterator[tuple]:
+    """(row, other row, cosine), row < other, for neighbours at or above `threshold` of query
+    rows `start`, `start + 1`, ... (a row's own entry left out)."""
+    rows, columns = np.nonzero(found.scores >= threshold)
+    for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
+        other = int(found.indices[row, column])
+        if other >= 0 and other != start + row:
+            first, second = sorted((start + row, other))
+            yield first, second, float(found.scores[row, column])
 
 
 class ApproximateIndex:
-    """An HNSW graph (usearch) over the normalized rows of `base`, built block by block;
-    vectors held as float16 (half the memory, cosine error ~1e-3)."""
+    """An HNSW graph (usearch) over the normalized rows of `base`, built block by block, with
+    vectors held in bfloat16 (half the memory of float32, and native arithmetic where the CPU
+    has it). The graph only proposes candidates: their scores are computed again in float32
+    from `base`, so a score, and a threshold decision, is as exact as the exact search's."""
 
     def __init__(self, base: np.ndarray, block_rows: int = BLOCK_ROWS) -> None:
         from ..data.sources import require
@@ -133,21 +166,29 @@ class ApproximateIndex:
         require("usearch", "search")
         from usearch.index import Index
 
-        self.index = Index(ndim=int(base.shape[1]), metric="ip", dtype="f16")
+        self.base = base
+        self.index = Index(ndim=int(base.shape[1]), metric="ip", dtype="bf16", expansion_add=64)
         for start in range(0, len(base), block_rows):
             block = normalized(base[start : start + block_rows]).numpy()
             self.index.add(np.arange(start, start + len(block)), block)
 
     def search(self, queries: np.ndarray, k: int) -> Neighbours:
+        import torch
+
         k = max(1, min(k, len(self.index)))
-        found = self.index.search(normalized(queries).numpy(), k)
+        query = normalized(queries)
+        found = self.index.search(query.numpy(), k)
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
-        distances = np.asarray(found.distances, dtype=np.float32).reshape(len(queries), -1)
         counts = np.asarray(found.counts).reshape(-1)
-        scores = 1.0 - distances  # usearch's "ip" distance is 1 - dot
-        for row, count in enumerate(counts):
-            keys[row, count:], scores[row, count:] = -1, -np.inf
-        return Neighbours(scores, keys)
+        missing = np.arange(keys.shape[1])[None, :] >= counts[:, None]
+        keys[missing] = 0  # scored, then dropped below
+        rows, where = np.unique(keys, return_inverse=True)
+        candidates = normalized(self.base[rows])[torch.from_numpy(where.reshape(keys.shape))]
+        scores = torch.einsum("qd,qkd->qk", query, candidates)
+        scores[torch.from_numpy(missing)] = -torch.inf
+        scores, indices = ties_by_row(scores, torch.from_numpy(keys))
+        indices[scores == -torch.inf] = -1
+        return Neighbours(scores.numpy(), indices.numpy())
 
 
 def nearest(base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact") -> Neighbours:
