@@ -249,17 +249,23 @@ def duplicates(
             files = sum(len(record["paths"]) for record in records)
             exact = sum(record["exact"] for record in records)
             stderr.print(
-                f"{len(records)} groups ({exact} exact), {files} files, among {len(vectors)} "
-                f"images at threshold {threshold:g} in {time.perf_counter() - started:.1f} s"
+                f"{counted(len(records), 'group')} ({exact} exact) of {counted(files, 'file')} "
+                f"among {len(vectors)} images at threshold {threshold:g} "
+                f"({method} search) in {time.perf_counter() - started:.1f} s"
             )
             if others:
                 stderr.print(
-                    f"wrote {len(review)} files to review to {others} (nothing was deleted)",
+                    f"wrote {counted(len(review), 'file')} to review to {others} "
+                    "(nothing was deleted)",
                     soft_wrap=True,
                 )
         return status
 
     run_command(body, debug)
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def others_path(output: str | None) -> str | None:
