@@ -127,6 +127,17 @@ def test_vectors_files_without_paths_or_of_another_shape_are_refused(tmp_path):
         read_vectors(str(tmp_path / "t.npy"))
 
 
+def test_npy_rows_are_read_from_disk_as_numpy_reads_them(tmp_path):
+    array = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float32)
+    np.save(tmp_path / "v.npy", array)
+    (tmp_path / "v.paths.txt").write_text("".join(f"{i}.jpg\n" for i in range(50)))
+    vectors = read_vectors(str(tmp_path / "v.npy"))
+    assert vectors.array.shape == (50, 6) and vectors.paths[49] == "49.jpg"
+    np.testing.assert_array_equal(vectors.array[10:47], array[10:47])
+    np.testing.assert_array_equal(vectors.array[np.array([3, 4, 40])], array[[3, 4, 40]])
+    np.testing.assert_array_equal(np.asarray(vectors.array), array)
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

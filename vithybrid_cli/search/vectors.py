@@ -2,8 +2,8 @@
 made them (see io/outputs.py: NAME.paths.txt and NAME.settings.json beside a .npy, the
 settings sidecar beside a .npz, Parquet's ``vithybrid.settings`` metadata).
 
-A .npy is memory-mapped, so a million rows cost no memory until they are searched (and then
-one block at a time, see index.py); .npz and Parquet are read whole.
+A .npy is read a block of rows at a time (`NpyRows`), so a million rows cost memory only for
+the block being searched (see index.py); .npz and Parquet are read whole.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def read_npy(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
             f"{safe_text(path)}: no paths beside it ({safe_text(sidecar)}, which `embed` "
             "writes with the .npy): cannot say which image a row is"
         )
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    array = NpyRows(path)
     with open(sidecar, encoding="utf-8", newline="\n") as file:
         paths = [line.removesuffix("\n") for line in file]
     return array, paths, read_settings_file(path)
@@ -146,6 +146,57 @@ def read_parquet(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | Non
     metadata = schema.metadata or {}
     settings = json.loads(metadata[SETTINGS_KEY]) if SETTINGS_KEY in metadata else None
     return array, paths, settings
+
+
+class NpyRows:
+    """The rows of a .npy file, read from disk when indexed (a slice or sorted row numbers),
+    never held whole. Unlike a memory map, the rows read are not kept mapped into the
+    process, so its memory stays one block however large the file is."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
+            self.offset = file.tell()
+        if fortran or dtype.hasobject:
+            raise VectorsError(f"{safe_text(path)}: not a C-ordered numeric array")
+        self.shape, self.dtype = tuple(shape), dtype
+        self.ndim, self.size = len(self.shape), int(np.prod(self.shape))
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(len(self))
+            if step != 1:
+                raise IndexError("NpyRows takes contiguous slices")
+            return self.read(start, max(0, stop - start))
+        wanted = np.asarray(rows, dtype=np.int64).tolist()
+        out = np.empty((len(wanted), *self.shape[1:]), self.dtype)
+        with open(self.path, "rb") as file:
+            for position, row in enumerate(wanted):
+                out[position] = self.read(row, 1, file)[0]
+        return out
+
+    def read(self, start: int, count: int, file: Any = None) -> np.ndarray:
+        if file is None:
+            with open(self.path, "rb") as opened:
+                return self.read(start, count, opened)
+        file.seek(self.offset + start * self.row_bytes)
+        data = file.read(count * self.row_bytes)
+        if len(data) < count * self.row_bytes:
+            raise VectorsError(f"{safe_text(self.path)}: truncated")
+        return np.frombuffer(data, self.dtype).reshape(count, *self.shape[1:]).copy()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self.read(0, len(self))
+        return whole if dtype is None else whole.astype(dtype)
 
 
 # ---------------------------------------------------------------------------- settings
