@@ -105,15 +105,20 @@ def read_npy(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
     return array, paths, read_settings_file(path)
 
 
+def require_fields(path: str, names: list[str], vectors: str, paths: str, kind: str) -> None:
+    """VectorsError unless the file holds both the `vectors` and the `paths` field."""
+    if vectors not in names:
+        raise VectorsError(f"{safe_text(path)}: no '{vectors}' {kind} (embed writes one)")
+    if paths not in names:
+        raise VectorsError(
+            f"{safe_text(path)}: no '{paths}' {kind} beside '{vectors}': cannot say which image "
+            "a row is"
+        )
+
+
 def read_npz(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
     with np.load(path, allow_pickle=False) as archive:
-        if "embeddings" not in archive.files:
-            raise VectorsError(f"{safe_text(path)}: no 'embeddings' array (embed writes one)")
-        if "paths" not in archive.files:
-            raise VectorsError(
-                f"{safe_text(path)}: no 'paths' array beside 'embeddings': cannot say which "
-                "image a row is"
-            )
+        require_fields(path, archive.files, "embeddings", "paths", "array")
         array = archive["embeddings"]
         paths = [str(p) for p in archive["paths"]]
     return array, paths, read_settings_file(path)
@@ -125,13 +130,7 @@ def read_parquet(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | Non
 
     pq = require("pyarrow.parquet", "parquet", "pyarrow")
     schema = pq.read_schema(path)
-    if "embedding" not in schema.names:
-        raise VectorsError(f"{safe_text(path)}: no 'embedding' column (embed writes one)")
-    if "path" not in schema.names:
-        raise VectorsError(
-            f"{safe_text(path)}: no 'path' column beside 'embedding': cannot say which image "
-            "a row is"
-        )
+    require_fields(path, schema.names, "embedding", "path", "column")
     table = pq.read_table(path, columns=["path", "embedding"])
     column = table.column("embedding").combine_chunks()
     width = getattr(column.type, "list_size", None)
