@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,14 @@ def test_similar_refuses_vectors_without_paths_or_of_another_width(tiny_checkpoi
     assert result.exit_code == 2
     assert "v.npy: vectors of width 7, but this model's are 32 wide" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_approximate_index_without_usearch_is_one_line(tmp_path, monkeypatch):
+    np.save(tmp_path / "v.npy", np.ones((2, 4), np.float32))
+    (tmp_path / "v.paths.txt").write_text("a.jpg\nb.jpg\n")
+    monkeypatch.setitem(sys.modules, "usearch", None)  # as if not installed
+    result = cli("duplicates", tmp_path / "v.npy", "--index", "approximate")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        'error: install the search extra: pip install "vithybrid[search]" (needs usearch)\n'
+    )

@@ -203,10 +203,7 @@ def duplicates(
         others = others_path(output) if keep else None
         if keep and not others:
             raise UserError("--keep lists the other files beside --output: give -o GROUPS.jsonl")
-        if index is IndexChoice.approximate:
-            from ..data.sources import require
-
-            require("usearch", "search")
+        require_index(index)
         started, status = time.perf_counter(), 0
         specs = sources or []
         if specs and all(is_vectors_file(spec) for spec in specs):
@@ -263,6 +260,14 @@ def duplicates(
         return status
 
     run_command(body, debug)
+
+
+def require_index(index: IndexChoice) -> None:
+    """The missing-extra line for --index approximate, before any work."""
+    if index is IndexChoice.approximate:
+        from ..data.sources import require
+
+        require("usearch", "search")
 
 
 def counted(count: int, noun: str) -> str:
@@ -329,6 +334,7 @@ def similar(
         from ..search.vectors import CollectVectors, check_settings, check_width, read_vectors
 
         fmt = list_format(format, output)
+        require_index(index)
         inputs = Inputs(queries, files_from, max_download_mb)
         vectors = read_vectors(vectors_file)  # a bad file fails before the model loads
         recorded = vectors.settings or {}
