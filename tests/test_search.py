@@ -8,7 +8,9 @@ of photographs; the commands run end to end on the tiny checkpoint in float32.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -261,3 +263,44 @@ def test_approximate_index_without_usearch_is_one_line(tmp_path, monkeypatch):
     assert result.stderr == (
         'error: install the search extra: pip install "vithybrid[search]" (needs usearch)\n'
     )
+
+
+def test_help_of_the_search_commands_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "import vithybrid_cli.cli as cli\n"
+        "for command in ('duplicates', 'similar'):\n"
+        "    sys.argv = ['vithybrid', command, '--help']\n"
+        "    try:\n"
+        "        cli.main()\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code in (0, None), exit.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--threshold" in result.stdout and "--in" in result.stdout
+    assert result.stdout.strip().endswith("False")
+
+
+@pytest.mark.slow
+def test_installed_script_finds_copies_and_similar_images(tiny_checkpoint, photo_dir, tmp_path):
+    script = shutil.which("vithybrid", path=str(Path(sys.executable).parent)) or "vithybrid"
+    model = ["-m", str(tiny_checkpoint), "--dtype", "float32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        command = [script, *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    done = run("embed", photo_dir, "-o", "v.parquet", *model)
+    assert done.returncode == 0, done.stderr
+    done = run("duplicates", "v.parquet", "-t", "1.0", "-o", "groups.jsonl")
+    assert done.returncode == 0, done.stderr
+    groups = jsonl((tmp_path / "groups.jsonl").read_text())
+    assert [len(group["paths"]) for group in groups] == [2, 2]
+    assert all(group["exact"] for group in groups)
+    done = run("similar", photo_dir / "photo0.jpg", "--in", "v.parquet", "-k", "2")
+    assert done.returncode == 0, done.stderr
+    [record] = jsonl(done.stdout)  # piped: JSON Lines
+    assert record["matches"][0] == {"path": str(photo_dir / "photo0.jpg"), "score": 1.0}
