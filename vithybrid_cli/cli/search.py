@@ -151,7 +151,8 @@ def write_records(records: list[dict[str, Any]], fmt: str, output: str | None) -
 
 
 def embed_images(common: Common, inputs: Inputs, task: Any, verb: str) -> tuple[Any, Any]:
-    """(vectors of the inputs that succeeded, the run's summary and settings) via run_job."""
+    """(the vectors of the inputs that succeeded, with the run's settings; the run's summary),
+    embedded by run_job as `embed` does."""
     from ..pipeline.job import job_settings
     from ..pipeline.journal import SingleProcess
     from ..search.vectors import CollectVectors
@@ -193,10 +194,9 @@ def duplicates(
                     interpolate_pos_encoding, image_size, quiet=quiet)  # fmt: skip
 
     def body() -> int:
-        from ..io.outputs import safe_text
         from ..pipeline.runner import embed_task
-        from ..search.grouping import find_duplicates, keeper_first
-        from ..search.index import choose_index
+        from ..search.grouping import find_duplicates, group_records
+        from ..search.index import APPROXIMATE_FROM, choose_index
         from ..search.vectors import is_vectors_file, read_vectors
 
         fmt = list_format(format, output)
@@ -216,7 +216,7 @@ def duplicates(
             status = 1 if summary.failed else 0
         ensure_parent(output, others)
         method = choose_index(index.value, len(vectors))
-        if method == "exact" and len(vectors) > 100_000 and not quiet:
+        if method == "exact" and len(vectors) > APPROXIMATE_FROM and not quiet:
             stderr.print(
                 f"note: exact search of {len(vectors):,} vectors grows with their square; "
                 'pip install "vithybrid[search]" for an approximate index'
@@ -226,18 +226,7 @@ def duplicates(
         started = time.perf_counter()
         groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method)
         elapsed = time.perf_counter() - started
-        records, review = [], []
-        for group in groups:
-            rows = keeper_first(group.rows, vectors.paths, keep.value) if keep else group.rows
-            record: dict[str, Any] = {
-                "paths": [safe_text(vectors.paths[row]) for row in rows],
-                "score": round(group.score, 6),
-                "exact": group.exact,
-            }
-            if keep:
-                record["keep"] = record["paths"][0]
-                review.extend(record["paths"][1:])
-            records.append(record)
+        records, review = group_records(groups, vectors.paths, keep.value if keep else None)
         if fmt == "table":
             render_groups(records)
         else:

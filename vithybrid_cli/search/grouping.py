@@ -21,8 +21,11 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ..io.outputs import safe_text
 
 HASH_CHUNK = 1 << 20
 
@@ -142,6 +145,26 @@ def find_duplicates(
     pairs = similar_pairs(array, threshold, min(neighbours, len(array) - 1), index=method)
     copies = same_bytes(paths) if compare_bytes else []
     return group_duplicates(pairs, threshold, copies)
+
+
+def group_records(
+    groups: list[Group], paths: list[str], keep: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(one JSON-ready record per group, the files to review): ``{"paths", "score", "exact"}``,
+    with `keep` (first / largest) the kept file first and as ``"keep"``, the others listed."""
+    records, review = [], []
+    for group in groups:
+        rows = keeper_first(group.rows, paths, keep) if keep else group.rows
+        record: dict[str, Any] = {
+            "paths": [safe_text(paths[row]) for row in rows],
+            "score": round(group.score, 6),
+            "exact": group.exact,
+        }
+        if keep:
+            record["keep"] = record["paths"][0]
+            review.extend(record["paths"][1:])
+        records.append(record)
+    return records, review
 
 
 def keeper_first(rows: list[int], paths: list[str], keep: str) -> list[int]:
