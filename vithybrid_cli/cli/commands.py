@@ -696,4 +696,6 @@ def exit_now(status: int) -> None:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(status)
+
+
 from . import search as _search  # noqa: E402, F401  (registers similar, duplicates)
