@@ -7,6 +7,7 @@ of photographs; the commands run end to end on the tiny checkpoint in float32.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -216,6 +217,13 @@ def test_similar_returns_an_exact_copy_first(tiny_checkpoint, photo_dir, tmp_pat
     assert [match["path"] for match in record["matches"]][0] == str(photo_dir / "photo2.jpg")
     assert record["matches"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert len(record["matches"]) == 3
+    if suffix == "npy" and importlib.util.find_spec("usearch"):  # one query through the index
+        result = cli("similar", query, "--in", vectors, "-k", "3", "--index", "approximate")
+        assert result.exit_code == 0, result.stderr
+        [again] = jsonl(result.stdout)  # rescored in float32: the exact search's answer
+        assert [m["path"] for m in again["matches"]] == [m["path"] for m in record["matches"]]
+        for new, old in zip(again["matches"], record["matches"], strict=True):
+            assert new["score"] == pytest.approx(old["score"], abs=1e-5)
     assert [m["score"] for m in record["matches"]] == sorted(
         (m["score"] for m in record["matches"]), reverse=True
     )

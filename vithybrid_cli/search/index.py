@@ -27,6 +27,7 @@ INDEXES = ("auto", "exact", "approximate")
 # Above this many vectors `duplicates` builds an approximate index when usearch is installed:
 # the crossover measured by benchmarks/bench_search.py (see benchmarks/README.md).
 APPROXIMATE_FROM = 100_000
+CANDIDATE_SLACK = 16  # approximate search: candidates asked beyond k, before exact rescoring
 
 
 @dataclass
@@ -176,10 +177,19 @@ class ApproximateIndex:
         import torch
 
         k = max(1, min(k, len(self.index)))
+        # more candidates than asked: rescored exactly, the best k of them are the exact
+        # search's answer more often (a tie at the k-th place included)
+        wanted = min(len(self.index), k + CANDIDATE_SLACK)
         query = normalized(queries)
-        found = self.index.search(query.numpy(), k)
-        keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
-        counts = np.asarray(found.counts).reshape(-1)
+        found = self.index.search(query.numpy(), wanted)
+        if hasattr(found, "counts"):  # BatchMatches: (Q, k) keys, padded past each count
+            keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
+            counts = np.asarray(found.counts).reshape(-1)
+        else:  # one query: usearch answers with a single, unpadded Matches
+            got = np.asarray(found.keys, dtype=np.int64).reshape(-1)
+            keys = np.zeros((1, wanted), np.int64)
+            keys[0, : len(got)] = got
+            counts = np.array([len(got)])
         missing = np.arange(keys.shape[1])[None, :] >= counts[:, None]
         keys[missing] = 0  # scored, then dropped below
         rows, where = np.unique(keys, return_inverse=True)
@@ -188,7 +198,7 @@ class ApproximateIndex:
         scores[torch.from_numpy(missing)] = -torch.inf
         scores, indices = ties_by_row(scores, torch.from_numpy(keys))
         indices[scores == -torch.inf] = -1
-        return Neighbours(scores.numpy(), indices.numpy())
+        return Neighbours(scores[:, :k].numpy(), indices[:, :k].numpy())
 
 
 def nearest(base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact") -> Neighbours:
