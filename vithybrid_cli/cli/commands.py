@@ -772,6 +772,7 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
+from . import search as _search  # noqa: E402, F401  (registers similar, duplicates)
 from .report import (  # noqa: E402 - also registers `vithybrid report`
     IndexNotes,
     page_path,

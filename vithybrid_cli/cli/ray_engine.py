@@ -6,6 +6,7 @@ Nothing here imports torch or ray at module import: commands.py imports this for
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any
@@ -102,6 +103,8 @@ def run_on_ray(
     fmt = part_format(engine.format)
     require("ray.data", "ray", "ray[data]")  # before any work: one line, exit 2
     from .. import ray as steps
+    from ..io.outputs import json_safe
+    from ..io.parquet import SETTINGS_KEY
     from ..model.weights import CheckpointError
     from ..pipeline.engines.ray_engine import RayPlan, rows_per_part
     from ..pipeline.engines.ray_engine import run_on_ray as run
@@ -130,6 +133,8 @@ def run_on_ray(
     metadata = {"vithybrid.top_k": str(probe.task.top_k)} if probe.kind == "records" else {}
     if shape:
         metadata["vithybrid.row_shape"] = ",".join(map(str, shape))
+    if probe.kind == "embeddings":  # as the local engine's Parquet: `similar` reads it back
+        metadata[SETTINGS_KEY.decode()] = json.dumps(json_safe(probe.settings), sort_keys=True)
     plan = RayPlan(
         dest=output, fmt=fmt, kind=probe.kind, settings=probe.settings, resume=engine.resume,
         concurrency=engine.concurrency, num_gpus=engine.num_gpus,

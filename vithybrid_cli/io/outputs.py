@@ -13,7 +13,7 @@ formats. Every writer is written all-or-nothing to a file (a temp file beside it
 
     records:     Writer(target: str | TextIO, *, top_k: int = 5, decision: bool = False)
                  write(record)
-    embeddings:  Writer(path: str)                                  write(path, vector)
+    embeddings:  Writer(path: str, settings: dict | None = None)    write(path, vector)
     both:        close() finishes the output; abort() leaves the target as it was
 
 To add a format, write such a class and register it in the table at the end of this module,
@@ -343,6 +343,21 @@ def sidecar_path(path: str) -> str:
     return os.path.splitext(path)[0] + ".paths.txt"
 
 
+def settings_path(path: str) -> str:
+    """Where an .npy / .npz output's settings go: NAME.settings.json beside it."""
+    return os.path.splitext(path)[0] + ".settings.json"
+
+
+def write_settings(path: str, settings: dict[str, Any] | None) -> AtomicFile | None:
+    """NAME.settings.json beside `path` (the journal's settings: what shaped the vectors), to
+    commit together with the vectors; None without settings."""
+    if settings is None:
+        return None
+    target = AtomicFile(settings_path(path), "w", newline="\n")
+    target.file.write(json.dumps(json_safe(settings), indent=1, sort_keys=True) + "\n")
+    return target
+
+
 def path_line(key: str) -> str:
     """One sidecar line: newline and CR inside a path written as \\n and \\r."""
     return key.replace("\n", "\\n").replace("\r", "\\r") + "\n"
@@ -378,9 +393,11 @@ class Rows:
 
 
 class NpyWriter:
-    """NAME.npy, float32 (N, *row shape), with the paths one per line in NAME.paths.txt."""
+    """NAME.npy, float32 (N, *row shape), with the paths one per line in NAME.paths.txt (and
+    the settings that made them, when given, in NAME.settings.json)."""
 
-    def __init__(self, path: str, **options: Any) -> None:
+    def __init__(self, path: str, settings: dict[str, Any] | None = None, **options: Any) -> None:
+        self.settings = write_settings(path, settings)
         self.target = AtomicFile(path, "wb")
         self.target.file.write(b"\0" * NPY_HEADER_BYTES)
         self.rows = Rows(self.target.file)
@@ -393,19 +410,25 @@ class NpyWriter:
     def close(self) -> None:
         self.target.file.seek(0)
         self.target.file.write(npy_header(self.rows.array_shape))
+        if self.settings is not None:
+            self.settings.commit()
         self.target.commit()
         self.paths.commit()
 
     def abort(self) -> None:
+        if self.settings is not None:
+            self.settings.discard()
         self.target.discard()
         self.paths.discard()
 
 
 class NpzWriter:
-    """NAME.npz with arrays ``embeddings`` (float32) and ``paths`` (unicode), rows in order."""
+    """NAME.npz with arrays ``embeddings`` (float32) and ``paths`` (unicode), rows in order;
+    the settings, when given, in NAME.settings.json."""
 
-    def __init__(self, path: str, **options: Any) -> None:
+    def __init__(self, path: str, settings: dict[str, Any] | None = None, **options: Any) -> None:
         self.path = path
+        self.settings = write_settings(path, settings)
         directory = os.path.dirname(os.path.abspath(path))
         # Spooled beside the target (not in /tmp, which may be small): the zip needs the count
         # and the longest path before it can stream either array.
@@ -430,9 +453,14 @@ class NpzWriter:
                 member.write(npy_header((self.rows.count,), f"<U{self.width}"))
                 for line in self.keys:  # fixed-width UTF-32, zero padded
                     member.write(json.loads(line).ljust(self.width, "\0").encode("utf-32-le"))
+            if self.settings is not None:
+                self.settings.commit()
+                self.settings = None
         self.abort()
 
     def abort(self) -> None:
+        if self.settings is not None:
+            self.settings.discard()
         self.rows.file.close()
         self.keys.close()
 

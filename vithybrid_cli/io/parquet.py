@@ -9,7 +9,8 @@ Columns
                 top_k_labels (list<string>), top_k_scores (list<double>), top_k_indices
                 (list<int64>) best first; error (string). A failed input has only path and error.
     embeddings: path (string), embedding (fixed_size_list<float32>[D]; nested for row shapes
-                such as (tokens, D) from `embed --tokens`).
+                such as (tokens, D) from `embed --tokens`); key-value metadata
+                ``vithybrid.settings``: the settings that made them (JSON, as the journal's).
 
 pandas, polars, DuckDB and pyarrow read both as they are.
 """
@@ -17,6 +18,7 @@ pandas, polars, DuckDB and pyarrow read both as they are.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from typing import Any, BinaryIO
@@ -24,10 +26,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..data.sources import require
-from .outputs import atomic_write, safe_text
+from .outputs import atomic_write, json_safe, safe_text
 
 RECORD_ROW_GROUP = 32_768  # rows; a few tens of MB of Python objects at most while buffering
 EMBEDDING_ROW_GROUP_BYTES = 64 << 20  # vector bytes buffered before a row group is written
+SETTINGS_KEY = b"vithybrid.settings"  # embeddings: the journal's settings, as JSON
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -195,9 +198,11 @@ class ParquetEmbeddingWriter(_ParquetFile):
         path: str | os.PathLike[str] | BinaryIO,
         *,
         row_group_bytes: int = EMBEDDING_ROW_GROUP_BYTES,
+        settings: dict[str, Any] | None = None,  # what made the vectors: key-value metadata
     ) -> None:
         super().__init__(path)
         self.row_group_bytes = row_group_bytes
+        self.settings = settings
         self.row_shape: tuple[int, ...] | None = None
         self.schema: Any = None
         self._paths: list[str] = []
@@ -227,7 +232,7 @@ class ParquetEmbeddingWriter(_ParquetFile):
         self._open_schema(shape)
 
     def _open_schema(self, shape: tuple[int, ...]) -> None:
-        self.schema = embedding_schema(self._pa, shape)
+        self.schema = embedding_schema(self._pa, shape, self.settings)
         self._open(self.schema)
 
     def _flush_rows(self) -> None:
@@ -247,12 +252,15 @@ class ParquetEmbeddingWriter(_ParquetFile):
         self._flush_rows()
 
 
-def embedding_schema(pa: Any, shape: tuple[int, ...]) -> Any:
-    """path + embedding: fixed_size_list<float32>[D], nested for row shapes such as (T, D)."""
+def embedding_schema(pa: Any, shape: tuple[int, ...], settings: dict | None = None) -> Any:
+    """path + embedding: fixed_size_list<float32>[D], nested for row shapes such as (T, D);
+    the run's settings (job_settings) in the metadata when given."""
     value_type = pa.float32()
     for size in reversed(shape):
         value_type = pa.list_(value_type, size)
     metadata = {b"vithybrid.row_shape": ",".join(map(str, shape)).encode()}
+    if settings is not None:
+        metadata[SETTINGS_KEY] = json.dumps(json_safe(settings), sort_keys=True).encode()
     return pa.schema([("path", pa.string()), ("embedding", value_type)], metadata=metadata)
 
 

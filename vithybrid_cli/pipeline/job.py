@@ -107,7 +107,10 @@ class JournalOutput:
         self.job.barrier()  # nobody exits (which makes torchrun stop the others) before that
 
     def write_file(self) -> None:
-        writer = open_writer(self.kind, self.fmt, self.path, **self.options)
+        options = dict(self.options)
+        if self.kind == "embeddings":  # recorded with the vectors, for `similar` to check
+            options.setdefault("settings", self.journal.settings)
+        writer = open_writer(self.kind, self.fmt, self.path, **options)
         try:
             for entry in self.journal.entries():
                 if self.kind == "records":

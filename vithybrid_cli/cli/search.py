@@ -1,0 +1,392 @@
+"""`vithybrid similar` and `vithybrid duplicates`: search embeddings (the search package) and
+render what it finds. Queries and images are embedded by the same run_job as `embed`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..model.config import DEFAULT_MODEL_ID
+from .commands import Common, Inputs, app, ensure_parent, run_command
+from .options import (
+    BatchSize,
+    Debug,
+    Device,
+    DeviceOpt,
+    DType,
+    DTypeOpt,
+    FilesFrom,
+    ImageSize,
+    Interpolate,
+    MaxDownload,
+    ModelOpt,
+    Pool,
+    PoolOpt,
+    Quiet,
+    Revision,
+    UserError,
+    Workers,
+)
+from .render import stderr, stdout
+
+# The default threshold: imagededup's for CNN embeddings (min_similarity_threshold=0.9), the
+# usual cut for cosine similarity of a classifier's pooled features (see the guide).
+DEFAULT_THRESHOLD = 0.9
+
+
+class Keep(str, Enum):
+    first = "first"
+    largest = "largest"
+
+
+class IndexChoice(str, Enum):
+    auto = "auto"
+    exact = "exact"
+    approximate = "approximate"
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    jsonl = "jsonl"
+    json = "json"
+
+
+Sources = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Images (files, folders, globs, URLs...) or one vectors file written by `embed` "
+        "(.npy with its .paths.txt, .npz, .parquet).",
+        show_default=False,
+    ),
+]
+Queries = Annotated[
+    list[str] | None,
+    typer.Argument(help="Query images (files, folders, globs, URLs...).", show_default=False),
+]
+VectorsIn = Annotated[
+    str, typer.Option("--in", help="The vectors to search: an `embed` output (.npy/.npz/.parquet).")
+]
+Neighbours = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches per query.")]
+Threshold = Annotated[
+    float,
+    typer.Option(
+        "--threshold",
+        "-t",
+        min=-1.0,
+        max=1.0,
+        help="Cosine similarity that makes a near-duplicate.",
+    ),
+]
+KeepOpt = Annotated[
+    Keep | None,
+    typer.Option(
+        help="Keep the first file of each group (input order) or the largest (pixels, then "
+        "bytes); list the others in OUTPUT.others.txt for review. Nothing is deleted.",
+        show_default=False,
+    ),
+]
+IndexOpt = Annotated[
+    IndexChoice,
+    typer.Option(
+        "--index",
+        help="exact: blocked products; approximate: a usearch HNSW index (the search extra); "
+        "auto: approximate above 100,000 vectors when usearch is installed.",
+    ),
+]
+ListFormatOpt = Annotated[
+    ListFormat | None,
+    typer.Option(
+        "--format", "-f", help="Default: table on a terminal, else jsonl.", show_default=False
+    ),
+]
+ListOutput = Annotated[str | None, typer.Option("--output", "-o", help="A .jsonl / .json file.")]
+# similar: None means "as recorded with the vectors"
+RecordedModel = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Default: the model recorded with the vectors."),
+]
+RecordedRevision = Annotated[str | None, typer.Option(help="Default: as recorded.")]
+RecordedDType = Annotated[DType | None, typer.Option(help="Default: as recorded.")]
+RecordedPool = Annotated[Pool | None, typer.Option(help="Default: as recorded.")]
+RecordedInterpolate = Annotated[
+    bool | None,
+    typer.Option(
+        "--interpolate-pos-encoding/--no-interpolate-pos-encoding",
+        help="Default: as recorded.",
+        show_default=False,
+    ),
+]
+
+
+def list_format(fmt: ListFormat | None, output: str | None) -> str:
+    from ..io.outputs import format_from_path
+
+    to_file = bool(output) and output != "-"
+    if to_file:
+        chosen = fmt.value if fmt else format_from_path(output)
+        if chosen not in ("jsonl", "json"):
+            raise UserError(f"--output {output!r}: use a .jsonl or .json file")
+        return chosen
+    return fmt.value if fmt else ("table" if stdout.is_terminal else "jsonl")
+
+
+def write_records(records: list[dict[str, Any]], fmt: str, output: str | None) -> None:
+    from ..io.outputs import open_writer
+
+    to_file = bool(output) and output != "-"
+    writer = open_writer("records", fmt, output if to_file else sys.stdout)
+    try:
+        for record in records:
+            writer.write(record)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def embed_images(common: Common, inputs: Inputs, task: Any, verb: str) -> tuple[Any, Any]:
+    """(the vectors of the inputs that succeeded, with the run's settings; the run's summary),
+    embedded by run_job as `embed` does."""
+    from ..pipeline.job import job_settings
+    from ..pipeline.journal import SingleProcess
+    from ..search.vectors import CollectVectors
+
+    loaded = common.load()
+    runner = common.runner(loaded)
+    collected = CollectVectors()
+    summary = common.run(verb, inputs, runner, task, collected, SingleProcess())
+    return collected.vectors(settings=job_settings(runner, task)), summary
+
+
+# ---------------------------------------------------------------------------- duplicates
+
+
+@app.command()
+def duplicates(
+    sources: Sources = None,
+    output: ListOutput = None,
+    threshold: Threshold = DEFAULT_THRESHOLD,
+    keep: KeepOpt = None,
+    index: IndexOpt = IndexChoice.auto,
+    format: ListFormatOpt = None,
+    files_from: FilesFrom = None,
+    max_download_mb: MaxDownload = None,
+    pool: PoolOpt = Pool.cls,
+    model: ModelOpt = DEFAULT_MODEL_ID,
+    revision: Revision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: Interpolate = False,
+    image_size: ImageSize = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Find exact and near-duplicate images: groups whose every pair is >= --threshold."""
+    common = Common(model, revision, device, dtype, batch_size, workers,
+                    interpolate_pos_encoding, image_size, quiet=quiet)  # fmt: skip
+
+    def body() -> int:
+        from ..pipeline.runner import embed_task
+        from ..search.grouping import find_duplicates, group_records
+        from ..search.index import APPROXIMATE_FROM, choose_index
+        from ..search.vectors import is_vectors_file, read_vectors
+
+        fmt = list_format(format, output)
+        others = others_path(output) if keep else None
+        if keep and not others:
+            raise UserError("--keep lists the other files beside --output: give -o GROUPS.jsonl")
+        require_index(index)
+        status = 0
+        specs = sources or []
+        if specs and all(is_vectors_file(spec) for spec in specs):
+            if len(specs) > 1 or files_from:
+                raise UserError("give one vectors file (or images), not several")
+            vectors = read_vectors(specs[0])
+        else:
+            inputs = Inputs(sources, files_from, max_download_mb)
+            vectors, summary = embed_images(common, inputs, embed_task(pool.value), "embedded")
+            status = 1 if summary.failed else 0
+        ensure_parent(output, others)
+        method = choose_index(index.value, len(vectors))
+        if method == "exact" and len(vectors) > APPROXIMATE_FROM and not quiet:
+            stderr.print(
+                f"note: exact search of {len(vectors):,} vectors grows with their square; "
+                'pip install "vithybrid[search]" for an approximate index'
+            )
+        import torch  # noqa: F401 - before the clock starts: the search alone is timed
+
+        started = time.perf_counter()
+        groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method)
+        elapsed = time.perf_counter() - started
+        records, review = group_records(groups, vectors.paths, keep.value if keep else None)
+        if fmt == "table":
+            render_groups(records)
+        else:
+            write_records(records, fmt, output)
+        if others:
+            from ..io.outputs import atomic_write, path_line
+
+            with atomic_write(others) as file:
+                file.writelines(path_line(path) for path in review)
+        if not quiet:
+            files = sum(len(record["paths"]) for record in records)
+            exact = sum(record["exact"] for record in records)
+            stderr.print(
+                f"{counted(len(records), 'group')} ({exact} exact) of {counted(files, 'file')} "
+                f"among {len(vectors)} images at threshold {threshold:g} "
+                f"({method} search in {elapsed:.1f} s)"
+            )
+            if others:
+                stderr.print(
+                    f"wrote {counted(len(review), 'file')} to review to {others} "
+                    "(nothing was deleted)",
+                    soft_wrap=True,
+                )
+        return status
+
+    run_command(body, debug)
+
+
+def require_index(index: IndexChoice) -> None:
+    """The missing-extra line for --index approximate, before any work."""
+    if index is IndexChoice.approximate:
+        from ..data.sources import require
+
+        require("usearch", "search")
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def others_path(output: str | None) -> str | None:
+    """Where --keep lists the other files: GROUPS.others.txt beside -o GROUPS.jsonl."""
+    import os
+
+    if not output or output == "-":
+        return None
+    return os.path.splitext(output)[0] + ".others.txt"
+
+
+def render_groups(records: list[dict[str, Any]]) -> None:
+    from ..data.inputs import display_path
+
+    table = Table()
+    for column, justify in (("group", "right"), ("score", "right"), ("files", "left")):
+        table.add_column(column, justify=justify)
+    for number, record in enumerate(records, 1):
+        paths = [escape(display_path(path)) for path in record["paths"]]
+        if "keep" in record:
+            paths = [f"{paths[0]} [green](keep)[/green]", *paths[1:]]
+        score = "exact" if record["exact"] else f"{record['score']:.3f}"
+        table.add_row(str(number), score, "\n".join(paths), end_section=True)
+    stdout.print(table)
+
+
+# ---------------------------------------------------------------------------- similar
+
+
+@app.command()
+def similar(
+    queries: Queries = None,
+    vectors_file: VectorsIn = ...,
+    top_k: Neighbours = 10,
+    output: ListOutput = None,
+    format: ListFormatOpt = None,
+    index: IndexOpt = IndexChoice.exact,
+    files_from: FilesFrom = None,
+    max_download_mb: MaxDownload = None,
+    model: RecordedModel = None,
+    revision: RecordedRevision = None,
+    device: DeviceOpt = Device.auto,
+    dtype: RecordedDType = None,
+    pool: RecordedPool = None,
+    batch_size: BatchSize = None,
+    workers: Workers = None,
+    interpolate_pos_encoding: RecordedInterpolate = None,
+    image_size: Annotated[str | None, typer.Option(help="Default: as recorded.")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """The images in --in most like each query, by cosine similarity, best first."""
+
+    def body() -> int:
+        from ..io.outputs import record_of, safe_text
+        from ..pipeline.job import job_settings
+        from ..pipeline.journal import SingleProcess
+        from ..pipeline.runner import embed_task
+        from ..search.index import nearest
+        from ..search.vectors import CollectVectors, check_settings, check_width, read_vectors
+
+        fmt = list_format(format, output)
+        require_index(index)
+        inputs = Inputs(queries, files_from, max_download_mb)
+        vectors = read_vectors(vectors_file)  # a bad file fails before the model loads
+        recorded = vectors.settings or {}
+        common = Common(
+            model or recorded.get("model") or DEFAULT_MODEL_ID,
+            revision if revision is not None or model else recorded.get("revision"),
+            device,
+            dtype or DType(recorded.get("dtype", "auto")),
+            batch_size,
+            workers,
+            recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding"),
+            image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None,
+            quiet=quiet,
+        )
+        pool_name = pool.value if pool else recorded.get("pool", "cls")
+        task = embed_task(pool_name, bool(recorded.get("normalize", False)))
+        loaded = common.load()
+        check_width(vectors, loaded.config.hidden_size)
+        runner = common.runner(loaded)
+        check_settings(vectors, job_settings(runner, task))
+        collected = CollectVectors()
+        summary = common.run("embedded", inputs, runner, task, collected, SingleProcess())
+        found = nearest(vectors.array, collected.vectors().array, top_k, index.value)
+        records, row = [], 0
+        for result in collected.results:
+            if not result.ok:
+                records.append(record_of(result.path, None, result.error))
+                continue
+            matches = [
+                {"path": safe_text(vectors.paths[i]), "score": round(float(s), 6)}
+                for s, i in zip(found.scores[row], found.indices[row].tolist(), strict=True)
+                if i >= 0
+            ]
+            records.append(record_of(result.path, {"matches": matches}))
+            row += 1
+        if fmt == "table":
+            render_matches(records)
+        else:
+            write_records(records, fmt, output)
+        return 1 if summary.failed else 0
+
+    run_command(body, debug)
+
+
+def recorded_flag(given: bool | None, recorded: dict[str, Any], key: str) -> bool:
+    return bool(recorded.get(key, False)) if given is None else given
+
+
+def render_matches(records: list[dict[str, Any]]) -> None:
+    from ..data.inputs import display_path
+
+    for record in records:
+        title = escape(display_path(record["path"]))
+        if "error" in record:
+            stdout.print(f"{title}: [red]{escape(record['error'])}[/red]")
+            continue
+        table = Table(title=title, title_justify="left")
+        for column, justify in (("#", "right"), ("path", "left"), ("score", "right")):
+            table.add_column(column, justify=justify)
+        for rank, match in enumerate(record["matches"], 1):
+            table.add_row(str(rank), escape(display_path(match["path"])), f"{match['score']:.3f}")
+        stdout.print(table)
