@@ -297,31 +297,35 @@ def worker_reference(photos: str, ckpt: str, out_dir: str) -> dict:
     return timings(started, ready, done, len(files))
 
 
-def worker_timm(photos: str, ckpt: str, out_dir: str) -> dict:
-    import torch
+def photo_loader(files: list[str], transform, num_workers: int = 2):
+    """The usual PyTorch input pipeline: PIL decode + a transform in DataLoader workers, batch 8."""
     from PIL import Image
-    from timm.data import create_transform, resolve_data_config
     from torch.utils.data import DataLoader, Dataset
+
+    class Photos(Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, index):
+            return transform(Image.open(files[index]).convert("RGB"))
+
+    return DataLoader(Photos(), batch_size=BATCH, num_workers=num_workers)
+
+
+def worker_timm(photos: str, ckpt: str, out_dir: str, dtype: str = "bf16") -> dict:
+    """timm's recipe; dtype "bf16" (autocast) or "fp32"."""
+    import torch
+    from timm.data import create_transform, resolve_data_config
 
     started = time.perf_counter()
     model = timm_model(Path(ckpt))
     transform = create_transform(**resolve_data_config({}, model=model))
-
-    class Photos(Dataset):
-        def __init__(self, files):
-            self.files = files
-
-        def __len__(self):
-            return len(self.files)
-
-        def __getitem__(self, index):
-            return transform(Image.open(self.files[index]).convert("RGB"))
-
     files = [str(p) for p in sorted(Path(photos).glob("*.jpg"))]
-    loader = DataLoader(Photos(files), batch_size=BATCH, num_workers=2)
+    loader = photo_loader(files, transform)
     ready = time.perf_counter()
     top1 = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    with torch.inference_mode(), autocast:
         for batch in loader:
             logits = model(batch.contiguous(memory_format=torch.channels_last))
             scores, indices = logits.float().softmax(-1).topk(5)
@@ -342,7 +346,8 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
 
         def forward():
             batch = torch.from_numpy(pixels).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in name)
+            with torch.inference_mode(), autocast:
                 return model(batch)
     else:
         from vithybrid_cli.model.weights import load_model
@@ -364,16 +369,21 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             return runner.forward(pixels, task)
 
     loaded = time.perf_counter()
-    forward()  # warm-up: oneDNN picks and caches its kernels on the first call
+    return {"load_s": loaded - started, **time_calls(forward, int(iters))}
+
+
+def time_calls(forward, iters: int, images: int = BATCH) -> dict:
+    """Median and best img/s of `iters` calls of `forward` (each `images` images), after one
+    warm-up call (oneDNN and the peers pick and cache their kernels on the first)."""
+    forward()
     times = []
-    for _ in range(int(iters)):
+    for _ in range(iters):
         start = time.perf_counter()
         forward()
         times.append(time.perf_counter() - start)
     return {
-        "load_s": loaded - started,
-        "img_s": BATCH / statistics.median(times),
-        "best_img_s": BATCH / min(times),
+        "img_s": images / statistics.median(times),
+        "best_img_s": images / min(times),
         "times_s": [round(t, 3) for t in times],
     }
 
