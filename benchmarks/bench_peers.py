@@ -279,15 +279,17 @@ def our_logits_module(ckpt: str, dtype: str = "float32"):
 
 
 def worker_export(ckpt: str, onnx_path: str, xml_path: str) -> dict:
+    """Our float32 model to ONNX (batch dynamic) and OpenVINO IR (batch 8), at its input size."""
     import openvino as ov
     import torch
 
     module = our_logits_module(ckpt)
+    side = module.model.config.image_size
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.inference_mode():
         torch.onnx.export(
             module,
-            (torch.zeros(2, 3, SIDE, SIDE),),
+            (torch.zeros(2, 3, side, side),),
             onnx_path,
             input_names=["pixel_values"],
             output_names=["logits"],
@@ -296,10 +298,10 @@ def worker_export(ckpt: str, onnx_path: str, xml_path: str) -> dict:
             dynamo=True,
         )
     ir = ov.convert_model(onnx_path)
-    ir.reshape([BATCH, 3, SIDE, SIDE])
+    ir.reshape([BATCH, 3, side, side])
     # save_model compresses weights to fp16 by default: keep ours exactly, in float32
     ov.save_model(ir, xml_path, compress_to_fp16=False)
-    return {}
+    return {"image_size": side}
 
 
 def compare(got, want) -> dict:
@@ -462,6 +464,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"any of {','.join(SECTIONS)}")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="a subset of them")
+    parser.add_argument("--models", default=",".join(MODELS), help="a subset of them")
     parser.add_argument("--iters", type=int, default=4, help="timed calls per model run")
     parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
     parser.add_argument("--work", type=Path, default=bench.REPO / "benchmarks" / ".cache")
@@ -486,11 +489,14 @@ def main() -> None:
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     pipelines = [s.strip() for s in args.pipelines.split(",") if s.strip()]
-    unknown = (set(only) - set(SECTIONS)) | (set(pipelines) - set(PIPELINES))
+    models = [s.strip() for s in args.models.split(",") if s.strip()]
+    unknown = (
+        set(only) - set(SECTIONS) | set(pipelines) - set(PIPELINES) | set(models) - set(MODELS)
+    )
     if unknown:
         parser.error(
             f"unknown {', '.join(sorted(unknown))}: sections {', '.join(SECTIONS)}, "
-            f"pipelines {', '.join(PIPELINES)}"
+            f"pipelines {', '.join(PIPELINES)}, models {', '.join(MODELS)}"
         )
     missing = [p for p in ("onnx", "onnxscript", "onnxruntime", "openvino") if not installed(p)]
     if missing:
@@ -537,8 +543,7 @@ def main() -> None:
                     f"load {result['loadavg']})"
                 )
         if "model" in only:
-            models = MODELS if repeat % 2 == 0 else MODELS[::-1]
-            for name in models:
+            for name in models if repeat % 2 == 0 else models[::-1]:
                 result = bench_model(name, ckpt, exports, args.iters)
                 result["loadavg"] = bench.loadavg()
                 results.setdefault(f"model:{name}", []).append(result)
