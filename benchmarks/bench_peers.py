@@ -55,7 +55,7 @@ BATCH = bench.BATCH
 SIDE = 384
 PIPELINES = ("ours", "timm-fp32", "onnxruntime", "openvino")
 MODELS = ("ours-bf16", "ours-fp32", "timm-fp32", "onnxruntime", "openvino")
-SECTIONS = ("parity", "process", "model", "roofline", "profile")
+SECTIONS = ("parity", "process", "model", "single", "roofline", "profile")
 # The model's forward cost at 384x384, one image (family.MEMBERS, torch's FlopCounter)
 GFLOPS_PER_IMAGE = 134.312
 # float32 logits of an exported model against ours (|logit| ~ 1-5 with these random weights)
@@ -132,25 +132,30 @@ def photo_files(photos: str) -> list[str]:
     return [str(p) for p in sorted(Path(photos).glob("*.jpg"))]
 
 
-def ort_session(onnx_path: str):
+def ort_session(onnx_path: str, threads: int | None = None):
     import os
 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
     return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
 
-def ov_compiled(xml_path: str, precision: str | None = None, perf_count: bool = False):
+def ov_compiled(
+    xml_path: str, precision: str | None = None, perf_count: bool = False, threads: int = 0
+):
     """OpenVINO's CPU plugin with the throughput hint and a model cache beside the IR;
-    `precision` "f32" to override its default (bf16 where the CPU has it)."""
+    `precision` "f32" to override its default (bf16 where the CPU has it); `threads` 1 for one
+    stream on one thread instead."""
     import openvino as ov
 
     core = ov.Core()
     core.set_property({"CACHE_DIR": str(Path(xml_path).parent / "ov-cache")})
     config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    if threads:
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if precision:
         config["INFERENCE_PRECISION_HINT"] = precision
     if perf_count:
@@ -254,6 +259,37 @@ def worker_model_openvino(xml_path: str, iters: str) -> dict:
         "streams": compiled.get_property("NUM_STREAMS"),
         **timed,
     }
+
+
+def worker_single(name: str, path: str, iters: str) -> dict:
+    """The forward pass on one thread, in images per CPU second: on a shared machine a thread
+    pool's barrier waits on its slowest (descheduled) thread, one thread waits on nothing."""
+    pixels = random_pixels()
+    if name == "onnxruntime":
+        session = ort_session(path, threads=1)
+
+        def forward():
+            return session.run(None, {"pixel_values": pixels})
+    elif name == "openvino":
+        request = ov_compiled(path, threads=1).create_infer_request()
+
+        def forward():
+            return request.infer({0: pixels})
+    else:
+        import torch
+
+        from vithybrid_cli.model.weights import load_model
+        from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+        from vithybrid_cli.pipeline.runtime import prepare_model
+
+        torch.set_num_threads(1)
+        runner = Runner(prepare_model(load_model(path, dtype=torch.bfloat16)), RunOptions())
+        task = classify_task(5, {})
+
+        def forward():
+            return runner.forward(pixels, task)
+
+    return bench.time_calls(forward, int(iters), clock=time.process_time)
 
 
 # ---------------------------------------------------------------------------- export and parity
@@ -483,6 +519,7 @@ def main() -> None:
             "model-openvino": worker_model_openvino,
             "roofline": worker_roofline,
             "profile": worker_profile,
+            "single": worker_single,
         }[kind]
         print(json.dumps(function(*rest)))
         return
@@ -550,6 +587,16 @@ def main() -> None:
                 print(
                     f"[{repeat + 1}] model {name:12s} {result['img_s']:6.2f} img/s median, "
                     f"{result['best_img_s']:.2f} best (load {result['loadavg']})"
+                )
+        if "single" in only:
+            for name in models if repeat % 2 == 0 else models[::-1]:
+                path = exports.get(name, ckpt)
+                result = bench.run_child(worker("single", name, str(path), str(args.iters)))[1]
+                result["loadavg"] = bench.loadavg()
+                results.setdefault(f"single:{name}", []).append(result)
+                print(
+                    f"[{repeat + 1}] one thread {name:12s} {result['img_s']:6.3f} img per CPU s "
+                    f"median, {result['best_img_s']:.3f} best (load {result['loadavg']})"
                 )
     report["results"] = results
     print_table(results, report.get("roofline"))
