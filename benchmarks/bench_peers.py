@@ -39,6 +39,7 @@ printed beside its wall time: they move less than wall time when other work shar
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import shutil
@@ -379,28 +380,34 @@ def worker_parity(photos: str, ckpt: str, onnx_path: str, xml_path: str) -> dict
 
 
 def worker_roofline() -> dict:
-    """TFLOP/s of torch.mm (oneDNN) in float32 and bf16: a square 4096 GEMM and the ViT's
-    widest linear at batch 8 (4616 tokens x 768 -> 2304)."""
+    """TFLOP/s of torch.mm (oneDNN) in float32 and bf16, for a square 4096 GEMM and the ViT's
+    widest linear at batch 8 (4616 tokens x 768 -> 2304): on all threads by the wall clock, and
+    on one thread per CPU second times the cores (the machine's rate, other load aside)."""
+    import os
+
     import torch
 
     rates = {}
+    threads = torch.get_num_threads()
     for dtype in (torch.float32, torch.bfloat16):
         for m, k, n in ((4096, 4096, 4096), (BATCH * 577, 768, 2304)):
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-            torch.mm(a, b)
-            times = []
-            for _ in range(5):
-                start = time.perf_counter()
-                torch.mm(a, b)
-                times.append(time.perf_counter() - start)
             name = f"{str(dtype).removeprefix('torch.')} {m}x{k}x{n}"
-            rates[name] = 2 * m * k * n / min(times) / 1e12
+            for label, count, clock, scale in (
+                ("wall", threads, time.perf_counter, 1),
+                ("cpu", 1, time.process_time, os.cpu_count() or 1),
+            ):
+                torch.set_num_threads(count)
+                timed = bench.time_calls(functools.partial(torch.mm, a, b), 4, 1, clock)
+                rates[f"{name} {label}"] = 2 * m * k * n * timed["best_img_s"] * scale / 1e12
+            torch.set_num_threads(threads)
     return rates
 
 
 def worker_profile(ckpt: str, xml_path: str) -> dict:
-    """Share of the forward by op: ours bf16 (torch profiler, self CPU time) and OpenVINO
-    (its perf counters, by layer type and the kernel it chose)."""
+    """Share of the forward by op, both on one thread so that times compare: ours bf16
+    (torch profiler, self time) and OpenVINO (its perf counters, by layer type and the kernel
+    it chose)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -409,6 +416,7 @@ def worker_profile(ckpt: str, xml_path: str) -> dict:
     from vithybrid_cli.pipeline.runtime import prepare_model
 
     pixels = random_pixels()
+    torch.set_num_threads(1)
     runner = Runner(prepare_model(load_model(ckpt, dtype=torch.bfloat16)), RunOptions())
     task = classify_task(5, {})
     runner.forward(pixels, task)
@@ -416,7 +424,7 @@ def worker_profile(ckpt: str, xml_path: str) -> dict:
         runner.forward(pixels, task)
     ours = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
 
-    compiled = ov_compiled(xml_path, perf_count=True)
+    compiled = ov_compiled(xml_path, perf_count=True, threads=1)
     request = compiled.create_infer_request()
     request.infer({0: pixels})
     request.infer({0: pixels})
@@ -485,6 +493,7 @@ def print_table(results: dict, roofline: dict | None) -> None:
             rates = [r["img_s"] for r in results[f"model:{name}"]]
             print(f"| {name} (model only) | | | | {spread(rates)} | f32 |")
     if roofline:
+        print("  GEMM rates: 'wall' on all threads, 'cpu' one thread per CPU second x cores")
         for name, rate in roofline.items():
             print(
                 f"  GEMM {name}: {rate:.2f} TFLOP/s -> "
