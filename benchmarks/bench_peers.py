@@ -23,12 +23,18 @@ Sections (--only):
   process    each pipeline as a whole process (start-up, imports, load, decoding, writing top-5)
   model      the forward pass alone at 384x384: ours bf16 and float32, timm float32, ONNX
              Runtime, OpenVINO (its throughput hint: as many batches in flight as it asks for)
-  roofline   the CPU's GEMM rate in float32 and bf16 (torch.mm, oneDNN), and what it allows for
-             the model's 134 GFLOPs per image
-  profile    where the time goes: torch's profiler for ours bf16, OpenVINO's perf counters
+  single     the forward pass on one thread in images per CPU second (ours bf16, the peers
+             at their default precision): what a shared machine's load disturbs least
+  roofline   the CPU's GEMM rate in float32 and bf16 (torch.mm, oneDNN), on all threads and per
+             CPU second on one, and what it allows for the model's 134 GFLOPs per image
+  profile    where the time goes, on one thread each: torch's profiler for ours bf16,
+             OpenVINO's perf counters (layer type and the kernel it chose)
 
     python benchmarks/bench_peers.py --count 48 --repeat 3     # interleaved, median and spread
     python benchmarks/bench_peers.py --only parity,model --iters 4
+    python benchmarks/bench_peers.py --only single,roofline,profile --models ours-bf16,openvino
+
+The photos are made with ../shared/bench/make_photos.py where it is found; else pass --photos.
 
 Needs the `bench` extra (onnx, onnxscript, onnxruntime, openvino) and the dev extras. Numbers are
 only comparable within one run; rounds run the pipelines in alternating order (A B C D, D C B A)
@@ -185,7 +191,7 @@ def worker_onnxruntime(photos: str, onnx_path: str, out_dir: str) -> dict:
         results += top5(session.run(None, {"pixel_values": batch.numpy()})[0])
     done = time.perf_counter()
     Path(out_dir, "onnxruntime.json").write_text(json.dumps(results))
-    return {**bench.timings(started, ready, done, len(files)), "precision": "f32"}
+    return {**bench.timings(started, ready, done, len(files)), "precision": "float32"}
 
 
 def worker_openvino(photos: str, xml_path: str, out_dir: str) -> dict:
@@ -234,7 +240,7 @@ def worker_model_onnxruntime(onnx_path: str, iters: str) -> dict:
     pixels = random_pixels()
     loaded = time.perf_counter()
     timed = bench.time_calls(lambda: session.run(None, {"pixel_values": pixels}), int(iters))
-    return {"load_s": loaded - started, "precision": "f32", **timed}
+    return {"load_s": loaded - started, "precision": "float32", **timed}
 
 
 def worker_model_openvino(xml_path: str, iters: str) -> dict:
@@ -474,24 +480,29 @@ def print_profile(profile: dict) -> None:
 
 def print_table(results: dict, roofline: dict | None) -> None:
     """The side-by-side table, Markdown, medians with the range of the rounds in brackets."""
-    print("\n| pipeline | whole process, s | img/s | CPU s | model alone, img/s | precision |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| pipeline | whole process, s | img/s | CPU s | model alone, img/s "
+        "| one thread, img per CPU s | precision |"
+    )
+    print("|---|---|---|---|---|---|---|")
     model_name = {"ours": "ours-bf16", "timm-fp32": "timm-fp32"}
     for name in PIPELINES:
         process = results.get(f"process:{name}", [])
         model = results.get(f"model:{model_name.get(name, name)}", [])
-        precision = (process or model or [{}])[0].get("precision", "bf16" if name == "ours" else "")
+        single = results.get(f"single:{model_name.get(name, name)}", [])
+        default = "bfloat16" if name == "ours" else "float32"
+        precision = (process or model or [{}])[0].get("precision", default)
         cells = [
             spread([r["wall_s"] for r in process]) if process else "",
             spread([r["img_s"] for r in process]) if process else "",
             spread([r["cpu_s"] for r in process]) if process else "",
             spread([r["img_s"] for r in model]) if model else "",
+            spread([r["img_s"] for r in single]) if single else "",
         ]
-        print(f"| {name} | " + " | ".join(cells) + f" | {precision or 'f32'} |")
-    for name in ("ours-fp32",):
-        if f"model:{name}" in results:
-            rates = [r["img_s"] for r in results[f"model:{name}"]]
-            print(f"| {name} (model only) | | | | {spread(rates)} | f32 |")
+        print(f"| {name} | " + " | ".join(cells) + f" | {precision} |")
+    if "model:ours-fp32" in results:
+        rates = [r["img_s"] for r in results["model:ours-fp32"]]
+        print(f"| ours-fp32 (model alone) | | | | {spread(rates)} | | float32 |")
     if roofline:
         print("  GEMM rates: 'wall' on all threads, 'cpu' one thread per CPU second x cores")
         for name, rate in roofline.items():
