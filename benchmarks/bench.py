@@ -464,6 +464,20 @@ def worker_parts(image: str, ckpt: str) -> dict:
     return {"import_s": t1 - t0, "load_s": t2 - t1, "forward_s": t3 - t2}
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--photos, --work, --json and the hidden --worker, as each benchmark here takes them."""
+    parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+
+
+def run_worker(argv: list[str], workers: dict) -> None:
+    """In a child: call the worker `argv[0]` names with the rest, print its JSON for run_child."""
+    kind, *rest = argv
+    print(json.dumps(workers[kind](*rest)))
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -480,28 +494,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"any of {','.join(SECTIONS)}")
     parser.add_argument("--iters", type=int, default=5, help="timed forwards per model run")
-    parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_common_arguments(parser)
     parser.add_argument(
         "--members", default=FAMILY_MEMBERS, help=f"family short names (default {FAMILY_MEMBERS})"
     )
     parser.add_argument(
         "--record", action="store_true", help="store family results for `vithybrid models`"
     )
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        kind, *rest = args.worker
-        function = {
+        workers = {
             "reference": worker_reference,
             "timm": worker_timm,
             "model": worker_model,
             "parts": worker_parts,
             "family-model": worker_family_model,
-        }[kind]
-        print(json.dumps(function(*rest)))
+        }
+        run_worker(args.worker, workers)
         return
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -522,15 +522,11 @@ def main() -> None:
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="a subset of them")
     parser.add_argument("--models", default=",".join(MODELS), help="a subset of them")
     parser.add_argument("--iters", type=int, default=4, help="timed calls per model run")
-    parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
-    parser.add_argument("--work", type=Path, default=bench.REPO / "benchmarks" / ".cache")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    bench.add_common_arguments(parser)
     args = parser.parse_args()
 
     if args.worker:
-        kind, *rest = args.worker
-        function = {
+        workers = {
             "export": worker_export,
             "parity": worker_parity,
             "onnxruntime": worker_onnxruntime,
@@ -540,8 +536,8 @@ def main() -> None:
             "roofline": worker_roofline,
             "profile": worker_profile,
             "single": worker_single,
-        }[kind]
-        print(json.dumps(function(*rest)))
+        }
+        bench.run_worker(args.worker, workers)
         return
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
