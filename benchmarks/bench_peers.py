@@ -615,7 +615,8 @@ def main() -> None:
                     f"median, {result['best_img_s']:.3f} best (load {result['loadavg']})"
                 )
     report["results"] = results
-    print_table(results, report.get("roofline"))
+    if results or "roofline" in report:
+        print_table(results, report.get("roofline"))
     if "profile" in only:
         report["profile"] = bench.run_child(worker("profile", str(ckpt), str(xml_path)))[1]
         print("\nprofile, one batch of 8:")
