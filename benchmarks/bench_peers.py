@@ -499,7 +499,8 @@ def print_table(results: dict, roofline: dict | None) -> None:
             spread([r["img_s"] for r in model]) if model else "",
             spread([r["img_s"] for r in single]) if single else "",
         ]
-        print(f"| {name} | " + " | ".join(cells) + f" | {precision} |")
+        if any(cells):
+            print(f"| {name} | " + " | ".join(cells) + f" | {precision} |")
     if "model:ours-fp32" in results:
         rates = [r["img_s"] for r in results["model:ours-fp32"]]
         print(f"| ours-fp32 (model alone) | | | | {spread(rates)} | | float32 |")
