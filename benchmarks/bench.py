@@ -297,31 +297,35 @@ def worker_reference(photos: str, ckpt: str, out_dir: str) -> dict:
     return timings(started, ready, done, len(files))
 
 
-def worker_timm(photos: str, ckpt: str, out_dir: str) -> dict:
-    import torch
+def photo_loader(files: list[str], transform, num_workers: int = 2):
+    """The usual PyTorch input pipeline: PIL decode + a transform in DataLoader workers, batch 8."""
     from PIL import Image
-    from timm.data import create_transform, resolve_data_config
     from torch.utils.data import DataLoader, Dataset
+
+    class Photos(Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, index):
+            return transform(Image.open(files[index]).convert("RGB"))
+
+    return DataLoader(Photos(), batch_size=BATCH, num_workers=num_workers)
+
+
+def worker_timm(photos: str, ckpt: str, out_dir: str, dtype: str = "bf16") -> dict:
+    """timm's recipe; dtype "bf16" (autocast) or "fp32"."""
+    import torch
+    from timm.data import create_transform, resolve_data_config
 
     started = time.perf_counter()
     model = timm_model(Path(ckpt))
     transform = create_transform(**resolve_data_config({}, model=model))
-
-    class Photos(Dataset):
-        def __init__(self, files):
-            self.files = files
-
-        def __len__(self):
-            return len(self.files)
-
-        def __getitem__(self, index):
-            return transform(Image.open(self.files[index]).convert("RGB"))
-
     files = [str(p) for p in sorted(Path(photos).glob("*.jpg"))]
-    loader = DataLoader(Photos(files), batch_size=BATCH, num_workers=2)
+    loader = photo_loader(files, transform)
     ready = time.perf_counter()
     top1 = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    with torch.inference_mode(), autocast:
         for batch in loader:
             logits = model(batch.contiguous(memory_format=torch.channels_last))
             scores, indices = logits.float().softmax(-1).topk(5)
@@ -342,7 +346,8 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
 
         def forward():
             batch = torch.from_numpy(pixels).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in name)
+            with torch.inference_mode(), autocast:
                 return model(batch)
     else:
         from vithybrid_cli.model.weights import load_model
@@ -364,16 +369,22 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             return runner.forward(pixels, task)
 
     loaded = time.perf_counter()
-    forward()  # warm-up: oneDNN picks and caches its kernels on the first call
+    return {"load_s": loaded - started, **time_calls(forward, int(iters))}
+
+
+def time_calls(forward, iters: int, images: int = BATCH, clock=time.perf_counter) -> dict:
+    """Median and best img/s of `iters` calls of `forward` (each `images` images), after one
+    warm-up call (oneDNN and the peers pick and cache their kernels on the first); with
+    `clock=time.process_time`, images per CPU second of this process."""
+    forward()
     times = []
-    for _ in range(int(iters)):
-        start = time.perf_counter()
+    for _ in range(iters):
+        start = clock()
         forward()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return {
-        "load_s": loaded - started,
-        "img_s": BATCH / statistics.median(times),
-        "best_img_s": BATCH / min(times),
+        "img_s": images / statistics.median(times),
+        "best_img_s": images / min(times),
         "times_s": [round(t, 3) for t in times],
     }
 
@@ -453,6 +464,20 @@ def worker_parts(image: str, ckpt: str) -> dict:
     return {"import_s": t1 - t0, "load_s": t2 - t1, "forward_s": t3 - t2}
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--photos, --work, --json and the hidden --worker, as each benchmark here takes them."""
+    parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+
+
+def run_worker(argv: list[str], workers: dict) -> None:
+    """In a child: call the worker `argv[0]` names with the rest, print its JSON for run_child."""
+    kind, *rest = argv
+    print(json.dumps(workers[kind](*rest)))
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -469,28 +494,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"any of {','.join(SECTIONS)}")
     parser.add_argument("--iters", type=int, default=5, help="timed forwards per model run")
-    parser.add_argument("--photos", type=Path, help="use these JPEGs instead of making them")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".cache")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_common_arguments(parser)
     parser.add_argument(
         "--members", default=FAMILY_MEMBERS, help=f"family short names (default {FAMILY_MEMBERS})"
     )
     parser.add_argument(
         "--record", action="store_true", help="store family results for `vithybrid models`"
     )
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        kind, *rest = args.worker
-        function = {
+        workers = {
             "reference": worker_reference,
             "timm": worker_timm,
             "model": worker_model,
             "parts": worker_parts,
             "family-model": worker_family_model,
-        }[kind]
-        print(json.dumps(function(*rest)))
+        }
+        run_worker(args.worker, workers)
         return
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
