@@ -14,16 +14,20 @@ import json
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from batchkit import (
+    TIMEOUT,
     block_with_fifo,
+    child_env,
     cli,
     hidden,
     journal_entries,
@@ -281,20 +285,53 @@ def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
     assert len(walks) == 2 and bar.total == bar.seen == 5
 
 
+@contextlib.contextmanager
+def sigint_disposition(handler) -> Iterator[None]:
+    """SIGINT handled by `handler` inside the block, whatever this process inherited (a runner
+    started as a script's background job or under nohup starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_stops_the_job_and_an_ignored_sigint_stays_ignored():
     from vithybrid_cli.pipeline.job import stop_on_interrupt
 
-    with stop_on_interrupt() as stopping, pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # the handler raises here at once
-    assert stopping.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with sigint_disposition(signal.default_int_handler):  # Ctrl-C in a terminal
+        with stop_on_interrupt() as stopping, pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # to this thread: the handler runs right away
+        assert stopping.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with sigint_disposition(signal.SIG_IGN):  # nohup stays nohup
         with stop_on_interrupt() as stopping:
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nohup stays nohup
-    finally:
-        signal.signal(signal.SIGINT, previous)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert not stopping.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inherited", [signal.SIG_IGN, signal.SIG_DFL], ids=["ignored", "default"])
+def test_the_ctrl_c_test_passes_however_the_runner_was_started(inherited):
+    """The test above in a pytest started with SIGINT ignored (a script's `pytest &`) or not."""
+    test = f"{__file__}::test_ctrl_c_stops_the_job_and_an_ignored_sigint_stays_ignored"
+    check = "import signal; assert signal.getsignal(signal.SIGINT) is {}".format(
+        "signal.SIG_IGN" if inherited is signal.SIG_IGN else "signal.default_int_handler"
+    )
+    command = [sys.executable, "-c", f"{check}; import pytest; raise SystemExit(pytest.main())"]
+    result = subprocess.run(
+        [*command, test, "-p", "no:cacheprovider"],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
+        cwd=Path(__file__).parent.parent,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
 
 
 # --------------------------------------------------------------------------- hostile inputs
