@@ -114,10 +114,17 @@ def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Pop
 
 
 def wait_for(condition: Callable[[], bool], child: subprocess.Popen, what: str) -> None:
-    """Poll `condition` while `child` runs; fail if it exits first or time runs out."""
+    """Poll `condition` while `child` runs; fail if it exits first or time runs out.
+
+    A child that reaches the state and exits right away (an interrupted run prints its summary
+    and ends) may do both between a look at the state and the look at the child: so the state
+    is looked at once more after the child has gone, before that counts as a failure.
+    """
     deadline = time.monotonic() + TIMEOUT
     while not condition():
         if child.poll() is not None:
+            if condition():
+                return
             raise AssertionError(f"the run exited ({child.returncode}) before {what}")
         if time.monotonic() > deadline:
             kill_tree(child.pid)

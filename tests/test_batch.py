@@ -94,6 +94,26 @@ def stop(child, sig: int, fifo: str, log) -> int:
     return child.wait(timeout=60)
 
 
+def test_wait_for_sees_a_state_the_child_reached_just_before_it_exited(tmp_path):
+    """The race of issue 19: the interrupted run printed its summary and exited between the
+    test's look at the log and its look at the child; wait_for called that a failure."""
+    log = tmp_path / "log.txt"
+    write = f"import sys; sys.stdin.read(); open({str(log)!r}, 'w').write('(interrupted)')"
+    child = subprocess.Popen([sys.executable, "-c", write], stdin=subprocess.PIPE)
+    looks = []
+
+    def interrupted() -> bool:
+        seen = log.exists() and "(interrupted)" in log.read_text()
+        if not looks:  # the first look: the child writes and exits before the next one
+            child.stdin.close()
+            child.wait(timeout=60)
+        looks.append(seen)
+        return seen
+
+    wait_for(interrupted, child, "the interrupted summary")
+    assert looks == [False, True] and child.returncode == 0
+
+
 def read_output(out: Path, fmt: str) -> tuple[list[str], dict[str, list[str]]]:
     """(paths in file order, {path: top labels}) of a classify output in any format."""
     if fmt == "jsonl":
