@@ -98,8 +98,18 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """`python -m vithybrid_cli ARGS` in its own session; stdout+stderr go to `log`."""
+def ignore_sigint() -> None:
+    """In the child before exec: as `nohup` starts it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def spawn(
+    args: list[str], log: Path, cwd: Path | None = None, sigint: int = signal.SIG_DFL
+) -> subprocess.Popen:
+    """`python -m vithybrid_cli ARGS` in its own session; stdout+stderr go to `log`.
+
+    SIGINT as in a terminal, or `sigint=signal.SIG_IGN` as under nohup.
+    """
     with open(log, "wb") as handle:
         return subprocess.Popen(
             [sys.executable, "-m", "vithybrid_cli", *args],
@@ -109,7 +119,7 @@ def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Pop
             env=child_env(),
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=default_sigint,
+            preexec_fn=default_sigint if sigint == signal.SIG_DFL else ignore_sigint,
         )
 
 

@@ -29,6 +29,7 @@ from batchkit import (
     block_with_fifo,
     child_env,
     cli,
+    feed_fifo,
     hidden,
     journal_entries,
     make_images,
@@ -218,6 +219,20 @@ def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, na
     assert rows.dtype == np.float32 and rows.shape == reference[3].shape
     np.testing.assert_allclose(rows, reference[3], rtol=1e-4, atol=1e-5)
     assert hidden(tmp_path) == [f".{name}.journal"]
+
+
+@pytest.mark.slow
+def test_a_run_started_with_sigint_ignored_goes_on_after_ctrl_c(tmp_path, tiny, stalled):
+    """`nohup vithybrid ... &` stays nohup: SIGINT changes nothing, every row is written."""
+    folder, paths, listing = stalled
+    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
+    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
+    child = spawn([str(a) for a in [*args, "--workers", "1", "-q"]], log, sigint=signal.SIG_IGN)
+    wait_for(lambda: journal_entries(out) >= STALL_AT, child, "the first results")
+    os.kill(child.pid, signal.SIGINT)  # ignored: the kernel drops it as it is sent
+    feed_fifo(paths[STALL_AT], png_bytes(STALL_AT))
+    assert child.wait(timeout=120) == 0, log.read_text()
+    assert [r["path"] for r in read_jsonl(out)] == paths
 
 
 def test_resume_refuses_other_settings_and_goes_on_with_the_same(tmp_path, tiny):
