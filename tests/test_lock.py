@@ -38,8 +38,8 @@ from vithybrid_cli.pipeline.lock import OutputBusy, Target, holding
 HOLD = """
 import sys
 from vithybrid_cli.pipeline.lock import Target, holding
-paths, option, directory = sys.argv[1].split(","), sys.argv[2], sys.argv[3] == "dir"
-with holding([Target(path, option, directory) for path in paths]):
+specs = [arg.split("|") for arg in sys.argv[1:]]  # PATH|OPTION|file or dir
+with holding([Target(path, option, kind == "dir") for path, option, kind in specs]):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -56,12 +56,15 @@ def refusal(name: str, pid: int, option: str = "--output") -> re.Pattern:
 
 @pytest.fixture
 def holder(tmp_path):
-    """Start a process holding the lock of `path` (give it back: close its stdin, or kill it)."""
+    """Start a process holding the locks of outputs: paths, or (path, option, "dir" or "file")
+    triples (give them back: close its stdin, or kill it)."""
     started = []
 
-    def start(path, option="--output", directory=False, mode="flock") -> subprocess.Popen:
+    def start(*outputs, mode="flock") -> subprocess.Popen:
+        specs = [output if isinstance(output, tuple) else (output, "--output", "file")
+                 for output in outputs]  # fmt: skip
         child = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(path), option, "dir" if directory else "file"],
+            [sys.executable, "-c", HOLD, *("|".join(map(str, spec)) for spec in specs)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=child_env(VITHYBRID_LOCK=mode, PYTHONPATH=os.pathsep.join(sys.path)),
@@ -83,40 +86,36 @@ def image(tmp_path) -> str:
     return path
 
 
-@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume"])
 def test_classify_on_a_busy_output_stops_before_the_model_loads(
-    tmp_path, holder, image, monkeypatch, resume
+    tmp_path, holder, image, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     Path("out.jsonl").write_text("the first run's file\n")
     first = holder("out.jsonl")
     # A model that does not exist: loading it would be another error, so the lock came first.
     args = ["classify", image, "-o", "out.jsonl", "--model", "no-such-model", "-q"]
-    result = cli(*args, *(["--resume"] if resume else []), code=2)
-    assert refusal("out.jsonl", first.pid).fullmatch(result.stderr), result.stderr
+    for resume in ([], ["--resume"]):
+        result = cli(*args, *resume, code=2)
+        assert refusal("out.jsonl", first.pid).fullmatch(result.stderr), result.stderr
     assert Path("out.jsonl").read_text() == "the first run's file\n"
     assert hidden(tmp_path) == [".out.jsonl.lock"]  # no journal started beside it
     assert first.poll() is None
 
 
-@pytest.mark.parametrize(
-    "command, output, option, directory",
-    [
-        (["embed", "-o", "vectors.npy"], "vectors.npy", "--output", False),
-        (["attention-map", "--output-dir", "maps"], "maps/", "--output-dir", True),
-        (["attention-map", "-o", "map.png"], "map.png", "--output", False),
-        (["fit", "-o", "head.safetensors"], "head.safetensors", "--output", False),
-    ],
-    ids=["embed-npy", "attention-map-dir", "attention-map-png", "fit"],
-)
-def test_every_command_that_writes_refuses_a_busy_output(
-    tmp_path, holder, image, monkeypatch, command, output, option, directory
-):
+def test_every_command_that_writes_refuses_a_busy_output(tmp_path, holder, image, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first = holder(output.rstrip("/"), option, directory)
-    source = str(Path(image).parent) if command[0] == "fit" else image
-    result = cli(command[0], source, *command[1:], "--model", "no-such-model", code=2)
-    assert refusal(output, first.pid, option).fullmatch(result.stderr), result.stderr
+    commands = {  # the outputs as the refusal names them: command
+        "vectors.npy": ["embed", image, "-o", "vectors.npy"],
+        "maps/": ["attention-map", image, "--output-dir", "maps"],
+        "map.png": ["attention-map", image, "-o", "map.png"],
+        "head.safetensors": ["fit", str(Path(image).parent), "-o", "head.safetensors"],
+    }
+    option = {"maps/": "--output-dir"}
+    first = holder("vectors.npy", ("maps", "--output-dir", "dir"), "map.png", "head.safetensors")
+    for output, command in commands.items():
+        result = cli(*command, "--model", "no-such-model", code=2)
+        expected = refusal(output, first.pid, option.get(output, "--output"))
+        assert expected.fullmatch(result.stderr), result.stderr
 
 
 @pytest.mark.parametrize("mode", ["flock", "file"])
@@ -176,15 +175,21 @@ def test_one_thread_may_take_its_lock_again_another_thread_may_not(tmp_path):
 # --------------------------------------------------------------------------- real runs
 
 
-@pytest.mark.slow
-def test_a_second_run_is_refused_and_the_first_writes_every_row(tmp_path, tiny_checkpoint):
-    tiny, count, stall_at = str(tiny_checkpoint), 12, 6
+def stalled_classify(tmp_path: Path, count: int, stall_at: int) -> tuple[list[str], list[str]]:
+    """`count` images, the one at `stall_at` a FIFO (a run stalls there): (paths, the args of
+    a classify of them into tmp_path/out.jsonl, less --model)."""
     paths = make_images(tmp_path / "images", count)
     block_with_fifo(paths[stall_at])
     listing = write_list(tmp_path / "list.txt", paths)
-    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
-    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
-    first = spawn([str(a) for a in [*args, "--workers", "1", "-q"]], log)
+    out = tmp_path / "out.jsonl"
+    return paths, ["classify", "--files-from", str(listing), "-o", str(out), "--batch-size", "2"]
+
+
+@pytest.mark.slow
+def test_a_second_run_is_refused_and_the_first_writes_every_row(tmp_path, tiny_checkpoint):
+    tiny, stall_at, out, log = str(tiny_checkpoint), 6, tmp_path / "out.jsonl", tmp_path / "log"
+    paths, args = stalled_classify(tmp_path, 12, stall_at)
+    first = spawn([*args, "--model", tiny, "--workers", "1", "-q"], log)
     wait_for(lambda: journal_entries(out) >= stall_at, first, "the first results")
 
     others = make_images(tmp_path / "others", 2)
@@ -203,14 +208,12 @@ def test_a_second_run_is_refused_and_the_first_writes_every_row(tmp_path, tiny_c
 @pytest.mark.slow
 def test_after_a_sigkill_a_fresh_run_and_a_resume_both_work(tmp_path, tiny_checkpoint):
     tiny, count, stall_at = str(tiny_checkpoint), 8, 4
-    paths = make_images(tmp_path / "images", count)
-    block_with_fifo(paths[stall_at])
-    listing = write_list(tmp_path / "list.txt", paths)
-    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
-    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
+    out, log = tmp_path / "out.jsonl", tmp_path / "log"
+    paths, args = stalled_classify(tmp_path, count, stall_at)
+    args += ["--model", tiny]
     journal = tmp_path / ".out.jsonl.journal"
     for runs, resume in [(1, []), (2, ["--resume"])]:
-        child = spawn([str(a) for a in [*args, "--workers", "1", "-q", *resume]], log)
+        child = spawn([*args, "--workers", "1", "-q", *resume], log)
         # the fresh run writes the inputs before the FIFO; the resume has none left to write
         wait_for(lambda n=runs: journal_entries(out) >= stall_at and len(os.listdir(journal)) == n,
                  child, "the run to reach the FIFO")  # fmt: skip
@@ -219,9 +222,9 @@ def test_after_a_sigkill_a_fresh_run_and_a_resume_both_work(tmp_path, tiny_check
         assert hidden(tmp_path) == [".out.jsonl.journal", ".out.jsonl.lock"]  # stale
     os.unlink(paths[stall_at])
     Path(paths[stall_at]).write_bytes(png_bytes(stall_at))
-    resumed = cli("classify", "--files-from", listing, "-o", out, "--model", tiny, "--resume")
+    resumed = cli(*args, "--resume")
     assert f"{count - stall_at} labeled, 0 failed" in resumed.stderr
     assert [r["path"] for r in read_jsonl(out)] == paths
-    cli("classify", "--files-from", listing, "-o", out, "--model", tiny, "-q")  # anew
+    cli(*args, "-q")  # anew
     assert [r["path"] for r in read_jsonl(out)] == paths
     assert hidden(tmp_path) == [".out.jsonl.journal"]
