@@ -176,11 +176,12 @@ class OutputLock:
                 holder = self._wait_for_holder()
                 if holder is None and not os.path.exists(self.path):
                     continue
-                stale = holder is not None and is_local(holder) and not is_alive(holder["pid"])
+                # stale: its run was killed (or died before it could write its pid)
+                stale = holder is None or (is_local(holder) and not is_alive(holder["pid"]))
                 if not stale:
                     raise busy(self.target, holder) from None
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)  # its run was killed: nothing blocks the next one
+                    os.unlink(self.path)  # nothing blocks the next run
                 continue
             os.write(fd, holder_line())
             self.fd = fd
