@@ -59,6 +59,16 @@ def unblock_fifo(path: str) -> None:
     os.close(fd)
 
 
+def feed_fifo(path: str, data: bytes) -> None:
+    """Hand `data` to a decoder stuck opening FIFO `path`: it decodes a real image and goes on."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only with a reader waiting
+    try:
+        os.set_blocking(fd, True)
+        os.write(fd, data)  # a small PNG fits the pipe's buffer
+    finally:
+        os.close(fd)
+
+
 def restore_image(path: str, seed: int) -> None:
     """Put the real image back where block_with_fifo put a FIFO."""
     os.unlink(path)
@@ -88,8 +98,18 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """`python -m vithybrid_cli ARGS` in its own session; stdout+stderr go to `log`."""
+def ignore_sigint() -> None:
+    """In the child before exec: as `nohup` starts it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def spawn(
+    args: list[str], log: Path, cwd: Path | None = None, sigint: int = signal.SIG_DFL
+) -> subprocess.Popen:
+    """`python -m vithybrid_cli ARGS` in its own session; stdout+stderr go to `log`.
+
+    SIGINT as in a terminal, or `sigint=signal.SIG_IGN` as under nohup.
+    """
     with open(log, "wb") as handle:
         return subprocess.Popen(
             [sys.executable, "-m", "vithybrid_cli", *args],
@@ -99,15 +119,22 @@ def spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Pop
             env=child_env(),
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=default_sigint,
+            preexec_fn=default_sigint if sigint == signal.SIG_DFL else ignore_sigint,
         )
 
 
 def wait_for(condition: Callable[[], bool], child: subprocess.Popen, what: str) -> None:
-    """Poll `condition` while `child` runs; fail if it exits first or time runs out."""
+    """Poll `condition` while `child` runs; fail if it exits first or time runs out.
+
+    A child that reaches the state and exits right away (an interrupted run prints its summary
+    and ends) may do both between a look at the state and the look at the child: so the state
+    is looked at once more after the child has gone, before that counts as a failure.
+    """
     deadline = time.monotonic() + TIMEOUT
     while not condition():
         if child.poll() is not None:
+            if condition():
+                return
             raise AssertionError(f"the run exited ({child.returncode}) before {what}")
         if time.monotonic() > deadline:
             kill_tree(child.pid)

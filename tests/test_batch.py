@@ -14,17 +14,22 @@ import json
 import os
 import signal
 import struct
+import subprocess
 import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from batchkit import (
+    TIMEOUT,
     block_with_fifo,
+    child_env,
     cli,
+    feed_fifo,
     hidden,
     journal_entries,
     make_images,
@@ -88,6 +93,26 @@ def stop(child, sig: int, fifo: str, log) -> int:
                 unblock_fifo(fifo)
             time.sleep(0.05)
     return child.wait(timeout=60)
+
+
+def test_wait_for_sees_a_state_the_child_reached_just_before_it_exited(tmp_path):
+    """The race of issue 19: the interrupted run printed its summary and exited between the
+    test's look at the log and its look at the child; wait_for called that a failure."""
+    log = tmp_path / "log.txt"
+    write = f"import sys; sys.stdin.read(); open({str(log)!r}, 'w').write('(interrupted)')"
+    child = subprocess.Popen([sys.executable, "-c", write], stdin=subprocess.PIPE)
+    looks = []
+
+    def interrupted() -> bool:
+        seen = log.exists() and "(interrupted)" in log.read_text()
+        if not looks:  # the first look: the child writes and exits before the next one
+            child.stdin.close()
+            child.wait(timeout=60)
+        looks.append(seen)
+        return seen
+
+    wait_for(interrupted, child, "the interrupted summary")
+    assert looks == [False, True] and child.returncode == 0
 
 
 def read_output(out: Path, fmt: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -196,6 +221,20 @@ def test_killed_embed_resumes_row_for_row(tmp_path, tiny, reference, stalled, na
     assert hidden(tmp_path) == [f".{name}.journal"]
 
 
+@pytest.mark.slow
+def test_a_run_started_with_sigint_ignored_goes_on_after_ctrl_c(tmp_path, tiny, stalled):
+    """`nohup vithybrid ... &` stays nohup: SIGINT changes nothing, every row is written."""
+    folder, paths, listing = stalled
+    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
+    args = ["classify", "--files-from", listing, "-o", out, "--model", tiny, "--batch-size", "2"]
+    child = spawn([str(a) for a in [*args, "--workers", "1", "-q"]], log, sigint=signal.SIG_IGN)
+    wait_for(lambda: journal_entries(out) >= STALL_AT, child, "the first results")
+    os.kill(child.pid, signal.SIGINT)  # ignored: the kernel drops it as it is sent
+    feed_fifo(paths[STALL_AT], png_bytes(STALL_AT))
+    assert child.wait(timeout=120) == 0, log.read_text()
+    assert [r["path"] for r in read_jsonl(out)] == paths
+
+
 def test_resume_refuses_other_settings_and_goes_on_with_the_same(tmp_path, tiny):
     paths = make_images(tmp_path / "all", 8, (16, 16))
     half = tmp_path / "half"
@@ -281,20 +320,53 @@ def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
     assert len(walks) == 2 and bar.total == bar.seen == 5
 
 
+@contextlib.contextmanager
+def sigint_disposition(handler) -> Iterator[None]:
+    """SIGINT handled by `handler` inside the block, whatever this process inherited (a runner
+    started as a script's background job or under nohup starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_stops_the_job_and_an_ignored_sigint_stays_ignored():
     from vithybrid_cli.pipeline.job import stop_on_interrupt
 
-    with stop_on_interrupt() as stopping, pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # the handler raises here at once
-    assert stopping.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with sigint_disposition(signal.default_int_handler):  # Ctrl-C in a terminal
+        with stop_on_interrupt() as stopping, pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # to this thread: the handler runs right away
+        assert stopping.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with sigint_disposition(signal.SIG_IGN):  # nohup stays nohup
         with stop_on_interrupt() as stopping:
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nohup stays nohup
-    finally:
-        signal.signal(signal.SIGINT, previous)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert not stopping.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inherited", [signal.SIG_IGN, signal.SIG_DFL], ids=["ignored", "default"])
+def test_the_ctrl_c_test_passes_however_the_runner_was_started(inherited):
+    """The test above in a pytest started with SIGINT ignored (a script's `pytest &`) or not."""
+    test = f"{__file__}::test_ctrl_c_stops_the_job_and_an_ignored_sigint_stays_ignored"
+    check = "import signal; assert signal.getsignal(signal.SIGINT) is {}".format(
+        "signal.SIG_IGN" if inherited is signal.SIG_IGN else "signal.default_int_handler"
+    )
+    command = [sys.executable, "-c", f"{check}; import pytest; raise SystemExit(pytest.main())"]
+    result = subprocess.run(
+        [*command, test, "-p", "no:cacheprovider"],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
+        cwd=Path(__file__).parent.parent,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
 
 
 # --------------------------------------------------------------------------- hostile inputs

@@ -298,6 +298,17 @@ def ensure_parent(*paths: str | None) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def holding_outputs(job: Any, *files: str | None, directory: str | None = None) -> Any:
+    """The lock of every output of this run, taken before the model loads (see lock.py):
+    a second run on one of them stops here with one line."""
+    from ..pipeline.lock import Target, holding
+
+    targets = [Target(path) for path in files if path and path != "-"]
+    if directory:
+        targets.append(Target(directory, "--output-dir", directory=True))
+    return holding(targets, job)
+
+
 def output_format(path: str, kind: str, fmt: str | None = None) -> str:
     """The format of output file `path` (`fmt`, else its suffix), with its writer's packages
     installed (else MissingExtra): checked before the model loads."""
@@ -405,7 +416,7 @@ def classify(
         ensure_parent(output)
         job = Distributed.from_env()
         needs_file(output, job)
-        with job:
+        with job, holding_outputs(job, output):
             loaded = common.load()
             runner = common.runner(loaded)
             task = labeling_task(loaded, runner, top_k, fitted, head, min_score)
@@ -480,7 +491,7 @@ def embed(
         task = embed_task(pool.value, normalize, tokens)
         output_format(output, "embeddings")  # an unknown suffix or a missing extra: now
         ensure_parent(output)
-        with Distributed.from_env() as job:
+        with Distributed.from_env() as job, holding_outputs(job, output):
             loaded = common.load()
             if pool is Pool.pooler and loaded.pooler is None:
                 raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
@@ -543,7 +554,7 @@ def attention_map(
         if raw:
             output_format(raw, "embeddings")
         ensure_parent(output, raw)
-        with Distributed.from_env() as job:
+        with Distributed.from_env() as job, holding_outputs(job, output, raw, directory=output_dir):
             runner = common.runner(common.load(), attentions=True)
             target = file_output(raw, "embeddings", runner, task, job, keep=False) if raw else None
             # Under torchrun a rank cannot see the others' names: every file gets its index.
@@ -706,23 +717,24 @@ def fit(
         refuse_torchrun()
         page_path(report_page, "--report")
         ensure_parent(output)
-        loaded = common.load()
-        columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
-        shown = not quiet and stderr.is_terminal
-        with Progress(*columns, console=stderr, transient=True, disable=not shown) as progress:
-            bar = progress.add_task("embedding", total=None)
-            report = fit_head(
-                loaded, data, labels_from=labels_from, val=val, val_fraction=val_fraction, c=c,
-                pool=pool.value, image_size=parse_image_size(image_size),
-                interpolate_pos_encoding=interpolate_pos_encoding,
-                cache_dir=cache or default_cache_dir(output), seed=seed,
-                batch_size=batch_size, workers=workers,
-                progress=lambda done, total: progress.update(bar, completed=done, total=total),
-            )  # fmt: skip
-        save_head(report.head, output)
-        report_fit(report, output, format is FitFormat.json, quiet)
-        if report_page:
-            write_fit_report(report, report_page, output, workers, quiet)
+        with holding_outputs(None, output):  # before the model loads
+            loaded = common.load()
+            columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
+            shown = not quiet and stderr.is_terminal
+            with Progress(*columns, console=stderr, transient=True, disable=not shown) as progress:
+                bar = progress.add_task("embedding", total=None)
+                report = fit_head(
+                    loaded, data, labels_from=labels_from, val=val, val_fraction=val_fraction, c=c,
+                    pool=pool.value, image_size=parse_image_size(image_size),
+                    interpolate_pos_encoding=interpolate_pos_encoding,
+                    cache_dir=cache or default_cache_dir(output), seed=seed,
+                    batch_size=batch_size, workers=workers,
+                    progress=lambda done, total: progress.update(bar, completed=done, total=total),
+                )  # fmt: skip
+            save_head(report.head, output)
+            report_fit(report, output, format is FitFormat.json, quiet)
+            if report_page:
+                write_fit_report(report, report_page, output, workers, quiet)
         return 0
 
     run_command(body, debug)

@@ -6,6 +6,7 @@ Nothing here imports torch or ray at module import: commands.py imports this for
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from enum import Enum
@@ -103,60 +104,66 @@ def run_on_ray(
     fmt = part_format(engine.format)
     require("ray.data", "ray", "ray[data]")  # before any work: one line, exit 2
     from .. import ray as steps
+    from ..data.sources import is_remote
     from ..io.outputs import json_safe
     from ..io.parquet import SETTINGS_KEY
     from ..model.weights import CheckpointError
     from ..pipeline.engines.ray_engine import RayPlan, rows_per_part
     from ..pipeline.engines.ray_engine import run_on_ray as run
+    from ..pipeline.lock import Target, holding
 
-    step_class = getattr(steps, step)
-    options = {
-        "model": common.model,
-        "revision": common.revision,
-        "dtype": concrete_dtype(common.dtype.value, engine.num_gpus),
-        "image_size": parse_image_size(common.image_size),
-        "interpolate_pos_encoding": common.interpolate,
-        "batch_size": common.batch_size,
-        "compile": common.compile,
-    }
-    try:  # here, on CPU: the settings, and every check the actors would fail, before any work
-        probe = step_class(device="cpu", **options, **task)
-    except (CheckpointError, ValueError) as error:
-        raise UserError(str(error)) from error
-    import torch
+    # One run per destination folder, as for the local engine's outputs (a bucket has no lock).
+    lock = Target(output, directory=True)
+    with contextlib.nullcontext() if is_remote(output) else holding([lock], None):
+        step_class = getattr(steps, step)
+        options = {
+            "model": common.model,
+            "revision": common.revision,
+            "dtype": concrete_dtype(common.dtype.value, engine.num_gpus),
+            "image_size": parse_image_size(common.image_size),
+            "interpolate_pos_encoding": common.interpolate,
+            "batch_size": common.batch_size,
+            "compile": common.compile,
+        }
+        try:  # here, on CPU: the settings, and every check the actors would fail, before any work
+            probe = step_class(device="cpu", **options, **task)
+        except (CheckpointError, ValueError) as error:
+            raise UserError(str(error)) from error
+        import torch
 
-    from ..pipeline.runner import auto_batch_size
+        from ..pipeline.runner import auto_batch_size
 
-    device = "cuda" if engine.num_gpus else "cpu"
-    batch = common.batch_size or auto_batch_size(torch.device(device), probe.runner.input_size)
-    shape = getattr(probe, "row_shape", None)
-    metadata = {"vithybrid.top_k": str(probe.task.top_k)} if probe.kind == "records" else {}
-    if shape:
-        metadata["vithybrid.row_shape"] = ",".join(map(str, shape))
-    if probe.kind == "embeddings":  # as the local engine's Parquet: `similar` reads it back
-        metadata[SETTINGS_KEY.decode()] = json.dumps(json_safe(probe.settings), sort_keys=True)
-    plan = RayPlan(
-        dest=output, fmt=fmt, kind=probe.kind, settings=probe.settings, resume=engine.resume,
-        concurrency=engine.concurrency, num_gpus=engine.num_gpus,
-        batch_size=batch, rows_per_part=rows_per_part(probe.kind, shape),
-        metadata=metadata, progress=not common.quiet,
-    )  # fmt: skip
-    decoder = steps.Decoder(config=probe.model.preprocess_config, image_size=options["image_size"])
-    if step == "Classifier":
-        task = {**task, "head": probe.head}  # the loaded head travels: no file needed on the nodes
-    del probe
-    options.update(task, device=device)
-    outcome = run(inputs(), decoder, step_class, options, plan)
-    for path, error in sorted(outcome.errors):
-        line = f"{display_path(path)}: {error}"
-        stderr.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
-    for line in note_lines(inputs.notes, quiet=common.quiet):  # what the walk left out
-        stderr.print(escape(line), soft_wrap=True)
-    summary = outcome.summary
-    if not common.quiet:
-        counts = f"{summary.succeeded} {VERBS[step]}, {summary.failed} failed"
-        stderr.print(f"{counts} in {summary.elapsed:.1f} s", soft_wrap=True)
-        where = escape(display_path(output))
-        parts = f"{outcome.parts} {fmt} part{'' if outcome.parts == 1 else 's'}"
-        stderr.print(f"wrote {parts} to {where}", soft_wrap=True)
-    return 1 if summary.failed else 0
+        device = "cuda" if engine.num_gpus else "cpu"
+        batch = common.batch_size or auto_batch_size(torch.device(device), probe.runner.input_size)
+        shape = getattr(probe, "row_shape", None)
+        metadata = {"vithybrid.top_k": str(probe.task.top_k)} if probe.kind == "records" else {}
+        if shape:
+            metadata["vithybrid.row_shape"] = ",".join(map(str, shape))
+        if probe.kind == "embeddings":  # as the local engine's Parquet: `similar` reads it back
+            metadata[SETTINGS_KEY.decode()] = json.dumps(json_safe(probe.settings), sort_keys=True)
+        plan = RayPlan(
+            dest=output, fmt=fmt, kind=probe.kind, settings=probe.settings, resume=engine.resume,
+            concurrency=engine.concurrency, num_gpus=engine.num_gpus,
+            batch_size=batch, rows_per_part=rows_per_part(probe.kind, shape),
+            metadata=metadata, progress=not common.quiet,
+        )  # fmt: skip
+        config, size = probe.model.preprocess_config, options["image_size"]
+        decoder = steps.Decoder(config=config, image_size=size)
+        if step == "Classifier":
+            task = {**task, "head": probe.head}  # the loaded head travels: no file on the nodes
+        del probe
+        options.update(task, device=device)
+        outcome = run(inputs(), decoder, step_class, options, plan)
+        for path, error in sorted(outcome.errors):
+            line = f"{display_path(path)}: {error}"
+            stderr.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
+        for line in note_lines(inputs.notes, quiet=common.quiet):  # what the walk left out
+            stderr.print(escape(line), soft_wrap=True)
+        summary = outcome.summary
+        if not common.quiet:
+            counts = f"{summary.succeeded} {VERBS[step]}, {summary.failed} failed"
+            stderr.print(f"{counts} in {summary.elapsed:.1f} s", soft_wrap=True)
+            where = escape(display_path(output))
+            parts = f"{outcome.parts} {fmt} part{'' if outcome.parts == 1 else 's'}"
+            stderr.print(f"wrote {parts} to {where}", soft_wrap=True)
+        return 1 if summary.failed else 0

@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from ..data.inputs import InputError
 from ..io.outputs import naming, open_writer, record_of, safe_text
 from .journal import Job, Journal, SingleProcess
+from .lock import Target, holding
 from .runner import Result, Runner, Task
 
 if TYPE_CHECKING:
@@ -86,25 +87,33 @@ class JournalOutput:
         self.job = job or SingleProcess()
         self.journal = Journal(path, settings, resume=resume, job=self.job)
         self.count = 0  # records or rows in the file written (rank 0)
+        self.lock = contextlib.ExitStack()  # the output's lock (lock.py), open to finish/abort
 
     def open(self) -> set[str]:
-        with naming(self.path):
-            return self.journal.open()
+        # Before the journal is touched: a second run on this output must not reset or join it.
+        self.lock.enter_context(holding([Target(self.path)], self.job))
+        try:
+            with naming(self.path):
+                return self.journal.open()
+        except BaseException:
+            self.lock.close()
+            raise
 
     def write(self, result: Result) -> None:
         with naming(self.path):
             self.journal.append(result.index, result.path, result.error, result.payload)
 
     def finish(self) -> None:
-        with naming(self.path):
-            self.journal.close()
-        self.job.barrier()  # every rank's share is in the journal
-        if self.job.rank == 0:
+        with self.lock:  # given back once the file is written, or the writing failed
             with naming(self.path):
-                self.write_file()
-            if not self.keep:
-                self.journal.remove()
-        self.job.barrier()  # nobody exits (which makes torchrun stop the others) before that
+                self.journal.close()
+            self.job.barrier()  # every rank's share is in the journal
+            if self.job.rank == 0:
+                with naming(self.path):
+                    self.write_file()
+                if not self.keep:
+                    self.journal.remove()
+            self.job.barrier()  # nobody exits (which makes torchrun stop the others) before that
 
     def write_file(self) -> None:
         options = dict(self.options)
@@ -128,6 +137,7 @@ class JournalOutput:
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             self.journal.close()
+        self.lock.close()
 
 
 class StreamOutput:
