@@ -9,6 +9,7 @@ with --keep, whether the file is kept or one of the others to review.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,15 @@ def duplicates_page(
         score = "exact copies" if record["exact"] else f"lowest similarity {record['score']:.3f}"
         group = f"{number}. {score}"
         for path in record["paths"]:
-            tile = Tile(path, group=group, detail=file_facts(path))
+            thumb = thumbs.get(path)
+            local = thumb.original if thumb and thumb.original else path  # found via the bases
+            tile = Tile(path, group=group, detail=file_facts(local))
             if "keep" in record:
                 kept = path == record["keep"]
                 tile.title = "keep" if kept else "other"
                 if not kept:
                     others.append(len(tiles))
-            tiles.append(pictured(tile, thumbs.get(path), page_dir, folder))
+            tiles.append(pictured(tile, thumb, page_dir, folder))
     views = [
         View("By score", list(range(len(tiles))),
              "Exact copies first, then by the lowest similarity inside the group, highest first."),
@@ -87,10 +90,18 @@ def duplicates_page(
     if others:
         facts.append(("to review", f"{len(others):,}"))
     near = [record["score"] for record in records if not record["exact"]]
-    charts = [histogram("Lowest similarity per group", near, 10, threshold)] if near and (
-        threshold < 1.0
-    ) else []  # fmt: skip
+    charts = [score_histogram(near, threshold)] if near and threshold < 1.0 else []
     return Page(title, facts=facts, charts=charts, views=views, tiles=tiles)
+
+
+def score_histogram(scores: list[float], threshold: float) -> dict:
+    """The groups' lowest similarities from a round number below `threshold` up to 1, in bins
+    of 0.01: a span of 0.2 keeps the axis' five ticks round (0.80, 0.85, ... 1.00)."""
+    low = math.floor(round(threshold * 5, 6)) / 5
+    if low >= threshold - 0.05:  # the threshold near the left edge: show a little below it
+        low -= 0.2
+    bins = round((1.0 - low) * 100)
+    return histogram("Lowest similarity per group", scores, bins, low)
 
 
 def file_facts(path: str) -> str:
