@@ -99,6 +99,24 @@ def write_fit_report(report: Any, path: str, head_path: str, workers: int | None
     summarize(done, "validation images", quiet)
 
 
+def write_duplicates_report(records: list[dict[str, Any]], path: str, threshold: float,
+                            searched: int, bases: list[str], workers: int | None,
+                            quiet: bool) -> None:  # fmt: skip
+    """duplicates --report: the page of the groups (report/duplicates_page.py)."""
+    from pathlib import Path
+
+    from ..report.duplicates_page import write_duplicates_page
+    from ..report.gallery import ThumbnailOptions
+
+    with thumbnail_progress(quiet) as progress:
+        options = ThumbnailOptions(workers=workers, progress=progress)
+        done = write_duplicates_page(
+            records, path, title=f"Duplicates among {searched:,} images", threshold=threshold,
+            searched=searched, bases=[Path(base) for base in bases], thumbnails=options,
+        )  # fmt: skip
+    summarize(done, "files in groups", quiet)
+
+
 class thumbnail_progress:  # noqa: N801 - used as a context manager, like contextlib's
     """A progress bar of thumbnails made (on a terminal, unless --quiet): a callback."""
 

@@ -3,6 +3,7 @@ render what it finds. Queries and images are embedded by the same run_job as `em
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from enum import Enum
@@ -105,6 +106,14 @@ ListFormatOpt = Annotated[
         "--format", "-f", help="Default: table on a terminal, else jsonl.", show_default=False
     ),
 ]
+GroupsPage = Annotated[
+    str | None,
+    typer.Option(
+        help="Also write the groups as a page of thumbnails side by side (PAGE.html; "
+        "thumbnails in PAGE_files/).",
+        metavar="PAGE",
+    ),
+]
 ListOutput = Annotated[str | None, typer.Option("--output", "-o", help="A .jsonl / .json file.")]
 # similar: None means "as recorded with the vectors"
 RecordedModel = Annotated[
@@ -186,6 +195,7 @@ def duplicates(
     workers: Workers = None,
     interpolate_pos_encoding: Interpolate = False,
     image_size: ImageSize = None,
+    report: GroupsPage = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -198,23 +208,27 @@ def duplicates(
         from ..search.grouping import find_duplicates, group_records
         from ..search.index import APPROXIMATE_FROM, choose_index
         from ..search.vectors import is_vectors_file, read_vectors
+        from .report import page_path
 
         fmt = list_format(format, output)
+        page_path(report, "--report")
         others = others_path(output) if keep else None
         if keep and not others:
             raise UserError("--keep lists the other files beside --output: give -o GROUPS.jsonl")
         require_index(index)
         status = 0
         specs = sources or []
+        bases: list[str] = []  # where a vectors file's relative paths may be, for thumbnails
         if specs and all(is_vectors_file(spec) for spec in specs):
             if len(specs) > 1 or files_from:
                 raise UserError("give one vectors file (or images), not several")
             vectors = read_vectors(specs[0])
+            bases = [os.path.dirname(specs[0]) or "."]
         else:
             inputs = Inputs(sources, files_from, max_download_mb)
             vectors, summary = embed_images(common, inputs, embed_task(pool.value), "embedded")
             status = 1 if summary.failed else 0
-        ensure_parent(output, others)
+        ensure_parent(output, others, report)
         method = choose_index(index.value, len(vectors))
         if method == "exact" and len(vectors) > APPROXIMATE_FROM and not quiet:
             stderr.print(
@@ -250,6 +264,10 @@ def duplicates(
                     "(nothing was deleted)",
                     soft_wrap=True,
                 )
+        if report:
+            from .report import write_duplicates_report
+
+            write_duplicates_report(records, report, threshold, len(vectors), bases, workers, quiet)
         return status
 
     run_command(body, debug)

@@ -180,11 +180,17 @@ def keeper_first(rows: list[int], paths: list[str], keep: str) -> list[int]:
 
 def image_size_of(path: str) -> tuple[int, int]:
     """(pixels, bytes) of a local image from its header; (0, 0) when it cannot be read."""
+    header = image_header(path)
+    return (header[0] * header[1], header[2]) if header else (0, 0)
+
+
+def image_header(path: str) -> tuple[int, int, int] | None:
+    """(width, height, bytes) of a local image, from its header only; None when unreadable."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             width, height = image.size
-        return width * height, os.path.getsize(path)
+        return width, height, os.path.getsize(path)
     except (OSError, ValueError, Image.DecompressionBombError):
-        return 0, 0
+        return None
