@@ -241,6 +241,36 @@ def test_classifier_in_your_own_map_batches(local_ray, tiny, folder, tmp_path):
     assert all(len(row["embedding"]) == 32 for row in vectors if not row["error"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "concurrency, maps",
+    [(1, ["MapBatches(Decoder)", "MapBatches(Classifier)"]),  # a CPU left: decode tasks apart
+     (2, ["MapBatches(Decoder)->MapBatches(Classifier)"])],  # actors hold both CPUs: fused
+)  # fmt: skip
+def test_decoding_is_an_operator_apart_from_cpu_model_actors(
+    local_ray, tiny, folder, concurrency, maps
+):
+    """With CPU actors, the engine's decode map runs as tasks of its own operator, not fused into
+    the model actors (Ray fuses maps with equal resource requests): decoding scales apart. Where
+    the actors take every CPU, decoding runs in them (decode tasks would find no CPU: a hang)."""
+    from vithybrid_cli.data.inputs import iter_inputs
+    from vithybrid_cli.pipeline.engines.ray_engine import RayPlan, build_dataset, input_rows
+    from vithybrid_cli.ray import Classifier, Decoder
+
+    rows = input_rows(iter_inputs([str(folder)]), set())
+    plan = RayPlan(dest="unused", concurrency=concurrency, batch_size=4)
+    options = {"model": tiny, "dtype": "float32", "device": "cpu", "threads": 1}
+    dataset = build_dataset(rows, Decoder(tiny), Classifier, options, plan).materialize()
+    # "Operator 1 MapBatches(Decoder): ..."; a fused one is "MapBatches(Decoder)->MapBatches(...)"
+    operators = [line.split(":", 1)[0].split(" ", 2)[2] for line in dataset.stats().splitlines()
+                 if line.startswith("Operator ")]  # fmt: skip
+    assert operators == ["FromItems", *maps]
+    labeled = {row["path"]: row for row in dataset.take_all()}
+    assert len(labeled) == N_IMAGES + 2
+    assert {Path(path).name for path, row in labeled.items() if row["error"]} == {
+        "junk.jpg", "empty.png"}  # fmt: skip
+
+
 def test_engine_ray_without_the_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
     monkeypatch.setitem(sys.modules, "ray.data", None)

@@ -48,6 +48,10 @@ PART = re.compile(r"part-(\d+)-(\d+)\.(parquet|jsonl)")
 FORMATS = ("parquet", "jsonl")
 RECORD_ROWS_PER_PART = 16_384
 EMBEDDING_BYTES_PER_PART = 64 << 20
+# CPUs a decode task asks of Ray beside CPU model actors (which ask 1): any other figure keeps
+# the two maps apart (see build_dataset); half lets two decode tasks share a core, as decoding
+# waits on reads and the actors' threads leave cores idle between batches.
+DECODE_CPUS = 0.5
 
 
 # ---------------------------------------------------------------------------- the destination
@@ -323,6 +327,40 @@ def actor_threads(concurrency: int) -> int:
     return max(1, cpus // max(1, concurrency))
 
 
+def build_dataset(
+    rows: list[dict[str, Any]],
+    decoder: Any,
+    model_step: type,
+    model_options: dict[str, Any],
+    plan: RayPlan,
+) -> Any:
+    """The pipeline up to the sink: `rows` (input_rows) -> decode tasks -> the model actors.
+
+    Ray fuses a task map into the actor map after it when both ask for the same resources: the
+    decoding would then run inside the model actors and scale with them only. Decode tasks ask
+    for DECODE_CPUS (CPU actors keep Ray's 1) so decoding stays an operator of its own, its tasks
+    spread over every node's free CPUs; GPU actors differ from them by their GPU already.
+    When CPU actors take every CPU of the cluster, Ray fuses the two (no CPU left to decode on).
+    """
+    import ray
+
+    blocks = max(1, math.ceil(len(rows) / (2 * plan.batch_size)))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    # CPU actors holding every CPU would leave none to decode tasks (the run would hang): then
+    # the decoding stays fused into the actors, as before.
+    apart = not plan.num_gpus and plan.concurrency < cpus
+    decode_cpus = DECODE_CPUS if apart else None
+    dataset = dataset.map_batches(decoder, batch_size=plan.batch_size, num_cpus=decode_cpus)
+    return dataset.map_batches(
+        model_step,
+        fn_constructor_kwargs=model_options,
+        batch_size=plan.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=plan.concurrency),
+        num_gpus=plan.num_gpus or None,
+    )
+
+
 def run_on_ray(
     inputs: Iterable[Any],
     decoder: Any,
@@ -346,16 +384,7 @@ def run_on_ray(
         options = dict(model_options)
         if not plan.num_gpus:
             options.setdefault("threads", actor_threads(plan.concurrency))
-        blocks = max(1, math.ceil(len(rows) / (2 * plan.batch_size)))
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        dataset = dataset.map_batches(decoder, batch_size=plan.batch_size)
-        dataset = dataset.map_batches(
-            model_step,
-            fn_constructor_kwargs=options,
-            batch_size=plan.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=plan.concurrency),
-            num_gpus=plan.num_gpus or None,
-        )
+        dataset = build_dataset(rows, decoder, model_step, options, plan)
         dataset.write_datasink(sink)
     failed = sum(len(stats.errors) for stats in sink.stats)
     summary = Summary(
