@@ -542,6 +542,7 @@ def fit_head(
     C_GRID when None. With `cache_dir`, embeddings are read from and added to that cache.
     `progress(done, total)` is called as images are embedded. Raises FitError for unusable data.
     """
+    from .backends import backend_settings
     from .runner import POOLS, RunOptions
 
     started = time.perf_counter()
@@ -571,12 +572,11 @@ def fit_head(
         interpolate_pos_encoding=interpolate_pos_encoding,
     )
     identity = model_identity(model, options)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    cache = (
-        EmbeddingCache(cache_dir, cache_settings(identity, pool, dtype, options.fast_decode))
-        if cache_dir
-        else None
-    )
+    ran = backend_settings(model)
+    settings = cache_settings(identity, pool, ran["dtype"], options.fast_decode)
+    if ran["backend"] != "torch":  # torch's caches keep their key (written before backends)
+        settings["backend"] = ran["backend"]
+    cache = EmbeddingCache(cache_dir, settings) if cache_dir else None
     everything = found.items + (val_found.items if val_found else [])
     paths = list(dict.fromkeys(example.path for example in everything))
     vectors, embed_errors, embedded = embed_examples(model, paths, options, pool, cache, progress)

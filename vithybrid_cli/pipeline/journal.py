@@ -38,6 +38,8 @@ VERSION = 1
 FILE_NAME = re.compile(r"run(\d+)\.rank(\d+)of(\d+)")
 # Settings that are not command-line options, and how a difference in them is said.
 NOT_OPTIONS = {"command": "by {old}, not {new}", "weights": "with weights {old}, not {new}"}
+# settings added after journals were first written, and what an older journal ran with
+RECORDED_SINCE = {"backend": "torch"}
 
 
 class Job(Protocol):
@@ -89,6 +91,7 @@ def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             return "x".join(str(v) for v in value)
         return "none" if value is None else str(value)
 
+    old = {**{key: value for key, value in RECORDED_SINCE.items() if key in new}, **old}
     phrases = []
     for key in [*old, *(k for k in new if k not in old)]:
         before, after = old.get(key), new.get(key)

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..model.model import ViTHybrid, ViTHybridOutput
+    from .backends.openvino import OpenVINOModel
 
 logger = logging.getLogger(__name__)
 
@@ -225,12 +226,12 @@ Work = tuple[int, str, "Future | str"]  # (index, path, decode in flight or an e
 class Runner:
     """Runs a loaded model over a stream of inputs; see the module docstring."""
 
-    def __init__(self, model: ViTHybrid, options: RunOptions | None = None) -> None:
+    def __init__(self, model: ViTHybrid | OpenVINOModel, options: RunOptions | None = None) -> None:
+        from .backends import input_placement
 
         self.model = model
         self.options = options or RunOptions()
-        parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
+        self.device, self.dtype = input_placement(model)  # where and how the pixels go
         self.memory_format = model.memory_format
         self.preprocess_config = model.preprocess_config
         if self.options.image_size and not self.options.interpolate_pos_encoding:
@@ -265,8 +266,10 @@ class Runner:
         """What shapes every payload, beside the model and the task (see journal.py)."""
         from PIL import Image
 
+        from .backends import backend_settings
+
         return {
-            "dtype": str(self.dtype).removeprefix("torch."),
+            **backend_settings(self.model),
             "image-size": list(self.input_size),
             "interpolation": Image.Resampling(self.preprocess_config.resample).name.lower(),
             "interpolate-pos-encoding": self.options.interpolate_pos_encoding,
