@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from .model.head import Head
     from .model.model import ViTHybrid
+    from .pipeline.backends.openvino import OpenVINOModel
     from .pipeline.fitting import FitReport
 
 __version__ = "0.1.0"
@@ -46,12 +47,24 @@ def load_model(
     revision: str | None = None,
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
-) -> ViTHybrid:
+    backend: str = "torch",
+) -> ViTHybrid | OpenVINOModel:
     """Load a checkpoint (hub id, directory or weights file) ready for inference.
 
     The model has `.config`, `.preprocess_config` and `.checkpoint`; call it on pixel batches as
     `model(pixels, output_attentions=..., interpolate_pos_encoding=...)`.
+
+    `backend="openvino"` (needs `pip install "vithybrid[openvino]"`): the same model converted
+    once (cached under ~/.cache/vithybrid/openvino, or $VITHYBRID_CACHE) and run by OpenVINO on
+    the CPU, faster there; `dtype` None or "auto" is OpenVINO's default precision (bf16 where
+    the CPU has it). It is called the same way and works with classify, embed and fit_head.
     """
+    if backend != "torch":
+        from .pipeline.backends import load_run_model
+
+        return load_run_model(
+            name_or_path, revision, device=device, dtype=dtype or "auto", backend=backend
+        )
     from .model.weights import load_model as load_checkpoint
     from .pipeline.runtime import resolve_device, resolve_dtype
 

@@ -134,19 +134,19 @@ class _ModelStep:
         batch_size: int | None = None,
         threads: int | None = None,
         compile: bool = False,
+        backend: str = "torch",
     ) -> None:
         import torch
 
-        from .model.weights import load_model
+        from .pipeline.backends import load_run_model
         from .pipeline.runner import Runner, RunOptions
-        from .pipeline.runtime import prepare_model, resolve_device, resolve_dtype
 
         if threads:  # Ray starts workers with OMP_NUM_THREADS=1 (see the engine)
             torch.set_num_threads(threads)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        loaded = load_model(model, revision, device=torch_device, dtype=torch_dtype)
-        self.model = prepare_model(loaded, compile)
+        self.model = load_run_model(
+            model, revision, device=device, dtype=dtype, backend=backend,
+            compile_model=compile, threads=threads,
+        )  # fmt: skip
         options = RunOptions(
             batch_size=batch_size,
             image_size=tuple(image_size) if image_size else None,

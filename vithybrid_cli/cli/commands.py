@@ -30,6 +30,8 @@ from ..model.config import DEFAULT_MODEL_ID
 from .options import (
     Alpha,
     ArrayOutput,
+    Backend,
+    BackendOpt,
     BatchSize,
     CacheDir,
     Compile,
@@ -85,6 +87,7 @@ from .options import (
 from .ray_engine import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
 from .render import (
     Reporter,
+    backend_rows,
     describe,
     head_rows,
     render_rows,
@@ -189,19 +192,21 @@ class Common:
     compile: bool = False
     quiet: bool = False
     strict: bool = False
+    backend: Backend = Backend.torch
 
     def load(self) -> Any:
-        """The checkpoint on the chosen device and dtype, with errors as UserError."""
-        from ..model.weights import CheckpointError, load_model
-        from ..pipeline.runtime import prepare_model, resolve_device, resolve_dtype
+        """The checkpoint on the chosen device and dtype, run by the chosen backend, with errors
+        as UserError (a missing OpenVINO as MissingExtra: one line too)."""
+        from ..model.weights import CheckpointError
+        from ..pipeline.backends import load_run_model
 
         try:
-            device = resolve_device(self.device.value)
-            dtype = resolve_dtype(self.dtype.value, device)
-            loaded = load_model(self.model, self.revision, device=device, dtype=dtype)
+            return load_run_model(
+                self.model, self.revision, device=self.device.value, dtype=self.dtype.value,
+                backend=self.backend.value, compile_model=self.compile,
+            )  # fmt: skip
         except (CheckpointError, ValueError) as error:
             raise UserError(str(error)) from error
-        return prepare_model(loaded, self.compile)
 
     def runner(self, model: Any, attentions: bool = False) -> Any:
         from ..pipeline.runner import Runner, RunOptions
@@ -377,6 +382,7 @@ def classify(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
+    backend: BackendOpt = Backend.torch,
     batch_size: BatchSize = None,
     workers: Workers = None,
     interpolate_pos_encoding: Interpolate = False,
@@ -391,8 +397,8 @@ def classify(
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
+    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
+                    image_size, compile, quiet, strict, backend)  # fmt: skip
     if engine is Engine.ray:  # cli/ray_engine.py
         from .ray_engine import run_on_ray
         from .walk import own_outputs
@@ -452,6 +458,7 @@ def embed(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
+    backend: BackendOpt = Backend.torch,
     batch_size: BatchSize = None,
     workers: Workers = None,
     interpolate_pos_encoding: Interpolate = False,
@@ -467,8 +474,8 @@ def embed(
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, compile, quiet, strict)  # fmt: skip
+    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
+                    image_size, compile, quiet, strict, backend)  # fmt: skip
     if engine is Engine.ray:  # cli/ray_engine.py
         from .ray_engine import run_on_ray
         from .walk import own_outputs
@@ -526,6 +533,7 @@ def attention_map(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
+    backend: BackendOpt = Backend.torch,
     batch_size: BatchSize = None,
     workers: Workers = None,
     interpolate_pos_encoding: Interpolate = False,
@@ -536,8 +544,8 @@ def attention_map(
     debug: Debug = False,
 ) -> None:
     """Draw where the model looks: an attention heatmap over each image."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, False, quiet, strict)  # fmt: skip
+    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
+                    image_size, False, quiet, strict, backend)  # fmt: skip
 
     def body() -> int:
         from ..pipeline.job import NoOutput
@@ -624,7 +632,7 @@ def info(
         if head is not None:
             render_rows(head_rows(head, load_head_file(head)))
         else:
-            render_rows(describe(common.load()) + format_rows())
+            render_rows(describe(common.load()) + format_rows() + backend_rows())
         return 0
 
     run_command(body, debug)
@@ -687,6 +695,7 @@ def fit(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
+    backend: BackendOpt = Backend.torch,
     batch_size: BatchSize = None,
     workers: Workers = None,
     interpolate_pos_encoding: Interpolate = False,
@@ -704,7 +713,7 @@ def fit(
 ) -> None:
     """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
     common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, quiet=quiet)  # fmt: skip
+                    interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
 
     def body() -> int:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

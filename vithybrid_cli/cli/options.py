@@ -50,6 +50,11 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    openvino = "openvino"
+
+
 class Pool(str, Enum):
     cls = "cls"
     mean = "mean"
@@ -130,6 +135,13 @@ ImageSize = Annotated[
         callback=check_image_size,
         help="Model input WIDTHxHEIGHT or one number for a square "
         "(needs --interpolate-pos-encoding unless it is the checkpoint's size).",
+    ),
+]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        help="torch, or openvino: our model converted once (cached) and run by OpenVINO on the "
+        "CPU, faster there (needs the openvino extra).",
     ),
 ]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow start).")]

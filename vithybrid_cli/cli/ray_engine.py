@@ -124,7 +124,10 @@ def run_on_ray(
             "interpolate_pos_encoding": common.interpolate,
             "batch_size": common.batch_size,
             "compile": common.compile,
+            "backend": common.backend.value,
         }
+        if common.backend.value == "openvino" and engine.num_gpus:
+            raise UserError("--backend openvino runs on CPU actors: drop --num-gpus")
         try:  # here, on CPU: the settings, and every check the actors would fail, before any work
             probe = step_class(device="cpu", **options, **task)
         except (CheckpointError, ValueError) as error:

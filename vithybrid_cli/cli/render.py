@@ -119,6 +119,17 @@ def describe(loaded: Any) -> list[tuple[str, str]]:
     ]
 
 
+def backend_rows() -> list[tuple[str, str]]:
+    """`info`'s row on the OpenVINO backend: installed or not, and its default precision."""
+    from ..pipeline.backends.openvino import TORCH_DTYPES, openvino_status
+
+    status = openvino_status()
+    if status is None:
+        return [("openvino", 'not installed (pip install "vithybrid[openvino]")')]
+    version, precision = status
+    return [("openvino", f"{version}: --backend openvino computes in {TORCH_DTYPES[precision]}")]
+
+
 def render_fit(report: Any) -> None:
     """The fit's validation results as Rich tables on stdout."""
     from rich.markup import escape

@@ -16,6 +16,8 @@ from rich.table import Table
 from ..model.config import DEFAULT_MODEL_ID
 from .commands import Common, Inputs, app, ensure_parent, run_command
 from .options import (
+    Backend,
+    BackendOpt,
     BatchSize,
     Debug,
     Device,
@@ -123,6 +125,7 @@ RecordedModel = Annotated[
 RecordedRevision = Annotated[str | None, typer.Option(help="Default: as recorded.")]
 RecordedDType = Annotated[DType | None, typer.Option(help="Default: as recorded.")]
 RecordedPool = Annotated[Pool | None, typer.Option(help="Default: as recorded.")]
+RecordedBackend = Annotated[Backend | None, typer.Option(help="Default: as recorded.")]
 RecordedInterpolate = Annotated[
     bool | None,
     typer.Option(
@@ -191,6 +194,7 @@ def duplicates(
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
     dtype: DTypeOpt = DType.auto,
+    backend: BackendOpt = Backend.torch,
     batch_size: BatchSize = None,
     workers: Workers = None,
     interpolate_pos_encoding: Interpolate = False,
@@ -201,7 +205,7 @@ def duplicates(
 ) -> None:
     """Find exact and near-duplicate images: groups whose every pair is >= --threshold."""
     common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, quiet=quiet)  # fmt: skip
+                    interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
 
     def body() -> int:
         from ..pipeline.runner import embed_task
@@ -326,6 +330,7 @@ def similar(
     revision: RecordedRevision = None,
     device: DeviceOpt = Device.auto,
     dtype: RecordedDType = None,
+    backend: RecordedBackend = None,
     pool: RecordedPool = None,
     batch_size: BatchSize = None,
     workers: Workers = None,
@@ -359,6 +364,7 @@ def similar(
             recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding"),
             image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None,
             quiet=quiet,
+            backend=backend or Backend(recorded.get("backend", "torch")),
         )
         pool_name = pool.value if pool else recorded.get("pool", "cls")
         task = embed_task(pool_name, bool(recorded.get("normalize", False)))
