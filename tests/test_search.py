@@ -312,3 +312,32 @@ def test_installed_script_finds_copies_and_similar_images(tiny_checkpoint, photo
     assert done.returncode == 0, done.stderr
     [record] = jsonl(done.stdout)  # piped: JSON Lines
     assert record["matches"][0] == {"path": str(photo_dir / "photo0.jpg"), "score": 1.0}
+
+
+def test_duplicates_of_vectors_written_elsewhere_find_byte_copies_and_sizes(tmp_path, monkeypatch):
+    """A vectors file records paths relative to the folder embed ran in; `duplicates` run from
+    another folder still finds byte copies and the largest file through the file's folder."""
+    from PIL import Image
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    Image.new("RGB", (40, 30), "red").save(shots / "a.png")
+    shutil.copy(shots / "a.png", shots / "a-copy.png")
+    Image.new("RGB", (80, 60), "blue").save(shots / "big.png")
+    Image.new("RGB", (20, 15), "blue").save(shots / "small.png")
+    rng = np.random.default_rng(0)
+    array = np.ascontiguousarray(np.linalg.qr(rng.standard_normal((8, 4)))[0].T, np.float32)
+    array[3] = array[2]  # big and small: the same picture to the model
+    np.save(shots / "v.npy", array)
+    (shots / "v.paths.txt").write_text("a.png\na-copy.png\nsmall.png\nbig.png\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = elsewhere / "groups.jsonl"
+    result = cli("duplicates", shots / "v.npy", "-o", out, "--keep", "largest")
+    assert result.exit_code == 0, result.output
+    groups = [json.loads(line) for line in out.read_text().splitlines()]
+    by_exact = {group["exact"]: group for group in groups}
+    assert sorted(by_exact[True]["paths"]) == ["a-copy.png", "a.png"]  # not near: orthogonal rows
+    assert by_exact[False]["keep"] == "big.png"
+    assert (elsewhere / "groups.others.txt").read_text().splitlines() == ["a-copy.png", "small.png"]

@@ -218,7 +218,7 @@ def duplicates(
         require_index(index)
         status = 0
         specs = sources or []
-        bases: list[str] = []  # where a vectors file's relative paths may be, for thumbnails
+        bases: list[str] = []  # where a vectors file's relative paths may be (bytes, --keep, page)
         if specs and all(is_vectors_file(spec) for spec in specs):
             if len(specs) > 1 or files_from:
                 raise UserError("give one vectors file (or images), not several")
@@ -238,9 +238,9 @@ def duplicates(
         import torch  # noqa: F401 - before the clock starts: the search alone is timed
 
         started = time.perf_counter()
-        groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method)
+        groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method, bases=bases)
         elapsed = time.perf_counter() - started
-        records, review = group_records(groups, vectors.paths, keep.value if keep else None)
+        records, review = group_records(groups, vectors.paths, keep.value if keep else None, bases)
         if fmt == "table":
             render_groups(records)
         else:
