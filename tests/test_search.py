@@ -341,3 +341,40 @@ def test_duplicates_of_vectors_written_elsewhere_find_byte_copies_and_sizes(tmp_
     assert sorted(by_exact[True]["paths"]) == ["a-copy.png", "a.png"]  # not near: orthogonal rows
     assert by_exact[False]["keep"] == "big.png"
     assert (elsewhere / "groups.others.txt").read_text().splitlines() == ["a-copy.png", "small.png"]
+
+
+def test_a_folder_of_parquet_parts_is_one_vectors_source(tmp_path, monkeypatch):
+    """The Ray engine's `embed -o DIR/` parts read as one vectors file, in part order, with
+    their settings; a folder of images is not taken for one."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from vithybrid_cli.io.parquet import PARTS_SETTINGS, embedding_schema
+    from vithybrid_cli.search.vectors import is_vectors_file
+
+    rng = np.random.default_rng(1)
+    array = rng.standard_normal((7, 5)).astype(np.float32)
+    array[6] = array[1]  # a duplicate across the two parts
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    settings = {"command": "embed", "pool": "cls", "model": "m"}
+    schema = embedding_schema(pa, (5,), settings)
+    for name, rows in (("part-0-b.parquet", range(3, 7)), ("part-0-a.parquet", range(3))):
+        column = pa.FixedSizeListArray.from_arrays(pa.array(array[list(rows)].ravel()), 5)
+        paths = pa.array([f"{row}.jpg" for row in rows])
+        pq.write_table(pa.Table.from_arrays([paths, column], schema=schema), parts / name)
+    (parts / PARTS_SETTINGS).write_text(json.dumps({"engine": "ray", "settings": settings}))
+    assert is_vectors_file(str(parts)) and not is_vectors_file(str(tmp_path))
+    vectors = read_vectors(str(parts))
+    assert vectors.paths == [f"{row}.jpg" for row in range(7)]  # part-0-a first
+    np.testing.assert_array_equal(np.asarray(vectors.array), array)
+    assert vectors.settings == settings
+    monkeypatch.chdir(tmp_path)
+    result = cli("duplicates", "parts", "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert [group["paths"] for group in jsonl(result.stdout)] == [["1.jpg", "6.jpg"]]
+    (parts / "part-0-a.parquet").unlink()
+    (parts / "part-0-b.parquet").unlink()
+    result = cli("duplicates", "parts")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: parts: holds no .parquet parts (embed writes them)"

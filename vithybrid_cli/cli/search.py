@@ -62,7 +62,7 @@ Sources = Annotated[
     list[str] | None,
     typer.Argument(
         help="Images (files, folders, globs, URLs...) or one vectors file written by `embed` "
-        "(.npy with its .paths.txt, .npz, .parquet).",
+        "(.npy with its .paths.txt, .npz, .parquet, or the Ray engine's folder of parts).",
         show_default=False,
     ),
 ]
@@ -71,7 +71,12 @@ Queries = Annotated[
     typer.Argument(help="Query images (files, folders, globs, URLs...).", show_default=False),
 ]
 VectorsIn = Annotated[
-    str, typer.Option("--in", help="The vectors to search: an `embed` output (.npy/.npz/.parquet).")
+    str,
+    typer.Option(
+        "--in",
+        help="The vectors to search: an `embed` output (.npy/.npz/.parquet, "
+        "or the Ray engine's folder of parts).",
+    ),
 ]
 Neighbours = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches per query.")]
 Threshold = Annotated[
@@ -223,7 +228,7 @@ def duplicates(
             if len(specs) > 1 or files_from:
                 raise UserError("give one vectors file (or images), not several")
             vectors = read_vectors(specs[0])
-            bases = [os.path.dirname(specs[0]) or "."]
+            bases = [os.path.dirname(os.path.normpath(specs[0])) or "."]
         else:
             inputs = Inputs(sources, files_from, max_download_mb)
             vectors, summary = embed_images(common, inputs, embed_task(pool.value), "embedded")
