@@ -143,6 +143,17 @@ def test_embed_on_ray_matches_the_local_engine(local_ray, tiny, folder, tmp_path
     part = next((tmp_path / "parts").glob("part-*.parquet"))
     local_schema = pq.read_schema(tmp_path / "local.parquet")
     assert pq.read_schema(part).equals(local_schema, check_metadata=True)
+    # the parts folder is a vectors source like the file: `similar --in` takes either
+    query = sorted(rows)[0]
+    found = {}
+    for source in ("parts", "local.parquet"):
+        similar = cli("similar", query, "--in", tmp_path / source, "-k", "3", "-f", "jsonl",
+                      "--model", tiny)  # fmt: skip
+        assert similar.exit_code == 0, similar.output
+        [record] = [json.loads(line) for line in similar.stdout.splitlines() if line.strip()]
+        found[source] = [match["path"] for match in record["matches"]]
+    assert found["parts"] == found["local.parquet"]
+    assert found["parts"][0] == query
 
 
 @pytest.mark.slow

@@ -161,9 +161,17 @@ def test_thumbnails_come_from_files_and_tar_members_once_and_are_reused(images, 
 
     Image.new("RGB", (300, 200), "red").save(images / "cat.jpg")  # edited: a fresh thumbnail
     os.utime(images / "cat.jpg", ns=(1, 1))
+    (folder / "notes.txt").write_text("mine")  # not a thumbnail: never removed
     edited, stats = make_thumbnails(paths, folder, bases=[images], fmt="jpeg")
     assert edited["cat.jpg"].file != made["cat.jpg"].file
     assert edited["cat.jpg"].file.endswith(".jpg")
+    # the three .webp of the earlier runs are no longer shown: removed, the .jpg ones stay
+    assert stats.removed == 3
+    shown = {thumb.file for thumb in edited.values() if thumb.file}
+    assert set(os.listdir(folder)) == shown | {"notes.txt"}
+    fewer, stats = make_thumbnails(paths[1:2], folder, bases=[images], fmt="jpeg")
+    assert (stats.reused, stats.removed) == (1, 2)
+    assert set(os.listdir(folder)) == {fewer["astronaut.png"].file, "notes.txt"}
 
 
 def test_an_unreadable_image_gets_its_reason_and_the_rest_is_made(images, tmp_path):

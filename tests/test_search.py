@@ -312,3 +312,69 @@ def test_installed_script_finds_copies_and_similar_images(tiny_checkpoint, photo
     assert done.returncode == 0, done.stderr
     [record] = jsonl(done.stdout)  # piped: JSON Lines
     assert record["matches"][0] == {"path": str(photo_dir / "photo0.jpg"), "score": 1.0}
+
+
+def test_duplicates_of_vectors_written_elsewhere_find_byte_copies_and_sizes(tmp_path, monkeypatch):
+    """A vectors file records paths relative to the folder embed ran in; `duplicates` run from
+    another folder still finds byte copies and the largest file through the file's folder."""
+    from PIL import Image
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    Image.new("RGB", (40, 30), "red").save(shots / "a.png")
+    shutil.copy(shots / "a.png", shots / "a-copy.png")
+    Image.new("RGB", (80, 60), "blue").save(shots / "big.png")
+    Image.new("RGB", (20, 15), "blue").save(shots / "small.png")
+    rng = np.random.default_rng(0)
+    array = np.ascontiguousarray(np.linalg.qr(rng.standard_normal((8, 4)))[0].T, np.float32)
+    array[3] = array[2]  # big and small: the same picture to the model
+    np.save(shots / "v.npy", array)
+    (shots / "v.paths.txt").write_text("a.png\na-copy.png\nsmall.png\nbig.png\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = elsewhere / "groups.jsonl"
+    result = cli("duplicates", shots / "v.npy", "-o", out, "--keep", "largest")
+    assert result.exit_code == 0, result.output
+    groups = [json.loads(line) for line in out.read_text().splitlines()]
+    by_exact = {group["exact"]: group for group in groups}
+    assert sorted(by_exact[True]["paths"]) == ["a-copy.png", "a.png"]  # not near: orthogonal rows
+    assert by_exact[False]["keep"] == "big.png"
+    assert (elsewhere / "groups.others.txt").read_text().splitlines() == ["a-copy.png", "small.png"]
+
+
+def test_a_folder_of_parquet_parts_is_one_vectors_source(tmp_path, monkeypatch):
+    """The Ray engine's `embed -o DIR/` parts read as one vectors file, in part order, with
+    their settings; a folder of images is not taken for one."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from vithybrid_cli.io.parquet import PARTS_SETTINGS, embedding_schema
+    from vithybrid_cli.search.vectors import is_vectors_file
+
+    rng = np.random.default_rng(1)
+    array = rng.standard_normal((7, 5)).astype(np.float32)
+    array[6] = array[1]  # a duplicate across the two parts
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    settings = {"command": "embed", "pool": "cls", "model": "m"}
+    schema = embedding_schema(pa, (5,), settings)
+    for name, rows in (("part-0-b.parquet", range(3, 7)), ("part-0-a.parquet", range(3))):
+        column = pa.FixedSizeListArray.from_arrays(pa.array(array[list(rows)].ravel()), 5)
+        paths = pa.array([f"{row}.jpg" for row in rows])
+        pq.write_table(pa.Table.from_arrays([paths, column], schema=schema), parts / name)
+    (parts / PARTS_SETTINGS).write_text(json.dumps({"engine": "ray", "settings": settings}))
+    assert is_vectors_file(str(parts)) and not is_vectors_file(str(tmp_path))
+    vectors = read_vectors(str(parts))
+    assert vectors.paths == [f"{row}.jpg" for row in range(7)]  # part-0-a first
+    np.testing.assert_array_equal(np.asarray(vectors.array), array)
+    assert vectors.settings == settings
+    monkeypatch.chdir(tmp_path)
+    result = cli("duplicates", "parts", "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert [group["paths"] for group in jsonl(result.stdout)] == [["1.jpg", "6.jpg"]]
+    (parts / "part-0-a.parquet").unlink()
+    (parts / "part-0-b.parquet").unlink()
+    result = cli("duplicates", "parts")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: parts: holds no .parquet parts (embed writes them)"

@@ -78,6 +78,7 @@ def summarize(done: Any, what: str, quiet: bool) -> None:
         return
     stats = done.stats
     missing = f", {stats.missing} missing" if stats.missing else ""
+    missing += f", {stats.removed} no longer shown removed" if stats.removed else ""
     labels = f"{done.labels} labels, " if done.labels else ""
     stderr.print(
         f"{done.rows} {what} ({labels}{done.failed} failed); thumbnails: "

@@ -64,7 +64,7 @@ Sources = Annotated[
     list[str] | None,
     typer.Argument(
         help="Images (files, folders, globs, URLs...) or one vectors file written by `embed` "
-        "(.npy with its .paths.txt, .npz, .parquet).",
+        "(.npy with its .paths.txt, .npz, .parquet, or the Ray engine's folder of parts).",
         show_default=False,
     ),
 ]
@@ -73,7 +73,12 @@ Queries = Annotated[
     typer.Argument(help="Query images (files, folders, globs, URLs...).", show_default=False),
 ]
 VectorsIn = Annotated[
-    str, typer.Option("--in", help="The vectors to search: an `embed` output (.npy/.npz/.parquet).")
+    str,
+    typer.Option(
+        "--in",
+        help="The vectors to search: an `embed` output (.npy/.npz/.parquet, "
+        "or the Ray engine's folder of parts).",
+    ),
 ]
 Neighbours = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches per query.")]
 Threshold = Annotated[
@@ -222,12 +227,12 @@ def duplicates(
         require_index(index)
         status = 0
         specs = sources or []
-        bases: list[str] = []  # where a vectors file's relative paths may be, for thumbnails
+        bases: list[str] = []  # where a vectors file's relative paths may be (bytes, --keep, page)
         if specs and all(is_vectors_file(spec) for spec in specs):
             if len(specs) > 1 or files_from:
                 raise UserError("give one vectors file (or images), not several")
             vectors = read_vectors(specs[0])
-            bases = [os.path.dirname(specs[0]) or "."]
+            bases = [os.path.dirname(os.path.normpath(specs[0])) or "."]
         else:
             inputs = Inputs(sources, files_from, max_download_mb)
             vectors, summary = embed_images(common, inputs, embed_task(pool.value), "embedded")
@@ -242,9 +247,9 @@ def duplicates(
         import torch  # noqa: F401 - before the clock starts: the search alone is timed
 
         started = time.perf_counter()
-        groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method)
+        groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method, bases=bases)
         elapsed = time.perf_counter() - started
-        records, review = group_records(groups, vectors.paths, keep.value if keep else None)
+        records, review = group_records(groups, vectors.paths, keep.value if keep else None, bases)
         if fmt == "table":
             render_groups(records)
         else:

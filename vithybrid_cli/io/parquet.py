@@ -30,6 +30,8 @@ from .outputs import atomic_write, json_safe, safe_text
 
 RECORD_ROW_GROUP = 32_768  # rows; a few tens of MB of Python objects at most while buffering
 EMBEDDING_ROW_GROUP_BYTES = 64 << 20  # vector bytes buffered before a row group is written
+# A folder of parts (the Ray engine's output) has its settings beside them in this file
+PARTS_SETTINGS = "_vithybrid.json"
 SETTINGS_KEY = b"vithybrid.settings"  # embeddings: the journal's settings, as JSON
 
 

@@ -7,7 +7,9 @@ preprocess.load_image, so EXIF orientation, modes and reduced-size JPEG decoding
 
 A thumbnail's file name is a hash of the record's path and, for local files and archives, the
 file's size and modification time: a rerun finds the thumbnails it made and opens nothing, and
-an edited image gets a fresh one.
+an edited image gets a fresh one. The folder belongs to one page: thumbnails that page no longer
+shows (an image removed from the results, edited, or another --thumbnail size) are deleted when
+it is made again; nothing else in the folder is touched.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ThumbnailStats:
     made: int = 0
     reused: int = 0
     missing: int = 0
+    removed: int = 0  # thumbnails of an earlier run this one no longer shows
 
 
 @dataclass
@@ -129,7 +132,29 @@ def make_thumbnails(
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 finish(finished)
         finish(pending)
+    stats.removed = remove_unused(folder, {t.file for t in result.values() if t.file})
     return result, stats
+
+
+THUMBNAIL_SUFFIXES = "|".join(re.escape(suffix) for suffix in SUFFIXES.values())
+THUMBNAIL_NAME = re.compile(rf"[0-9a-f]{{24}}({THUMBNAIL_SUFFIXES})")
+
+
+def remove_unused(folder: Path, used: set[str]) -> int:
+    """Delete the thumbnails in `folder` (files named as make_thumbnails names them) that are
+    not in `used`; how many. Any other file there is the user's and stays."""
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name in used or not THUMBNAIL_NAME.fullmatch(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:  # another run removed it first
+                continue
+    return removed
 
 
 def _locate(path: str, bases: list[str]) -> _Source:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,23 +40,42 @@ class Group:
     exact: bool
 
 
-def same_bytes(paths: list[str]) -> list[list[int]]:
+def local_file(path: str, bases: Sequence[str] = ()) -> str | None:
+    """Where the local file a recorded path names is now, or None (a URL, an archive member, a
+    file gone since). A relative path is looked up in the current folder, then in each of
+    `bases`: vectors written in another folder record paths relative to that folder."""
+    candidates = [path] if os.path.isabs(path) else [path, *(os.path.join(b, path) for b in bases)]
+    for candidate in candidates:
+        try:
+            if os.path.isfile(candidate):
+                return candidate
+        except (OSError, ValueError):  # a NUL or an over-long name in a recorded path
+            continue
+    return None
+
+
+def same_bytes(paths: list[str], bases: Sequence[str] = ()) -> list[list[int]]:
     """Rows whose local files hold the same bytes, in groups of two or more: files are grouped
     by size, and only sizes that repeat are hashed (BLAKE2b). Paths that are not local files
-    (URLs, archive members, files gone since) are left out."""
+    (URLs, archive members, files gone since) are left out; relative ones are found as
+    `local_file` finds them."""
     by_size: dict[int, list[int]] = defaultdict(list)
+    located: dict[int, str] = {}
     for row, path in enumerate(paths):
+        found = local_file(path, bases)
+        if found is None:
+            continue
         try:
-            if os.path.isfile(path):
-                by_size[os.path.getsize(path)].append(row)
-        except (OSError, ValueError):
+            by_size[os.path.getsize(found)].append(row)
+            located[row] = found
+        except OSError:
             continue
     by_digest: dict[tuple[int, bytes], list[int]] = defaultdict(list)
     for size, rows in by_size.items():
         if len(rows) < 2:
             continue
         for row in rows:
-            digest = file_digest(paths[row])
+            digest = file_digest(located[row])
             if digest is not None:
                 by_digest[size, digest].append(row)
     return sorted(rows for rows in by_digest.values() if len(rows) > 1)
@@ -133,28 +152,30 @@ def find_duplicates(
     index: str = "auto",
     neighbours: int = NEIGHBOURS,
     compare_bytes: bool = True,
+    bases: Sequence[str] = (),
 ) -> list[Group]:
     """Duplicate groups among the rows of `array` (see the module docstring): near-duplicates
     at cosine >= `threshold` by the `index` (index.choose_index), and, with `compare_bytes`,
-    rows whose `paths` are local files with the same bytes."""
+    rows whose `paths` are local files with the same bytes (relative ones looked up in the
+    current folder, then in `bases`)."""
     from .index import choose_index, similar_pairs
 
     if len(array) < 2:
         return []
     method = choose_index(index, len(array))
     pairs = similar_pairs(array, threshold, min(neighbours, len(array) - 1), index=method)
-    copies = same_bytes(paths) if compare_bytes else []
+    copies = same_bytes(paths, bases) if compare_bytes else []
     return group_duplicates(pairs, threshold, copies)
 
 
 def group_records(
-    groups: list[Group], paths: list[str], keep: str | None = None
+    groups: list[Group], paths: list[str], keep: str | None = None, bases: Sequence[str] = ()
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """(one JSON-ready record per group, the files to review): ``{"paths", "score", "exact"}``,
     with `keep` (first / largest) the kept file first and as ``"keep"``, the others listed."""
     records, review = [], []
     for group in groups:
-        rows = keeper_first(group.rows, paths, keep) if keep else group.rows
+        rows = keeper_first(group.rows, paths, keep, bases) if keep else group.rows
         record: dict[str, Any] = {
             "paths": [safe_text(paths[row]) for row in rows],
             "score": round(group.score, 6),
@@ -167,20 +188,22 @@ def group_records(
     return records, review
 
 
-def keeper_first(rows: list[int], paths: list[str], keep: str) -> list[int]:
+def keeper_first(
+    rows: list[int], paths: list[str], keep: str, bases: Sequence[str] = ()
+) -> list[int]:
     """`rows` with the one to keep first: `first` in input order, `largest` the most pixels
     (then the most bytes; files that cannot be read count as 0); the rest in input order."""
     if keep == "first":
         return list(rows)
     if keep != "largest":
         raise ValueError(f"unknown keep policy {keep!r}: use first or largest")
-    kept = max(rows, key=lambda row: (*image_size_of(paths[row]), -row))
+    kept = max(rows, key=lambda row: (*image_size_of(local_file(paths[row], bases)), -row))
     return [kept, *(row for row in rows if row != kept)]
 
 
-def image_size_of(path: str) -> tuple[int, int]:
+def image_size_of(path: str | None) -> tuple[int, int]:
     """(pixels, bytes) of a local image from its header; (0, 0) when it cannot be read."""
-    header = image_header(path)
+    header = image_header(path) if path else None
     return (header[0] * header[1], header[2]) if header else (0, 0)
 
 

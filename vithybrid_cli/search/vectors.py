@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..io.outputs import format_from_path, json_safe, safe_text, settings_path, sidecar_path
+from ..io.parquet import PARTS_SETTINGS
 
 VECTOR_FORMATS = ("npy", "npz", "parquet")
 
@@ -43,8 +44,13 @@ class Vectors:
 
 
 def is_vectors_file(spec: str) -> bool:
-    """Whether `spec` names an `embed` output (by its suffix) rather than images."""
-    return format_from_path(spec) in VECTOR_FORMATS
+    """Whether `spec` names an `embed` output (by its suffix, or a folder of Parquet parts with
+    the Ray engine's settings file) rather than images."""
+    return format_from_path(spec) in VECTOR_FORMATS or is_parts_folder(spec)
+
+
+def is_parts_folder(spec: str) -> bool:
+    return os.path.isfile(os.path.join(spec, PARTS_SETTINGS))
 
 
 def read_vectors(path: str) -> Vectors:
@@ -52,11 +58,14 @@ def read_vectors(path: str) -> Vectors:
     (naming the file) when the paths are missing or do not match the rows, or the rows are not
     one vector per image."""
     name = safe_text(path)
-    if not os.path.isfile(path):
+    parts = is_parts_folder(path)
+    if not parts and not os.path.isfile(path):
         raise VectorsError(f"{name}: no such file")
     fmt = format_from_path(path)
     try:
-        if fmt == "npy":
+        if parts:
+            array, paths, settings = read_parts(path)
+        elif fmt == "npy":
             array, paths, settings = read_npy(path)
         elif fmt == "npz":
             array, paths, settings = read_npz(path)
@@ -122,6 +131,29 @@ def read_npz(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
         array = archive["embeddings"]
         paths = [str(p) for p in archive["paths"]]
     return array, paths, read_settings_file(path)
+
+
+def read_parts(folder: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
+    """A folder of Parquet parts, in part-name order (rows of one input are in one part only);
+    the settings are the parts' own, else the folder's settings file."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".parquet"))
+    if not names:
+        raise VectorsError(f"{safe_text(folder)}: holds no .parquet parts (embed writes them)")
+    arrays, paths, settings = [], [], None
+    for name in names:
+        array, part_paths, part_settings = read_parquet(os.path.join(folder, name))
+        if arrays and array.shape[1:] != arrays[0].shape[1:]:
+            raise VectorsError(
+                f"{safe_text(os.path.join(folder, name))}: vectors of width {array.shape[1]}, "
+                f"not {arrays[0].shape[1]} as in {names[0]}"
+            )
+        arrays.append(array)
+        paths += part_paths
+        settings = settings or part_settings
+    if settings is None:
+        with open(os.path.join(folder, PARTS_SETTINGS), encoding="utf-8") as file:
+            settings = json.load(file).get("settings")
+    return np.concatenate(arrays), paths, settings
 
 
 def read_parquet(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:

@@ -39,10 +39,11 @@ from ray.data.datasource import Datasink
 from ...data.inputs import InputError
 from ...data.sources import SourceError, is_remote, remote_filesystem
 from ...io.outputs import json_safe, safe_text
+from ...io.parquet import PARTS_SETTINGS
 from ..job import Summary, select
 from ..journal import SettingsMismatch, describe_differences
 
-SETTINGS_FILE = "_vithybrid.json"
+SETTINGS_FILE = PARTS_SETTINGS
 VERSION = 1
 PART = re.compile(r"part-(\d+)-(\d+)\.(parquet|jsonl)")
 FORMATS = ("parquet", "jsonl")
