@@ -177,15 +177,21 @@ def worker(kind: str, *args: str) -> list[str]:
 
 
 def bench_pipeline(
-    name: str, photos: Path, ckpt: Path, out_dir: Path, command: str = "classify"
+    name: str,
+    photos: Path,
+    ckpt: Path,
+    out_dir: Path,
+    command: str = "classify",
+    options: tuple[str, ...] = (),
 ) -> dict:
-    """A whole process; `command` embed (to .npy) for a features-only checkpoint."""
+    """A whole process; `command` embed (to .npy) for a features-only checkpoint; `options`
+    more command-line options for ours (`--backend openvino`)."""
     count = len(list(photos.glob("*.jpg")))
     if name == "ours":
         out = out_dir / ("ours.jsonl" if command == "classify" else "ours.npy")
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "vithybrid_cli", command, str(photos)]
-        cmd += ["--model", str(ckpt), "-o", str(out)]
+        cmd += ["--model", str(ckpt), "-o", str(out), *options]
         wall, _, _ = run_child(cmd)
         import numpy as np
 
@@ -355,7 +361,12 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
         from vithybrid_cli.pipeline.runtime import prepare_model
 
         dtype = torch.bfloat16 if "bf16" in name else torch.float32
-        model = prepare_model(load_model(ckpt, dtype=dtype))
+        if name == "ours-openvino":  # our model, converted and run by OpenVINO (its default)
+            from vithybrid_cli.pipeline.backends import load_run_model
+
+            model = load_run_model(ckpt, backend="openvino")
+        else:
+            model = prepare_model(load_model(ckpt, dtype=dtype))
         runner = Runner(model, RunOptions(batch_size=BATCH))
         # What `classify` runs (logits only: the last block computes the CLS token alone); the
         # all-tokens variant is what `embed --pool mean` / `--tokens` and timm compute.
@@ -369,7 +380,12 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             return runner.forward(pixels, task)
 
     loaded = time.perf_counter()
-    return {"load_s": loaded - started, **time_calls(forward, int(iters))}
+    precision = "float32" if name.startswith("timm") and "bf16" not in name else "bfloat16"
+    if not name.startswith("timm"):
+        from vithybrid_cli.pipeline.backends import compute_dtype
+
+        precision = str(compute_dtype(model)).removeprefix("torch.")
+    return {"load_s": loaded - started, "precision": precision, **time_calls(forward, int(iters))}
 
 
 def time_calls(forward, iters: int, images: int = BATCH, clock=time.perf_counter) -> dict:

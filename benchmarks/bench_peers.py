@@ -14,6 +14,8 @@ OpenVINO IR. Each peer is run the way a competent user would run it:
                same DataLoader feeding an AsyncInferQueue, batch 8 (the IR has batch 8 fixed;
                a short last batch is padded)
   ours         `vithybrid classify DIR --model CKPT -o out.jsonl`, default settings
+  ours-openvino  the same with `--backend openvino`: our model converted and compiled by
+               OpenVINO in the package (its default precision), the cache warmed by a first run
   timm-fp32    timm's recipe (bench.worker_timm) in float32
 
 Sections (--only):
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -60,8 +63,11 @@ import bench  # noqa: E402
 
 BATCH = bench.BATCH
 SIDE = 384
-PIPELINES = ("ours", "timm-fp32", "onnxruntime", "openvino")
-MODELS = ("ours-bf16", "ours-fp32", "timm-fp32", "onnxruntime", "openvino")
+PIPELINES = ("ours", "ours-openvino", "timm-fp32", "onnxruntime", "openvino")
+MODELS = ("ours-bf16", "ours-openvino", "ours-fp32", "timm-fp32", "onnxruntime", "openvino")
+OPENVINO_BACKEND = ("--backend", "openvino")
+# the one-thread section runs each at its default precision (ours-bf16: torch's bf16 path)
+SINGLE_MODELS = ("ours-bf16", "ours-openvino", "onnxruntime", "openvino")
 SECTIONS = ("parity", "process", "model", "single", "roofline", "profile")
 # The model's forward cost at 384x384, one image (family.MEMBERS, torch's FlopCounter)
 GFLOPS_PER_IMAGE = 134.312
@@ -97,8 +103,9 @@ def bench_process(name: str, photos: Path, ckpt: Path, exports: dict, out_dir: P
     """One pipeline as a whole process; its wall time and CPU seconds."""
     count = len(list(photos.glob("*.jpg")))
     cpu = child_cpu_s()
-    if name == "ours":
-        result = bench.bench_pipeline("ours", photos, ckpt, out_dir)
+    if name in ("ours", "ours-openvino"):
+        options = OPENVINO_BACKEND if name == "ours-openvino" else ()
+        result = bench.bench_pipeline("ours", photos, ckpt, out_dir, options=options)
     else:
         if name == "timm-fp32":
             args = bench.worker("timm", str(photos), str(ckpt), str(out_dir), "fp32")
@@ -108,6 +115,21 @@ def bench_process(name: str, photos: Path, ckpt: Path, exports: dict, out_dir: P
         result = {"wall_s": wall, "images": count, "img_s": count / wall, **payload}
     result["cpu_s"] = child_cpu_s() - cpu
     return result
+
+
+def warm_openvino_backend(photos: Path, ckpt: Path, out_dir: Path) -> dict:
+    """`classify ONE.jpg --backend openvino` twice: the first converts and compiles our model
+    into the cache (untimed elsewhere, as a user's first run), the second finds it there."""
+    image = sorted(photos.glob("*.jpg"))[0]
+    cmd = [sys.executable, "-m", "vithybrid_cli", "classify", str(image), "--model", str(ckpt)]
+    cmd += ["-o", str(out_dir / "warm.jsonl"), *OPENVINO_BACKEND]
+    first, _, _ = bench.run_child(cmd)
+    second, _, _ = bench.run_child(cmd)
+    print(
+        f"--backend openvino, one photo: first run {first:.1f} s (converts and compiles), "
+        f"second {second:.1f} s (cached in {os.environ['VITHYBRID_CACHE']})"
+    )
+    return {"first_s": first, "second_s": second}
 
 
 def bench_model(name: str, ckpt: Path, exports: dict, iters: int) -> dict:
@@ -273,15 +295,26 @@ def worker_single(name: str, path: str, iters: str) -> dict:
     pool's barrier waits on its slowest (descheduled) thread, one thread waits on nothing."""
     pixels = random_pixels()
     if name == "onnxruntime":
-        session = ort_session(path, threads=1)
+        session, precision = ort_session(path, threads=1), "float32"
 
         def forward():
             return session.run(None, {"pixel_values": pixels})
     elif name == "openvino":
-        request = ov_compiled(path, threads=1).create_infer_request()
+        compiled = ov_compiled(path, threads=1)
+        request, precision = compiled.create_infer_request(), ov_precision(compiled)
 
         def forward():
             return request.infer({0: pixels})
+    elif name == "ours-openvino":
+        from vithybrid_cli.pipeline.backends import load_run_model
+        from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+
+        model = load_run_model(path, backend="openvino", threads=1)
+        runner, task = Runner(model, RunOptions()), classify_task(5, {})
+        precision = str(model.compute_dtype).removeprefix("torch.")
+
+        def forward():
+            return runner.forward(pixels, task)
     else:
         import torch
 
@@ -292,11 +325,13 @@ def worker_single(name: str, path: str, iters: str) -> dict:
         torch.set_num_threads(1)
         runner = Runner(prepare_model(load_model(path, dtype=torch.bfloat16)), RunOptions())
         task = classify_task(5, {})
+        precision = "bfloat16"
 
         def forward():
             return runner.forward(pixels, task)
 
-    return bench.time_calls(forward, int(iters), clock=time.process_time)
+    timed = bench.time_calls(forward, int(iters), clock=time.process_time)
+    return {**timed, "precision": precision}
 
 
 # ---------------------------------------------------------------------------- export and parity
@@ -485,13 +520,13 @@ def print_table(results: dict, roofline: dict | None) -> None:
         "| one thread, img per CPU s | precision |"
     )
     print("|---|---|---|---|---|---|---|")
-    model_name = {"ours": "ours-bf16", "timm-fp32": "timm-fp32"}
+    model_name = {"ours": "ours-bf16", "timm-fp32": "timm-fp32"}  # ours-openvino is both
     for name in PIPELINES:
         process = results.get(f"process:{name}", [])
         model = results.get(f"model:{model_name.get(name, name)}", [])
         single = results.get(f"single:{model_name.get(name, name)}", [])
-        default = "bfloat16" if name == "ours" else "float32"
-        precision = (process or model or [{}])[0].get("precision", default)
+        default = "bfloat16" if name.startswith("ours") else "float32"
+        precision = (model or single or process or [{}])[0].get("precision", default)
         cells = [
             spread([r["wall_s"] for r in process]) if process else "",
             spread([r["img_s"] for r in process]) if process else "",
@@ -560,6 +595,8 @@ def main() -> None:
     ckpt = bench.ensure_checkpoint(args.work)
     onnx_path, xml_path = ensure_exports(args.work, ckpt)
     exports = {"onnxruntime": onnx_path, "openvino": xml_path}
+    # --backend openvino caches its conversion here (children inherit it); timed runs find it warm
+    os.environ["VITHYBRID_CACHE"] = str(args.work / "vithybrid-cache")
     out_dir = Path(tempfile.mkdtemp(prefix="vithybrid-peers-"))
     info = bench.machine_info()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -573,6 +610,8 @@ def main() -> None:
     print(f"load average at start: {bench.loadavg()}\n")
 
     report: dict = {"machine": {**info, "isa": isa}}
+    if "ours-openvino" in pipelines + models and {"process", "model", "single"} & set(only):
+        report["openvino_first_run"] = warm_openvino_backend(photos, ckpt, out_dir)
     if "parity" in only:
         parity = bench.run_child(
             worker("parity", str(photos), str(ckpt), str(onnx_path), str(xml_path))
@@ -606,7 +645,8 @@ def main() -> None:
                     f"{result['best_img_s']:.2f} best (load {result['loadavg']})"
                 )
         if "single" in only:
-            for name in models if repeat % 2 == 0 else models[::-1]:
+            singles = [name for name in models if name in SINGLE_MODELS]
+            for name in singles if repeat % 2 == 0 else singles[::-1]:
                 path = exports.get(name, ckpt)
                 result = bench.run_child(worker("single", name, str(path), str(args.iters)))[1]
                 result["loadavg"] = bench.loadavg()
