@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.config import DEFAULT_MODEL_ID
-from .commands import Common, Inputs, app, ensure_parent, run_command
+from .commands import app
+from .common import Common, Inputs, ensure_parent, run_command
 from .options import (
     Backend,
     BackendOpt,
