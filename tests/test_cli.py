@@ -469,12 +469,12 @@ def test_debug_raises_instead_of_one_line(tiny, photos):
 
 
 def test_interrupt_exits_130(tiny, photos, monkeypatch):
-    import vithybrid_cli.cli.commands
+    import vithybrid_cli.cli.common
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vithybrid_cli.cli.commands.Common, "load", interrupted)
+    monkeypatch.setattr(vithybrid_cli.cli.common.Common, "load", interrupted)
     result = cli("classify", photos[0], "--model", tiny)
     assert result.exit_code == 130
     assert "interrupted" in result.stderr

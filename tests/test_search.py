@@ -378,3 +378,42 @@ def test_a_folder_of_parquet_parts_is_one_vectors_source(tmp_path, monkeypatch):
     result = cli("duplicates", "parts")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: parts: holds no .parquet parts (embed writes them)"
+
+
+def test_an_approximate_index_of_a_vectors_file_is_kept_for_the_next_run(tmp_path, monkeypatch):
+    pytest.importorskip("usearch")
+    from vithybrid_cli.search.index import ApproximateIndex
+
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path / "cache"))
+    array = np.random.default_rng(3).standard_normal((300, 16)).astype(np.float32)
+    array[200] = array[7] * 2  # the same direction: a near-duplicate of row 7
+    np.save(tmp_path / "v.npy", array)
+    (tmp_path / "v.paths.txt").write_text("".join(f"{i}.jpg\n" for i in range(300)))
+    vectors = read_vectors(str(tmp_path / "v.npy"))
+    saved = vectors.saved_index()
+    assert saved.parent == tmp_path / "cache" / "usearch" and not saved.exists()
+
+    built = ApproximateIndex(vectors.array, saved=saved)
+    assert not built.loaded and saved.is_file()
+    again = ApproximateIndex(vectors.array, saved=saved)
+    assert again.loaded
+    queries = array[:20]
+    first, second = built.search(queries, 5), again.search(queries, 5)
+    np.testing.assert_array_equal(first.indices, second.indices)
+    np.testing.assert_allclose(first.scores, second.scores)
+
+    saved.write_bytes(b"not an index")  # torn or foreign: built again, and rewritten
+    rebuilt = ApproximateIndex(vectors.array, saved=saved)
+    assert not rebuilt.loaded and ApproximateIndex(vectors.array, saved=saved).loaded
+
+    result = cli("duplicates", tmp_path / "v.npy", "--index", "approximate", "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert [group["paths"] for group in jsonl(result.stdout)] == [["7.jpg", "200.jpg"]]
+    kept = saved.stat().st_mtime_ns
+    result = cli("duplicates", tmp_path / "v.npy", "--index", "approximate", "-f", "jsonl")
+    assert [group["paths"] for group in jsonl(result.stdout)] == [["7.jpg", "200.jpg"]]
+    assert saved.stat().st_mtime_ns == kept  # loaded, not built and written again
+
+    np.save(tmp_path / "v.npy", array[::-1].copy())  # written again: another key, no stale graph
+    os.utime(tmp_path / "v.npy", ns=(1, 1))
+    assert read_vectors(str(tmp_path / "v.npy")).saved_index() != saved

@@ -87,13 +87,13 @@ def run_on_ray(
     common: Any, named: tuple, output: str | None, engine: RayOptions, step: str, task: dict
 ) -> int:
     """Check everything, then run `step` ("Classifier" or "Embedder", built with `task`'s
-    options) on Ray over the inputs `named` (commands.Inputs' fields) into folder
+    options) on Ray over the inputs `named` (common.Inputs' fields) into folder
     `output`; the exit status."""
     from rich.markup import escape
 
     from ..data.inputs import display_path
     from ..data.sources import require
-    from .commands import Inputs
+    from .common import Inputs
     from .walk import note_lines
 
     inputs = Inputs(*named)  # no inputs, or a missing cloud extra: one line

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .commands import app, run_command
+from .commands import app
+from .common import run_command
 from .options import Debug, Quiet, UserError, Workers
 from .render import stderr
 

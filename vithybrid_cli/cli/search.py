@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.config import DEFAULT_MODEL_ID
-from .commands import Common, Inputs, app, ensure_parent, run_command
+from .commands import app
+from .common import Common, Inputs, ensure_parent, run_command
 from .options import (
     Backend,
     BackendOpt,
@@ -246,8 +247,12 @@ def duplicates(
             )
         import torch  # noqa: F401 - before the clock starts: the search alone is timed
 
+        # a vectors file's approximate index is kept for the next run (search/index.py)
+        saved = vectors.saved_index() if bases and method == "approximate" else None
         started = time.perf_counter()
-        groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method, bases=bases)
+        groups = find_duplicates(
+            vectors.array, vectors.paths, threshold, index=method, bases=bases, saved=saved
+        )
         elapsed = time.perf_counter() - started
         records, review = group_records(groups, vectors.paths, keep.value if keep else None, bases)
         if fmt == "table":
@@ -379,7 +384,8 @@ def similar(
         check_settings(vectors, job_settings(runner, task))
         collected = CollectVectors()
         summary = common.run("embedded", inputs, runner, task, collected, SingleProcess())
-        found = nearest(vectors.array, collected.vectors().array, top_k, index.value)
+        saved = vectors.saved_index() if index.value == "approximate" else None
+        found = nearest(vectors.array, collected.vectors().array, top_k, index.value, saved)
         records, row = [], 0
         for result in collected.results:
             if not result.ok:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -209,3 +210,13 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):
         logger.debug("mallopt unavailable", exc_info=True)
     return _ALLOCATOR_TUNED
+
+
+def cache_root() -> Path:
+    """Where vithybrid keeps what it can make again (OpenVINO conversions, search indexes):
+    $VITHYBRID_CACHE, else $XDG_CACHE_HOME/vithybrid, else ~/.cache/vithybrid."""
+    if os.environ.get("VITHYBRID_CACHE"):
+        return Path(os.environ["VITHYBRID_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "vithybrid"
+    return Path.home() / ".cache" / "vithybrid"

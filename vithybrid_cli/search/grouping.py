@@ -21,6 +21,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,17 +154,21 @@ def find_duplicates(
     neighbours: int = NEIGHBOURS,
     compare_bytes: bool = True,
     bases: Sequence[str] = (),
+    saved: Path | None = None,
 ) -> list[Group]:
     """Duplicate groups among the rows of `array` (see the module docstring): near-duplicates
     at cosine >= `threshold` by the `index` (index.choose_index), and, with `compare_bytes`,
     rows whose `paths` are local files with the same bytes (relative ones looked up in the
-    current folder, then in `bases`)."""
+    current folder, then in `bases`). An approximate index is kept at `saved` (see
+    index.ApproximateIndex)."""
     from .index import choose_index, similar_pairs
 
     if len(array) < 2:
         return []
     method = choose_index(index, len(array))
-    pairs = similar_pairs(array, threshold, min(neighbours, len(array) - 1), index=method)
+    pairs = similar_pairs(
+        array, threshold, min(neighbours, len(array) - 1), index=method, saved=saved
+    )
     copies = same_bytes(paths, bases) if compare_bytes else []
     return group_duplicates(pairs, threshold, copies)
 

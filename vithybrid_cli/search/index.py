@@ -10,15 +10,27 @@ off (see benchmarks/README.md for the crossover).
 
 Scores are cosine similarities; ties keep the lower row first, so an exact copy that comes
 first in the file is the first answer.
+
+An approximate index built over a vectors file is kept (`saved_index_path`: in the cache,
+keyed by the file's path, size, modification time and shape, and usearch's version), so the
+next `similar` or `duplicates` over the same file loads it instead of building it again; a file
+written again gets a new key. Keeping it is best-effort: a cache that cannot be written only
+costs the next run the build.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
 QUERY_ROWS = 2048  # queries per product: the (QUERY_ROWS, BLOCK_ROWS) scores are 64 MiB
@@ -94,6 +106,7 @@ def similar_pairs(
     *,
     index: str = "exact",
     block_rows: int | None = None,
+    saved: Path | None = None,
 ) -> Iterator[tuple[int, int, float]]:
     """(row, other row, cosine) with row < other for pairs of `base` rows at or above
     `threshold`, each row's at most k strongest (per block of rows: the bound on memory).
@@ -101,12 +114,12 @@ def similar_pairs(
     Exact: the upper triangle of the N x N products, a (block_rows, block_rows) tile at a time
     (half the work of every row against every row); a tile's rows and columns with no score
     at or above the threshold (nearly all of them) cost one max. Approximate: each row's k
-    nearest from the index, rescored exactly.
+    nearest from the index (kept at `saved`, see ApproximateIndex), rescored exactly.
     """
     import torch
 
     if index == "approximate":
-        approximate = ApproximateIndex(base)
+        approximate = ApproximateIndex(base, saved=saved)
         for start in range(0, len(base), QUERY_ROWS):
             found = approximate.search(base[start : start + QUERY_ROWS], k + 1)
             yield from neighbour_pairs(start, found, threshold)
@@ -159,19 +172,46 @@ class ApproximateIndex:
     """An HNSW graph (usearch) over the normalized rows of `base`, built block by block, with
     vectors held in bfloat16 (half the memory of float32, and native arithmetic where the CPU
     has it). The graph only proposes candidates: their scores are computed again in float32
-    from `base`, so a score, and a threshold decision, is as exact as the exact search's."""
+    from `base`, so a score, and a threshold decision, is as exact as the exact search's.
 
-    def __init__(self, base: np.ndarray, block_rows: int = BLOCK_ROWS) -> None:
+    With `saved` (a file path), the graph is loaded from there when a graph of as many rows is
+    there, else built and written there for the next run (`loaded` says which)."""
+
+    def __init__(
+        self, base: np.ndarray, block_rows: int = BLOCK_ROWS, saved: Path | None = None
+    ) -> None:
         from ..data.sources import require
 
         require("usearch", "search")
         from usearch.index import Index
 
         self.base = base
+        self.loaded = False
+        if saved is not None and saved.is_file():
+            try:
+                index = Index.restore(str(saved))
+                if index is not None and len(index) == len(base) and index.ndim == base.shape[1]:
+                    self.index, self.loaded = index, True
+                    return
+            except Exception:  # a torn or foreign file: build it again
+                logger.debug("cannot load the index %s", saved, exc_info=True)
         self.index = Index(ndim=int(base.shape[1]), metric="ip", dtype="bf16", expansion_add=64)
         for start in range(0, len(base), block_rows):
             block = normalized(base[start : start + block_rows]).numpy()
             self.index.add(np.arange(start, start + len(block)), block)
+        if saved is not None:
+            self.save(saved)
+
+    def save(self, path: Path) -> None:
+        """Write the graph to `path` (whole or not at all); a failure is only logged."""
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.index.save(str(temporary))
+            os.replace(temporary, path)
+        except OSError:
+            logger.debug("cannot keep the index at %s", path, exc_info=True)
+            temporary.unlink(missing_ok=True)
 
     def search(self, queries: np.ndarray, k: int) -> Neighbours:
         import torch
@@ -201,13 +241,31 @@ class ApproximateIndex:
         return Neighbours(scores[:, :k].numpy(), indices[:, :k].numpy())
 
 
-def nearest(base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact") -> Neighbours:
-    """The k nearest rows of `base` for each query row, exactly or by an approximate index."""
+def nearest(
+    base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact", saved: Path | None = None
+) -> Neighbours:
+    """The k nearest rows of `base` for each query row, exactly or by an approximate index
+    (kept at `saved`, see ApproximateIndex)."""
     if len(queries) == 0:
         return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
     if index == "approximate":
-        return ApproximateIndex(base).search(queries, k)
+        return ApproximateIndex(base, saved=saved).search(queries, k)
     return exact_neighbours(base, queries, k)
+
+
+def saved_index_path(source: str, stamp: str, shape: tuple[int, ...]) -> Path:
+    """Where the approximate index of vectors file `source` is kept: in the cache, named by
+    the file's real path, its `stamp` (size and modification time), the shape and usearch's
+    version, so a rewritten file or another usearch never loads a stale graph."""
+    import usearch
+
+    from ..pipeline.runtime import cache_root
+
+    key = "\0".join(
+        [os.path.realpath(source), stamp, "x".join(map(str, shape)), usearch.__version__, "bf16"]
+    )
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+    return cache_root() / "usearch" / f"{digest}.usearch"
 
 
 def approximate_available() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,28 @@ class Vectors:
     def width(self) -> int:
         return int(self.array.shape[1])
 
+    def saved_index(self) -> Path:
+        """Where an approximate index of these vectors is kept (search.index.saved_index_path)."""
+        from .index import saved_index_path
+
+        return saved_index_path(self.source, source_stamp(self.source), tuple(self.array.shape))
+
     def __len__(self) -> int:
         return int(self.array.shape[0])
+
+
+def source_stamp(source: str) -> str:
+    """Size and modification time of a vectors file, or of every part of a folder of parts:
+    what changes when the vectors are written again."""
+    if not os.path.isdir(source):
+        info = os.stat(source)
+        return f"{info.st_size}:{info.st_mtime_ns}"
+    stamps = []
+    for name in sorted(os.listdir(source)):
+        if name.endswith(".parquet"):
+            info = os.stat(os.path.join(source, name))
+            stamps.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+    return "/".join(stamps)
 
 
 def is_vectors_file(spec: str) -> bool:

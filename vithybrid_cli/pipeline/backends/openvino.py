@@ -40,6 +40,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ..runtime import cache_root
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -107,15 +109,6 @@ def openvino_status() -> tuple[str, str] | None:
         return None
     ov = require_openvino()
     return ov.get_version().split("-")[0], effective_precision(compile_config())
-
-
-def cache_root() -> Path:
-    """$VITHYBRID_CACHE, else $XDG_CACHE_HOME/vithybrid, else ~/.cache/vithybrid."""
-    if os.environ.get("VITHYBRID_CACHE"):
-        return Path(os.environ["VITHYBRID_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "vithybrid"
-    return Path.home() / ".cache" / "vithybrid"
 
 
 def compile_config(
