@@ -218,3 +218,8 @@ def render_rows(rows: list[tuple[str, str]]) -> None:
     for key, value in rows:
         table.add_row(key, escape(value))
     stdout.print(table)
+
+
+def counted(count: int, noun: str) -> str:
+    """`1 label`, `2 labels`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

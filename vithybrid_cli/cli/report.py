@@ -10,7 +10,7 @@ import typer
 from .commands import app
 from .common import run_command
 from .options import Debug, Quiet, UserError, Workers
-from .render import stderr
+from .render import counted, stderr
 
 
 class ThumbFormat(str, Enum):
@@ -80,7 +80,7 @@ def summarize(done: Any, what: str, quiet: bool) -> None:
     stats = done.stats
     missing = f", {stats.missing} missing" if stats.missing else ""
     missing += f", {stats.removed} no longer shown removed" if stats.removed else ""
-    labels = f"{done.labels} labels, " if done.labels else ""
+    labels = f"{counted(done.labels, 'label')}, " if done.labels else ""
     stderr.print(
         f"{done.rows} {what} ({labels}{done.failed} failed); thumbnails: "
         f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "

@@ -37,7 +37,7 @@ from .options import (
     UserError,
     Workers,
 )
-from .render import stderr, stdout
+from .render import counted, stderr, stdout
 
 # The default threshold: imagededup's for CNN embeddings (min_similarity_threshold=0.9), the
 # usual cut for cosine similarity of a classifier's pooled features (see the guide).
@@ -293,10 +293,6 @@ def require_index(index: IndexChoice) -> None:
         from ..data.sources import require
 
         require("usearch", "search")
-
-
-def counted(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def others_path(output: str | None) -> str | None:
