@@ -251,6 +251,32 @@ def test_cli_classify_and_embed_match_torch_float32(tiny_checkpoint, photos, tmp
                                atol=ATOL)  # fmt: skip
 
 
+def test_duplicates_and_similar_with_the_openvino_backend(tiny_checkpoint, photos, tmp_path):
+    """duplicates embeds with the backend asked for (float32: torch's groups); similar embeds
+    its queries with the backend its vectors file recorded."""
+    common = ["--model", tiny_checkpoint, "--dtype", "float32", "-q", "-t", "0.999"]
+    groups = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / f"{backend}-groups.jsonl"
+        result = cli("duplicates", *photos, photos[0], *common, "-o", out, "--backend", backend)
+        assert result.exit_code == 0, result.stderr
+        groups[backend] = [group["paths"] for group in jsonl(out.read_text())]
+    assert groups["openvino"] == groups["torch"]
+    assert [str(photos[0])] * 2 in groups["torch"]  # the file given twice: exact copies
+    vectors = tmp_path / "v.npy"
+    result = cli("embed", *photos, "--model", tiny_checkpoint, "--dtype", "float32", "-q",
+                 "-o", vectors, "--backend", "openvino")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "v.settings.json").read_text())["backend"] == "openvino"
+    result = cli("similar", photos[1], "--in", vectors, "-k", 2, "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    [record] = jsonl(result.stdout)
+    assert record["matches"][0]["path"] == str(photos[1])
+    assert record["matches"][0]["score"] == pytest.approx(1.0, abs=1e-5)  # the same backend
+    result = cli("similar", photos[1], "--in", vectors, "--backend", "torch")
+    assert_clean_error(result, "was written with --backend openvino, not torch")
+
+
 def test_resume_across_backends_is_refused(tiny_checkpoint, photos, tmp_path):
     out = tmp_path / "out.jsonl"
     common = ["--model", tiny_checkpoint, "--dtype", "float32", "-q", "-o", out]

@@ -90,9 +90,16 @@ def local_ray():
     """A Ray of this process's own, 2 CPUs, small object store; the CLI runs on it in-process."""
     ray = pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="vhray", dir="/tmp")  # Ray's socket paths must stay short
+    # workers inherit the environment Ray starts with: --backend openvino's cache in the test's
+    previous = os.environ.get("VITHYBRID_CACHE")
+    os.environ["VITHYBRID_CACHE"] = os.path.join(temp, "vithybrid-cache")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE, _temp_dir=temp)
     yield ray
     ray.shutdown()
+    if previous is None:
+        del os.environ["VITHYBRID_CACHE"]
+    else:
+        os.environ["VITHYBRID_CACHE"] = previous
 
 
 # ---------------------------------------------------------------------------- one machine
@@ -120,6 +127,25 @@ def test_classify_on_ray_matches_the_local_engine(local_ray, tiny, folder, tmp_p
     assert pq.read_schema(part).remove_metadata().equals(local_schema.remove_metadata())
     settings = json.loads((tmp_path / "parts" / "_vithybrid.json").read_text())["settings"]
     assert settings["top-k"] == 3 and settings["dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_classify_on_ray_with_openvino_matches_local_torch(local_ray, tiny, folder, tmp_path):
+    """The model actors convert and run our model with OpenVINO (float32): the local torch
+    engine's labels, and the parts record the backend."""
+    pytest.importorskip("openvino")
+    local = cli("classify", folder, "-o", tmp_path / "local.parquet", "--model", tiny,
+                "--dtype", "float32", "-k", 3)  # fmt: skip
+    assert local.exit_code == 1, local.output
+    result = cli("classify", folder, "-o", tmp_path / "parts", "--engine", "ray", "--model", tiny,
+                 "--dtype", "float32", "-k", 3, "--backend", "openvino")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"{N_IMAGES} labeled, 2 failed in" in result.output
+    assert_records_match(read_parts(tmp_path / "parts"), read_local(tmp_path / "local.parquet"))
+    settings = json.loads((tmp_path / "parts" / "_vithybrid.json").read_text())["settings"]
+    assert settings["backend"] == "openvino" and settings["dtype"] == "float32"
+    cache = Path(os.environ["VITHYBRID_CACHE"], "openvino")  # the fixture's, the actors' too
+    assert list(cache.glob("*/model.xml"))
 
 
 @pytest.mark.slow
