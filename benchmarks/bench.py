@@ -380,8 +380,9 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
             return runner.forward(pixels, task)
 
     loaded = time.perf_counter()
-    precision = "float32" if name.startswith("timm") and "bf16" not in name else "bfloat16"
-    if not name.startswith("timm"):
+    if name.startswith("timm"):
+        precision = "bfloat16" if "bf16" in name else "float32"
+    else:
         from vithybrid_cli.pipeline.backends import compute_dtype
 
         precision = str(compute_dtype(model)).removeprefix("torch.")
