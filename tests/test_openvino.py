@@ -150,6 +150,26 @@ def test_bfloat16_agrees_within_bf16_rounding(tiny_checkpoint, torch_model, pixe
     assert not torch.equal(got, want)  # it did run in bf16
 
 
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf16")
+def test_a_bfloat16_model_after_a_float32_one_in_one_process_is_right(
+    tiny_checkpoint, torch_model, pixels, tmp_path, monkeypatch
+):
+    # One compiled-blob folder shared by both precisions gave NaN or wrong values for the bf16
+    # model compiled second (Sapphire Rapids, OpenVINO 2026.4): the cache keeps them apart.
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path))
+    want = torch_model(pixels).last_hidden_state
+    scale = want.abs().max().item()
+    first = vh.load_model(tiny_checkpoint, dtype="float32", backend="openvino")
+    close(first(pixels).last_hidden_state, want)
+    for _ in range(2):  # compiled, then from the compiled cache
+        second = vh.load_model(tiny_checkpoint, dtype="bfloat16", backend="openvino")
+        got = second(pixels).last_hidden_state
+        assert torch.isfinite(got).all()
+        close(got, want, atol=0.05 * scale)
+    compiled = tmp_path / "openvino" / "compiled"
+    assert {path.name for path in compiled.iterdir()} == {"f32", "bf16"}
+
+
 def test_auto_records_the_precision_openvino_compiled(tiny_checkpoint, pixels):
     from vithybrid_cli.pipeline.job import job_settings
     from vithybrid_cli.pipeline.runner import Runner, embed_task

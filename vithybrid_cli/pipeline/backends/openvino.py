@@ -8,9 +8,9 @@ How: `OpenVINOModel` wraps a float32 CPU ViTHybrid. The first call with a given 
 outputs a task reads: CLS only, all tokens, or all tokens with attention maps) and input size
 converts the model with OpenVINO's PyTorch frontend (traced; batch dynamic, height and width fixed)
 and saves the IR in float32 under the cache (`cache_root()`/openvino/KEY/). Later calls, and later
-processes, load that IR; OpenVINO's own CACHE_DIR (`cache_root()`/openvino/compiled) keeps the
-compiled blobs, so a second run neither converts nor compiles. An IR is written to a temporary
-folder and renamed into place, so processes racing on one key (torchrun ranks) are safe: the first
+processes, load that IR; OpenVINO's own CACHE_DIR (`cache_root()`/openvino/compiled/PRECISION,
+one folder per precision) keeps the compiled blobs, so a second run neither converts nor compiles.
+An IR is written to a temporary folder and renamed into place, so processes racing on one key (torchrun ranks) are safe: the first
 rename wins, the others drop theirs.
 
 Precision: dtype auto leaves OpenVINO's default (bf16 where the CPU has it, else f32); float32,
@@ -316,7 +316,11 @@ class OpenVINOModel:
         self.precision = effective_precision(self.compile_config)
         self.compute_dtype = getattr(torch, TORCH_DTYPES[self.precision])
         self.core = ov.Core()
-        self.core.set_property({"CACHE_DIR": str(cache_root() / "openvino" / "compiled")})
+        # One compiled-blob folder per precision: with one folder, a bf16 model compiled after
+        # an f32 one in the same process read wrong values (NaN on Sapphire Rapids, OpenVINO
+        # 2026.4); apart, each precision's blobs are reused and right.
+        compiled = cache_root() / "openvino" / "compiled" / self.precision
+        self.core.set_property({"CACHE_DIR": str(compiled)})
         self.compiled: dict[Variant, Compiled] = {}
         self._fingerprint: str | None = None
 
