@@ -10,8 +10,8 @@ converts the model with OpenVINO's PyTorch frontend (traced; batch dynamic, heig
 and saves the IR in float32 under the cache (`cache_root()`/openvino/KEY/). Later calls, and later
 processes, load that IR; OpenVINO's own CACHE_DIR (`cache_root()`/openvino/compiled/PRECISION,
 one folder per precision) keeps the compiled blobs, so a second run neither converts nor compiles.
-An IR is written to a temporary folder and renamed into place, so processes racing on one key (torchrun ranks) are safe: the first
-rename wins, the others drop theirs.
+An IR is written to a temporary folder and renamed into place, so processes racing on one key
+(torchrun ranks) are safe: the first rename wins, the others drop theirs.
 
 Precision: dtype auto leaves OpenVINO's default (bf16 where the CPU has it, else f32); float32,
 bfloat16 and float16 set INFERENCE_PRECISION_HINT (a CPU without f16 runs bf16 or f32 instead).
