@@ -12,28 +12,28 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from .formats import _sniff_head, known_extension
-from .items import InputError, InputItem, _os_message, _Scope
+from .formats import known_extension, sniff_image
+from .items import InputError, InputItem, Scope, os_message
 from .sources import SourceError, TarMemberOpener, index_tar, iter_tar
 
 
-def _expand_local_tar(path: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def expand_local_tar(path: str, scope: Scope) -> Iterator[InputItem | InputError]:
     """A local archive's image members; an uncompressed one is indexed by its headers alone."""
     if path.lower().endswith(".tar"):
         indexed = _expand_indexed_tar(path, scope)
         if indexed is not None:
             yield from indexed
             return
-    yield from _expand_tar(path, lambda: open(path, "rb"), scope)  # noqa: SIM115 - closed there
+    yield from expand_tar(path, lambda: open(path, "rb"), scope)  # noqa: SIM115 - closed there
 
 
-def _expand_indexed_tar(path: str, scope: _Scope) -> Iterator[Any] | None:
+def _expand_indexed_tar(path: str, scope: Scope) -> Iterator[Any] | None:
     """An uncompressed archive's members as items that read their bytes when opened, or None
     when `path` is no such archive (a compressed one named .tar: read as a stream instead)."""
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed by the generator below
     except OSError as error:
-        return iter([InputError(path, _os_message(error))])
+        return iter([InputError(path, os_message(error))])
     members = index_tar(file, scope.options, _wanted_member)
     try:
         first = next(members, None)
@@ -62,8 +62,8 @@ def _expand_indexed_tar(path: str, scope: _Scope) -> Iterator[Any] | None:
     return items()
 
 
-def _expand_tar(
-    archive: str, open_stream: Callable[[], BinaryIO], scope: _Scope
+def expand_tar(
+    archive: str, open_stream: Callable[[], BinaryIO], scope: Scope
 ) -> Iterator[InputItem | InputError]:
     """Each image member of `archive` as an item holding its bytes, path `ARCHIVE/MEMBER`.
 
@@ -77,7 +77,7 @@ def _expand_tar(
         yield InputError(archive, error.message)
         return
     except OSError as error:
-        yield InputError(archive, _os_message(error))
+        yield InputError(archive, os_message(error))
         return
     with stream:
         try:
@@ -101,4 +101,4 @@ def _wanted_member(name: str, head: bytes) -> bool:
     # Hidden members (macOS' ._name.jpg resource forks, .git/...) are skipped, as a walk does.
     if any(part.startswith(".") for part in name.split("/")):
         return False
-    return known_extension(name) or _sniff_head(head)
+    return known_extension(name) or sniff_image(head)

@@ -5,7 +5,7 @@ the optional extras (HEIC/HEIF: pillow-heif; JPEG XL: pillow-jxl-plugin).
 decode path calls it (preprocess.load_image does, so the local decode threads and torchrun
 ranks do, and so must any other engine's workers); it imports and registers once per process
 and is a flag check after that. The folder walk asks `decodable_extensions()` what to take and
-`missing_format()` what to count as skipped, `_sniff_head()` whether a file's first bytes
+`missing_format()` what to count as skipped, `sniff_image()` whether a file's first bytes
 start an image; decoding asks `sniff_missing()` for the hint of a file it cannot identify.
 """
 
@@ -154,7 +154,7 @@ def missing_format(name: str) -> ImageFormat | None:
 
 
 def sniff(head: bytes) -> ImageFormat | None:
-    """HEIF, AVIF or JPEG XL from a file's first 12 bytes (Pillow's own: see _sniff_head)."""
+    """HEIF, AVIF or JPEG XL from a file's first 12 bytes (Pillow's own: see sniff_image)."""
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _AVIF_BRANDS:
@@ -172,7 +172,7 @@ def sniff_decodable(head: bytes) -> bool:
     return fmt is not None and fmt.extensions[0] in decodable_extensions()
 
 
-def _sniff_head(head: bytes) -> bool:
+def sniff_image(head: bytes) -> bool:
     """True when `head` (a file's first 12 bytes) starts a JPEG, PNG, GIF, BMP, TIFF or WEBP,
     or a HEIF, AVIF or JPEG XL file that this install decodes."""
     return (

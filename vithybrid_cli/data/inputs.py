@@ -11,37 +11,23 @@ resume. Local paths stay `str` as the OS gave them (undecodable bytes as surroga
 os.fsdecode), so they still open; display_path() makes them printable.
 
 This module is the dispatch: which reader a spec goes to. The readers live by source: walk.py
-(local files, folders, globs), archives.py (tar archives), remote.py (object stores), lists.py
-(stdin and list files); items.py holds the types they yield.
+(local files, folders, globs), archives.py (tar archives), remote.py (http(s) URLs and object
+stores), lists.py (stdin and list files); items.py holds the types they yield.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from .archives import _expand_tar
 from .formats import decodable_extensions
-from .items import InputError, InputItem, WalkNotes, _Scope
-from .lists import _isatty, _read_list, _read_stdin
-from .remote import _expand_remote
-from .sources import (
-    RemoteOptions,
-    SourceError,
-    UrlOpener,
-    is_http_url,
-    is_remote,
-    is_tar_name,
-    open_url_stream,
-)
-from .walk import _expand_local
-
-STDIN = "-"
+from .items import InputError, InputItem, Scope, WalkNotes
+from .lists import STDIN, read_list, stdin_item
+from .remote import expand_remote, expand_url
+from .sources import RemoteOptions, is_http_url, is_remote
+from .walk import expand_local
 
 
 def iter_inputs(
@@ -72,7 +58,7 @@ def iter_inputs(
     if files_from == STDIN and STDIN in specs:
         raise ValueError("'-' reads an image from stdin, so --files-from cannot also be '-'")
     excluded = frozenset(os.path.realpath(os.fsdecode(path)) for path in exclude)
-    scope = _Scope(
+    scope = Scope(
         options or RemoteOptions(),
         notes if notes is not None else WalkNotes(),
         excluded,
@@ -108,7 +94,9 @@ def _compressed_archive(spec: str) -> bool:
 
 @dataclass
 class _Expander:
-    scope: _Scope
+    """The stream of one iter_inputs call: each spec handed to the reader of its source."""
+
+    scope: Scope
     stdin: TextIO | None
     list_on_stdin: bool
 
@@ -116,7 +104,7 @@ class _Expander:
         for spec in specs:
             yield from self.expand(spec)
         if files_from is not None:
-            for spec in _read_list(files_from, self.stdin):
+            for spec in read_list(files_from, self.stdin):
                 if isinstance(spec, InputError):
                     yield spec
                 else:
@@ -124,28 +112,10 @@ class _Expander:
 
     def expand(self, spec: str) -> Iterator[InputItem | InputError]:
         if spec == STDIN:
-            yield self._stdin_item()
+            yield stdin_item(self.stdin, self.scope.options, list_on_stdin=self.list_on_stdin)
         elif is_http_url(spec):
-            yield from self._expand_url(spec)
+            yield from expand_url(spec, self.scope)
         elif is_remote(spec):
-            yield from _expand_remote(spec, self.scope)
+            yield from expand_remote(spec, self.scope)
         else:
-            yield from _expand_local(spec, self.scope)
-
-    def _stdin_item(self) -> InputItem | InputError:
-        if self.list_on_stdin:
-            return InputError(STDIN, "stdin holds the --files-from list, not an image")
-        stream = self.stdin if self.stdin is not None else sys.stdin
-        if stream is None or _isatty(stream):
-            return InputError(STDIN, "stdin is a terminal: pipe an image into it")
-        data = _read_stdin(stream, self.scope.options)
-        if isinstance(data, SourceError):
-            return InputError(STDIN, data.message)
-        return InputItem(STDIN, functools.partial(io.BytesIO, data))
-
-    def _expand_url(self, url: str) -> Iterator[InputItem | InputError]:
-        if is_tar_name(url.split("?", 1)[0].split("#", 1)[0]):
-            opener = functools.partial(open_url_stream, url, self.scope.options)
-            yield from _expand_tar(url, opener, self.scope)
-        else:
-            yield InputItem(url, UrlOpener(url, self.scope.options))
+            yield from expand_local(spec, self.scope)

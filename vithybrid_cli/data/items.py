@@ -1,6 +1,6 @@
 """The input types every reader of inputs yields and shares: InputItem (an image and how to open
 its bytes), InputError (a name that yields no image), WalkNotes (what the walks left out, for the
-CLI's summary), display_path(), and the rules one stream's walks follow (_Scope).
+CLI's summary), display_path(), and the rules one stream's walks follow (Scope).
 
 Local paths stay `str` as the OS gave them (undecodable bytes as surrogates, see os.fsdecode), so
 they still open; display_path() makes them printable.
@@ -17,7 +17,7 @@ from typing import BinaryIO
 from .formats import extension, for_extension
 from .sources import RemoteOptions
 
-_GLOB_MAGIC = re.compile(r"[*?[]")
+GLOB_MAGIC = re.compile(r"[*?[]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -83,7 +83,7 @@ def display_path(path: str) -> str:
 
 
 @dataclass
-class _Scope:
+class Scope:
     """The rules every walk of one stream follows, and the notes it keeps."""
 
     options: RemoteOptions
@@ -134,10 +134,12 @@ class _Scope:
             real, path = parent, os.path.dirname(path) or parent
 
     def skipped(self) -> int:
+        """How many walked files were left out as undecodable so far (all walks of the stream)."""
         return sum(self.notes.undecodable.values())
 
 
-def _os_message(error: OSError) -> str:
+def os_message(error: OSError) -> str:
+    """A local file's OSError as a short lower-case message (`permission denied`)."""
     if isinstance(error, PermissionError):
         return "permission denied"
     return (error.strerror or str(error)).lower()

@@ -1,17 +1,36 @@
-"""Stdin and list files: `-`'s one image read from stdin, and the specs of a --files-from list
-(a file or stdin), one per line.
+"""Stdin and list files: `-`'s one image read from stdin (stdin_item), and the specs of a
+--files-from list (a file or stdin), one per line (read_list).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from .items import InputError, _os_message
+from .items import InputError, InputItem, os_message
 from .sources import RemoteOptions, SourceError, read_capped
+
+STDIN = "-"
+
+
+def stdin_item(
+    stdin: TextIO | None, options: RemoteOptions, *, list_on_stdin: bool
+) -> InputItem | InputError:
+    """`-`: the image piped into `stdin` (None: sys.stdin), its bytes read once; an error when
+    stdin is a terminal or holds the --files-from list (`list_on_stdin`)."""
+    if list_on_stdin:
+        return InputError(STDIN, "stdin holds the --files-from list, not an image")
+    stream = stdin if stdin is not None else sys.stdin
+    if stream is None or _isatty(stream):
+        return InputError(STDIN, "stdin is a terminal: pipe an image into it")
+    data = _read_stdin(stream, options)
+    if isinstance(data, SourceError):
+        return InputError(STDIN, data.message)
+    return InputItem(STDIN, functools.partial(io.BytesIO, data))
 
 
 def _isatty(stream: Any) -> bool:
@@ -32,7 +51,7 @@ def _read_stdin(stream: Any, options: RemoteOptions) -> bytes | SourceError:
     return data if isinstance(data, bytes) else os.fsencode(data)
 
 
-def _read_list(files_from: str, stdin: TextIO | None) -> Iterator[str | InputError]:
+def read_list(files_from: str, stdin: TextIO | None) -> Iterator[str | InputError]:
     """Specs from a list file, one per line; blank lines and '#' comments skipped."""
     if files_from == "-":
         yield from _list_lines(_lines_of(stdin if stdin is not None else sys.stdin))
@@ -40,7 +59,7 @@ def _read_list(files_from: str, stdin: TextIO | None) -> Iterator[str | InputErr
     try:
         handle = open(files_from, "rb")  # noqa: SIM115 - closed below, after a lazy read
     except OSError as error:
-        yield InputError(files_from, f"cannot read list file: {_os_message(error)}")
+        yield InputError(files_from, f"cannot read list file: {os_message(error)}")
         return
     with handle:
         yield from _list_lines(os.fsdecode(line) for line in handle)

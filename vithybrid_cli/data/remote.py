@@ -1,36 +1,50 @@
-"""Object stores (fsspec buckets): an object, a folder walked one listing at a time, a glob; tar
-archives among them are read by archives.py.
+"""Remote inputs: http(s) URLs (an image downloaded when opened) and object stores (fsspec
+buckets: an object, a folder walked one listing at a time, a glob); tar archives among them are
+read by archives.py.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
-from .archives import _expand_tar
+from .archives import expand_tar
 from .formats import known_extension
-from .items import _GLOB_MAGIC, InputError, InputItem, _Scope
+from .items import GLOB_MAGIC, InputError, InputItem, Scope
 from .sources import (
     RemoteFileOpener,
     SourceError,
+    UrlOpener,
     describe_os_error,
     is_tar_name,
+    open_url_stream,
     remote_filesystem,
 )
 
 
-def _expand_remote(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def expand_url(url: str, scope: Scope) -> Iterator[InputItem | InputError]:
+    """An http(s) URL: one image, downloaded when opened, or a tar archive's members, streamed."""
+    if is_tar_name(url.split("?", 1)[0].split("#", 1)[0]):
+        opener = functools.partial(open_url_stream, url, scope.options)
+        yield from expand_tar(url, opener, scope)
+    else:
+        yield InputItem(url, UrlOpener(url, scope.options))
+
+
+def expand_remote(spec: str, scope: Scope) -> Iterator[InputItem | InputError]:
+    """A `scheme://` object-store spec: an object, a folder (walked), a glob or a tar archive."""
     options = scope.options
     try:
         fs, root = remote_filesystem(spec)
     except SourceError as error:
         yield InputError(spec, error.message)
         return
-    if _GLOB_MAGIC.search(root):
+    if GLOB_MAGIC.search(root):
         yield from _expand_remote_glob(fs, spec, root, scope)
         return
     if is_tar_name(root):
-        yield from _expand_tar(spec, RemoteFileOpener(fs, root, options, capped=False), scope)
+        yield from expand_tar(spec, RemoteFileOpener(fs, root, options, capped=False), scope)
         return
     if known_extension(root) and not spec.endswith("/"):
         yield InputItem(spec, RemoteFileOpener(fs, root, options))  # no round trip to check
@@ -46,10 +60,10 @@ def _expand_remote(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]
         yield InputItem(spec, RemoteFileOpener(fs, root, options, size=info.get("size")))
 
 
-def _remote_item(fs: Any, url: str, info: dict, scope: _Scope) -> Iterator[Any]:
+def _remote_item(fs: Any, url: str, info: dict, scope: Scope) -> Iterator[Any]:
     path, options = info["name"], scope.options
     if is_tar_name(path):
-        yield from _expand_tar(url, RemoteFileOpener(fs, path, options, capped=False), scope)
+        yield from expand_tar(url, RemoteFileOpener(fs, path, options, capped=False), scope)
     elif not scope.skips_undecodable(path):
         yield InputItem(url, RemoteFileOpener(fs, path, options, size=info.get("size")))
 
@@ -60,7 +74,7 @@ def _remote_wanted(info: dict) -> bool:
     return info.get("type") == "file" and (known_extension(name) or is_tar_name(name))
 
 
-def _walk_remote(fs: Any, spec: str, root: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def _walk_remote(fs: Any, spec: str, root: str, scope: Scope) -> Iterator[InputItem | InputError]:
     """Depth-first and name-sorted like the local walk, one listing at a time; dot names skipped."""
     found = False
     base, root = spec.rstrip("/"), root.rstrip("/")
@@ -100,7 +114,7 @@ def _remote_listing(fs: Any, directory: str) -> list[dict]:
 
 
 def _expand_remote_glob(
-    fs: Any, spec: str, pattern: str, scope: _Scope
+    fs: Any, spec: str, pattern: str, scope: Scope
 ) -> Iterator[InputItem | InputError]:
     try:
         matches = fs.glob(pattern, detail=True)
@@ -118,7 +132,7 @@ def _expand_remote_glob(
         yield InputError(spec, "glob matched no files")
         return
     # Record paths keep the user's spelling of the part before the first wildcard.
-    cut = spec.rfind("/", 0, _GLOB_MAGIC.search(spec).start())
+    cut = spec.rfind("/", 0, GLOB_MAGIC.search(spec).start())
     base = spec[:cut]
     try:
         root = remote_filesystem(base + "/")[1].rstrip("/") if "://" in base else None

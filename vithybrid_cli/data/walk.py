@@ -12,9 +12,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .archives import _expand_local_tar
-from .formats import _sniff_head, known_extension
-from .items import _GLOB_MAGIC, InputError, InputItem, _os_message, _Scope, display_path
+from .archives import expand_local_tar
+from .formats import known_extension, sniff_image
+from .items import GLOB_MAGIC, InputError, InputItem, Scope, display_path, os_message
 from .sources import is_tar_name
 
 logger = logging.getLogger(__name__)
@@ -26,33 +26,34 @@ _SNIFF_BYTES = 12
 # Local specs
 
 
-def _expand_local(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def expand_local(spec: str, scope: Scope) -> Iterator[InputItem | InputError]:
+    """A local spec: a file (taken as named), a folder (walked), a tar archive or a glob."""
     try:
         info = os.stat(spec)
     except FileNotFoundError:
         yield from _expand_missing(spec, scope)
         return
     except OSError as error:
-        yield InputError(spec, _os_message(error))
+        yield InputError(spec, os_message(error))
         return
     if stat.S_ISDIR(info.st_mode):
         yield from _walk_directory(spec, scope)
     elif is_tar_name(spec):
-        yield from _expand_local_tar(spec, scope)
+        yield from expand_local_tar(spec, scope)
     else:
         yield InputItem(spec)  # named explicitly: decoding decides whether it is an image
 
 
-def _expand_missing(spec: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def _expand_missing(spec: str, scope: Scope) -> Iterator[InputItem | InputError]:
     if os.path.lexists(spec):
         yield InputError(spec, "broken symbolic link")
-    elif _GLOB_MAGIC.search(spec):
+    elif GLOB_MAGIC.search(spec):
         yield from _expand_glob(spec, scope)
     else:
         yield InputError(spec, "no such file or directory")
 
 
-def _expand_glob(pattern: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def _expand_glob(pattern: str, scope: Scope) -> Iterator[InputItem | InputError]:
     # Sorting needs every match, so a glob (unlike a directory walk) is materialised.
     matches = {path for path in glob.iglob(pattern, recursive=True) if _is_image_file(path)}
     matches = {path for path in matches if not scope.skips_output_within(path)}
@@ -64,7 +65,7 @@ def _expand_glob(pattern: str, scope: _Scope) -> Iterator[InputItem | InputError
         return
     for path in sorted(matches, key=_path_sort_key):
         if is_tar_name(path):
-            yield from _expand_local_tar(path, scope)
+            yield from expand_local_tar(path, scope)
         else:
             yield InputItem(path)
 
@@ -89,20 +90,20 @@ def _is_image_file(path: str) -> bool:
 
 
 def _sniff(path: str) -> bool:
-    """True when the file starts like an image this install decodes (see _sniff_head)."""
+    """True when the file starts like an image this install decodes (see sniff_image)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
     except OSError:
         return False
-    return _sniff_head(head)
+    return sniff_image(head)
 
 
 # --------------------------------------------------------------------------------------------
 # Directory walk
 
 
-def _walk_directory(root: str, scope: _Scope) -> Iterator[InputItem | InputError]:
+def _walk_directory(root: str, scope: Scope) -> Iterator[InputItem | InputError]:
     found, skipped = False, scope.skipped()
     for result in _Walk(root, scope):
         found = found or isinstance(result, InputItem)
@@ -130,7 +131,7 @@ class _Walk:
     """
 
     root: str
-    scope: _Scope
+    scope: Scope
     root_real: str = ""
     on_path: set[tuple[int, int]] = field(default_factory=set)
     external_dirs: set[tuple[int, int]] = field(default_factory=set)
@@ -142,7 +143,7 @@ class _Walk:
         try:
             root_key = _key(os.stat(self.root))
         except OSError as error:
-            yield InputError(self.root, _os_message(error))
+            yield InputError(self.root, os_message(error))
             return
         yield from self._enter(stack, self.root, root_key, external=False)
         while stack:
@@ -160,7 +161,7 @@ class _Walk:
         try:
             entries = _sorted_entries(path)
         except OSError as error:
-            yield InputError(path, f"cannot read directory: {_os_message(error)}")
+            yield InputError(path, f"cannot read directory: {os_message(error)}")
             return
         self.on_path.add(key)
         stack.append(_Frame(path, key, iter(entries), external))
@@ -184,7 +185,7 @@ class _Walk:
         if is_dir:
             yield from self._visit_dir(stack, entry, is_link, frame.external)
         elif is_tar_name(entry.name):
-            yield from _expand_local_tar(entry.path, self.scope)
+            yield from expand_local_tar(entry.path, self.scope)
         elif not self.scope.skips_undecodable(entry.name):
             yield InputItem(entry.path)
 
