@@ -295,7 +295,7 @@ def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatc
 
 
 def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
-    from vithybrid_cli.data.inputs import InputItem
+    from vithybrid_cli.data.items import InputItem
     from vithybrid_cli.pipeline.job import CollectOutput, run_job
     from vithybrid_cli.pipeline.runner import Runner, classify_task
 
@@ -498,7 +498,7 @@ KINDS = ["good", "good", "empty", "text", "truncated", "missing", "input-error",
 )
 def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch_size, workers,
                                               shard):  # fmt: skip
-    from vithybrid_cli.data.inputs import InputError, InputItem
+    from vithybrid_cli.data.items import InputError, InputItem
     from vithybrid_cli.pipeline.job import select
     from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
 

@@ -33,7 +33,7 @@ from batchkit import (
     write_list,
 )
 
-from vithybrid_cli.data.inputs import InputItem
+from vithybrid_cli.data.items import InputItem
 from vithybrid_cli.pipeline.job import JournalOutput, select
 from vithybrid_cli.pipeline.journal import journal_dir
 from vithybrid_cli.pipeline.runner import Result

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from vithybrid_cli.cli import app
 from vithybrid_cli.data import formats
-from vithybrid_cli.data.inputs import InputError, InputItem, WalkNotes, iter_inputs
+from vithybrid_cli.data.inputs import iter_inputs
+from vithybrid_cli.data.items import InputError, InputItem, WalkNotes
 from vithybrid_cli.data.preprocess import ImageError, load_and_preprocess, load_image
 from vithybrid_cli.model.config import PreprocessConfig
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from vithybrid_cli.data import inputs
+from vithybrid_cli.data import walk
 from vithybrid_cli.data.formats import decodable_extensions
-from vithybrid_cli.data.inputs import (
+from vithybrid_cli.data.inputs import iter_inputs
+from vithybrid_cli.data.items import (
     InputError,
     InputItem,
     display_path,
-    iter_inputs,
 )
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16
@@ -187,7 +187,7 @@ def test_symlink_loop_terminates(tmp_path, caplog):
     _touch(root / "a" / "1.jpg")
     os.symlink("..", root / "a" / "up")
     os.symlink(root, root / "a" / "self")
-    with caplog.at_level("WARNING", logger="vithybrid_cli.data.inputs"):
+    with caplog.at_level("WARNING", logger="vithybrid_cli.data.walk"):
         results = list(iter_inputs([str(root)], follow_links=True))
     assert _rel(results, root) == [os.path.join("a", "1.jpg")]
     assert "symlink loop" in caplog.text
@@ -250,7 +250,7 @@ def test_unreadable_directory_via_scandir_failure(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr(inputs.os, "scandir", scandir)
+    monkeypatch.setattr(walk.os, "scandir", scandir)
     results = list(iter_inputs([str(root)]))
     assert results[1] == InputError(str(root / "b"), "cannot read directory: permission denied")
     assert _rel([results[0], results[2]], root) == [
@@ -290,7 +290,7 @@ def test_large_tree_is_streamed_lazily(tmp_path, monkeypatch):
         calls.append(os.fspath(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(inputs.os, "scandir", counting_scandir)
+    monkeypatch.setattr(walk.os, "scandir", counting_scandir)
     stream = iter_inputs([str(root)])
     first = next(stream)
     assert first == InputItem(str(root / "d00" / "f00.jpg"))

@@ -30,7 +30,8 @@ from typer.testing import CliRunner
 
 from vithybrid_cli.cli import app
 from vithybrid_cli.data import sources
-from vithybrid_cli.data.inputs import InputError, InputItem, cheap_to_count, iter_inputs
+from vithybrid_cli.data.inputs import cheap_to_count, iter_inputs
+from vithybrid_cli.data.items import InputError, InputItem
 from vithybrid_cli.data.preprocess import ImageError, load_and_preprocess, load_image
 from vithybrid_cli.data.sources import RemoteOptions, SourceError, fetch_url, iter_tar
 

@@ -98,7 +98,7 @@ def preprocess_images(
 def run(model: ViTHybrid, images: Sequence[Any], task: Any, **options: Any) -> list[Any]:
     """The task's payload per image, through the CLI's Runner (batches, decode threads, draft
     decoding); an image that cannot be read raises ImageError naming it."""
-    from .data.inputs import InputItem
+    from .data.items import InputItem
     from .data.preprocess import ImageError
     from .pipeline.job import CollectOutput, run_job
     from .pipeline.runner import Runner, RunOptions

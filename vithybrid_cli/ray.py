@@ -12,7 +12,7 @@
     labels.write_parquet("s3://bucket/labels/")
 
 Batches in (numpy format): `path`, and the image as one of `bytes` (the file's bytes, as
-`read_binary_files(..., include_paths=True)` gives them), `item` (a pickled data.inputs.InputItem:
+`read_binary_files(..., include_paths=True)` gives them), `item` (a pickled data.items.InputItem:
 what the CLI's engine sends) or `pixels` (model inputs from `Decoder`); an optional `error`
 column (a non-empty string: the input already failed). Decoding and preprocessing are the local
 engine's (data/preprocess.py), so are the tasks (pipeline/runner.py, model/head.py).

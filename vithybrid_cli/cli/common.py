@@ -31,7 +31,7 @@ class Interrupted(KeyboardInterrupt):
 
 def error_line(error: BaseException) -> str:
     """One line; an OSError names its file: `out.jsonl: no space left on device`."""
-    from ..data.inputs import display_path
+    from ..data.items import display_path
 
     if isinstance(error, OSError) and error.strerror:
         message = error.strerror[0].lower() + error.strerror[1:]
@@ -173,7 +173,8 @@ class Inputs:
                     raise MissingExtra(f"{spec}: {error}") from error
 
     def __call__(self) -> Iterator[Any]:
-        from ..data.inputs import WalkNotes, iter_inputs
+        from ..data.inputs import iter_inputs
+        from ..data.items import WalkNotes
         from ..data.sources import RemoteOptions
 
         limit = {} if self.max_download_mb is None else {"max_download_mb": self.max_download_mb}

@@ -91,7 +91,7 @@ def run_on_ray(
     `output`; the exit status."""
     from rich.markup import escape
 
-    from ..data.inputs import display_path
+    from ..data.items import display_path
     from ..data.sources import require
     from .common import Inputs
     from .walk import note_lines

@@ -49,7 +49,7 @@ class Reporter:
     def advance(self, result: Any) -> None:
         from rich.markup import escape
 
-        from ..data.inputs import display_path
+        from ..data.items import display_path
 
         if not result.ok:  # a path or message with [brackets] is text, not markup
             line = f"{display_path(result.path)}: {result.error}"
@@ -62,7 +62,7 @@ class Reporter:
 def render_table(results: list[Any]) -> None:
     from rich.markup import escape
 
-    from ..data.inputs import display_path
+    from ..data.items import display_path
     from ..io.outputs import record_of
 
     records = [record_of(r.path, r.payload, r.error) for r in results]
@@ -165,7 +165,7 @@ def report_fit(report: Any, output: str, as_json: bool, quiet: bool) -> None:
     """Left-out images and warnings on stderr, the results on stdout, then a summary line."""
     import json
 
-    from ..data.inputs import display_path
+    from ..data.items import display_path
 
     for path, message in report.errors:
         stderr.print(f"[red]error:[/red] {display_path(path)}: {message}", soft_wrap=True)

@@ -305,7 +305,7 @@ def others_path(output: str | None) -> str | None:
 
 
 def render_groups(records: list[dict[str, Any]]) -> None:
-    from ..data.inputs import display_path
+    from ..data.items import display_path
 
     table = Table()
     for column, justify in (("group", "right"), ("score", "right"), ("files", "left")):
@@ -408,7 +408,7 @@ def recorded_flag(given: bool | None, recorded: dict[str, Any], key: str) -> boo
 
 
 def render_matches(records: list[dict[str, Any]]) -> None:
-    from ..data.inputs import display_path
+    from ..data.items import display_path
 
     for record in records:
         title = escape(display_path(record["path"]))

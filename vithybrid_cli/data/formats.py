@@ -5,8 +5,8 @@ the optional extras (HEIC/HEIF: pillow-heif; JPEG XL: pillow-jxl-plugin).
 decode path calls it (preprocess.load_image does, so the local decode threads and torchrun
 ranks do, and so must any other engine's workers); it imports and registers once per process
 and is a flag check after that. The folder walk asks `decodable_extensions()` what to take and
-`missing_format()` what to count as skipped; decoding asks `sniff_missing()` for the hint of a
-file it cannot identify.
+`missing_format()` what to count as skipped, `sniff_image()` whether a file's first bytes
+start an image; decoding asks `sniff_missing()` for the hint of a file it cannot identify.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def missing_format(name: str) -> ImageFormat | None:
 
 
 def sniff(head: bytes) -> ImageFormat | None:
-    """HEIF, AVIF or JPEG XL from a file's first 12 bytes (Pillow's own formats: see inputs)."""
+    """HEIF, AVIF or JPEG XL from a file's first 12 bytes (Pillow's own: see sniff_image)."""
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _AVIF_BRANDS:
@@ -170,6 +170,18 @@ def sniff_decodable(head: bytes) -> bool:
     """Whether `head` starts a HEIF, AVIF or JPEG XL file that this install decodes."""
     fmt = sniff(head)
     return fmt is not None and fmt.extensions[0] in decodable_extensions()
+
+
+def sniff_image(head: bytes) -> bool:
+    """True when `head` (a file's first 12 bytes) starts a JPEG, PNG, GIF, BMP, TIFF or WEBP,
+    or a HEIF, AVIF or JPEG XL file that this install decodes."""
+    return (
+        head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a"))
+        or head.startswith((b"II*\x00", b"MM\x00*"))
+        or (head.startswith(b"RIFF") and head[8:12] == b"WEBP")
+        or (head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00")  # reserved fields
+        or sniff_decodable(head)
+    )
 
 
 def sniff_missing(head: bytes, name: str) -> ImageFormat | None:

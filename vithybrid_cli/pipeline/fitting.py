@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.inputs import InputItem, WalkNotes, display_path, iter_inputs
+from ..data.inputs import iter_inputs
+from ..data.items import InputItem, WalkNotes, display_path
 from ..model.head import Head, ModelIdentity, model_identity
 
 if TYPE_CHECKING:

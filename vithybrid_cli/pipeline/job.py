@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from ..data.inputs import InputError
+from ..data.items import InputError
 from ..io.outputs import naming, open_writer, record_of, safe_text
 from .journal import Job, Journal, SingleProcess
 from .lock import Target, holding

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..data.inputs import display_path
+from ..data.items import display_path
 from .journal import Job, SingleProcess
 
 DIRECTORY_LOCK = ".vithybrid.lock"

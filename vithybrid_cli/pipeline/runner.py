@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..data.inputs import InputError, InputItem
+from ..data.items import InputError, InputItem
 from ..data.preprocess import (
     ImageError,
     crop_box,

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.inputs import STDIN, InputItem, iter_inputs
+from ..data.inputs import iter_inputs
+from ..data.items import InputItem
+from ..data.lists import STDIN
 from ..data.sources import is_remote, is_tar_name
 
 THUMBNAIL_SIZE = 256

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from ray.data.datasource import Datasink
 
-from ...data.inputs import InputError
+from ...data.items import InputError
 from ...data.sources import SourceError, is_remote, remote_filesystem
 from ...io.outputs import json_safe, safe_text
 from ...io.parquet import PARTS_SETTINGS
