@@ -205,6 +205,24 @@ def test_without_the_extra_the_walk_counts_what_it_skips(camera_roll, heif_unava
     assert notes.undecodable == {".heic": 1}  # the glob is case-sensitive: b.heic
 
 
+def test_without_the_extra_files_are_counted_by_what_they_are(camera_roll, heif_unavailable):
+    (camera_roll / "IMG_0002").write_bytes(HEIC_BYTES)  # no extension: its bytes say HEIC
+    jpeg = camera_roll / "f.heic"  # named HEIC, a JPEG inside: decodable, taken
+    jpeg.write_bytes(encode("jpg", upright(), rotated=False))
+    notes = WalkNotes()
+    items = list(iter_inputs([str(camera_roll)], notes=notes))
+    assert sorted(Path(item.path).name for item in items) == ["a.png", "f.heic"]
+    assert notes.undecodable == {".heic": 3, ".heif": 1}  # b, c and IMG_0002; d.heif
+    assert notes.undecodable_lines()[0] == f"skipped 3 .heic files: {HEIF_HINT}"
+
+    notes = WalkNotes()
+    assert list(iter_inputs([str(camera_roll / "IMG_*")], notes=notes)) == []
+    assert notes.undecodable == {".heic": 1}  # a glob's matches too
+
+    strict = list(iter_inputs([str(camera_roll / "IMG_0002")], take_undecodable=True))
+    assert [Path(item.path).name for item in strict] == ["IMG_0002"]  # named: an error record
+
+
 def test_without_the_extra_error_records_carry_the_hint(camera_roll, heif_unavailable):
     message = f"HEIC/HEIF image, which this install cannot decode: {HEIF_HINT}"
     taken = list(iter_inputs([str(camera_roll)], take_undecodable=True))  # --strict

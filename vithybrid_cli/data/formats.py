@@ -153,6 +153,18 @@ def missing_format(name: str) -> ImageFormat | None:
     return fmt if fmt is not None and ext not in decodable_extensions() else None
 
 
+SNIFF_BYTES = 12  # what sniff and sniff_image read
+
+
+def read_head(path: str) -> bytes | None:
+    """A local file's first SNIFF_BYTES bytes; None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(SNIFF_BYTES)
+    except OSError:
+        return None
+
+
 def sniff(head: bytes) -> ImageFormat | None:
     """HEIF, AVIF or JPEG XL from a file's first 12 bytes (Pillow's own: see sniff_image)."""
     if head[4:8] == b"ftyp":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .formats import extension, for_extension
+from .formats import ImageFormat, extension, for_extension, read_head, sniff, sniff_image
 from .sources import RemoteOptions
 
 GLOB_MAGIC = re.compile(r"[*?[]")
@@ -94,16 +94,33 @@ class Scope:
     take_undecodable: bool
     decodable: frozenset[str]  # extensions
 
-    def skips_undecodable(self, name: str) -> bool:
+    def skips_undecodable(self, name: str, local: str | None = None) -> bool:
         """Whether walked file `name` is left out as a format this install cannot decode
-        (counted); False for everything else."""
+        (counted); False for everything else. For a local file (`local`, its path) whose name
+        does not say a decodable format, its first bytes decide what it is: a JPEG named .heic
+        is taken, an HEIC without an extension is counted as HEIC. Names alone decide for
+        archive members and bucket listings (reading each would cost a request)."""
         if self.take_undecodable:
             return False
         ext = extension(name)
-        if ext in self.decodable or for_extension(ext) is None:
+        if ext in self.decodable:
+            return False  # taken: a HEIC named .jpg fails with the hint when decoded
+        fmt = for_extension(ext)
+        head = read_head(local) if local is not None else None
+        if head is not None:
+            if sniff_image(head):
+                return False  # an image this install decodes, whatever its name says
+            fmt = sniff(head) or fmt
+        if fmt is None:
             return False
-        self.notes.undecodable[ext] = self.notes.undecodable.get(ext, 0) + 1
+        self.count_undecodable(fmt, ext)
         return True
+
+    def count_undecodable(self, fmt: ImageFormat, ext: str = "") -> None:
+        """One more walked file left out in format `fmt`, counted under its name's extension
+        when that is one of the format's, else under the format's usual one (.heic)."""
+        key = ext if ext in fmt.extensions else fmt.extensions[0]
+        self.notes.undecodable[key] = self.notes.undecodable.get(key, 0) + 1
 
     def skips_entry(self, entry: os.DirEntry) -> bool:
         """Whether walked `entry` is one of the run's own outputs (noted once)."""

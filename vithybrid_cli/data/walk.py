@@ -13,13 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .archives import expand_local_tar
-from .formats import known_extension, sniff_image
+from .formats import known_extension, read_head, sniff, sniff_image
 from .items import GLOB_MAGIC, InputError, InputItem, Scope, display_path, os_message
 from .sources import is_tar_name
 
 logger = logging.getLogger(__name__)
-
-_SNIFF_BYTES = 12
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,7 +56,7 @@ def _expand_glob(pattern: str, scope: Scope) -> Iterator[InputItem | InputError]
     matches = {path for path in glob.iglob(pattern, recursive=True) if _is_image_file(path)}
     matches = {path for path in matches if not scope.skips_output_within(path)}
     skipped = scope.skipped()
-    matches = {path for path in matches if not scope.skips_undecodable(path)}
+    matches = {path for path in matches if not scope.skips_undecodable(path, path)}
     if not matches:
         if scope.skipped() == skipped:
             yield InputError(pattern, "glob matched no files")
@@ -90,13 +88,10 @@ def _is_image_file(path: str) -> bool:
 
 
 def _sniff(path: str) -> bool:
-    """True when the file starts like an image this install decodes (see sniff_image)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(_SNIFF_BYTES)
-    except OSError:
-        return False
-    return sniff_image(head)
+    """True when the file starts like an image format we know, decodable here (sniff_image) or
+    not (HEIF, AVIF, JPEG XL without their decoder: taken, then counted by skips_undecodable)."""
+    head = read_head(path)
+    return head is not None and (sniff_image(head) or sniff(head) is not None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +181,7 @@ class _Walk:
             yield from self._visit_dir(stack, entry, is_link, frame.external)
         elif is_tar_name(entry.name):
             yield from expand_local_tar(entry.path, self.scope)
-        elif not self.scope.skips_undecodable(entry.name):
+        elif not self.scope.skips_undecodable(entry.name, entry.path):
             yield InputItem(entry.path)
 
     def _visit_dir(
