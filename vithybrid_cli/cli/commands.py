@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import __version__
+from .._version import __version__
 from ..model.config import DEFAULT_MODEL_ID
 from .common import (
     Common,

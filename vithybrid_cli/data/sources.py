@@ -18,8 +18,9 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..extras import MissingExtra, require
 
 if TYPE_CHECKING:
     import urllib.request
@@ -45,21 +46,6 @@ class SourceError(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-class MissingExtra(ImportError):
-    """An optional dependency is missing; str() is the one-line install hint naming it."""
-
-
-def require(module: str, extra: str, package: str | None = None) -> ModuleType:
-    """Import `module` or raise MissingExtra naming the extra and the package to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        hint = f'install the {extra} extra: pip install "vithybrid[{extra}]"'
-        raise MissingExtra(f"{hint} (needs {package or module})") from error
 
 
 def _env_number(name: str, default: float) -> float:
@@ -136,7 +122,7 @@ def read_capped(stream: BinaryIO, options: RemoteOptions) -> bytes:
 def _request(url: str) -> urllib.request.Request:
     import urllib.request
 
-    from .. import __version__
+    from .._version import __version__
 
     # No Accept restriction and the Content-Type of the answer is ignored: decoding decides.
     return urllib.request.Request(url, headers={"User-Agent": f"vithybrid/{__version__}"})

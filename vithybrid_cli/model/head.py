@@ -140,7 +140,7 @@ def save_head(head: Head, path: str | os.PathLike) -> None:
     """Write `head` as safetensors (tensors as they are, so a reload is bit-exact), atomically."""
     from safetensors.numpy import save
 
-    from ..io.outputs import atomic_write
+    from ..files import atomic_write
 
     tensors = {name: np.ascontiguousarray(getattr(head, name)) for name in TENSORS}
     data = save(tensors, metadata=head.metadata())

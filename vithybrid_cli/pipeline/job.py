@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ..data.inputs import InputError
-from ..io.outputs import naming, open_writer, record_of, safe_text
+from ..files import naming
+from ..io.outputs import open_writer, record_of, safe_text
 from .journal import Job, Journal, SingleProcess
 from .lock import Target, holding
 from .runner import Result, Runner, Task

@@ -1,0 +1,24 @@
+"""Optional extras (parquet, cloud, search, ray, ...): importing one, or a one-line install hint.
+
+`require("pyarrow", "parquet")` returns the module or raises MissingExtra, whose str() names the
+extra and the package to install, so every command reports a missing extra the same way.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is missing; str() is the one-line install hint naming it."""
+
+
+def require(module: str, extra: str, package: str | None = None) -> ModuleType:
+    """Import `module` or raise MissingExtra naming the extra and the package to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        hint = f'install the {extra} extra: pip install "vithybrid[{extra}]"'
+        raise MissingExtra(f"{hint} (needs {package or module})") from error
