@@ -131,7 +131,8 @@ def classify(
 
     task = classify_task(top_k, model.config.id2label)
     if head is not None:
-        from .model.head import head_task, model_identity
+        from .model.head import head_task
+        from .model.identity import model_identity
         from .pipeline.runner import RunOptions
 
         head = load_head(head) if isinstance(head, str | os.PathLike) else head

@@ -424,7 +424,8 @@ def labeling_task(
     loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
 ) -> Any:
     """classify's task: the checkpoint's classifier, or a head checked against this run."""
-    from ..model.head import head_task, model_identity
+    from ..model.head import head_task
+    from ..model.identity import model_identity
     from ..model.weights import require_classifier
     from ..pipeline.runner import classify_task
 

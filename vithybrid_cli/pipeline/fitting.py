@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.inputs import InputItem, WalkNotes, display_path, iter_inputs
-from ..model.head import Head, ModelIdentity, model_identity
+from ..model.head import Head
+from ..model.identity import ModelIdentity, model_identity
 
 if TYPE_CHECKING:
     from ..model.model import ViTHybrid

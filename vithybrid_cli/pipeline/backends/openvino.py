@@ -333,7 +333,7 @@ class OpenVINOModel:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from ...model.head import weights_fingerprint
+            from ...model.identity import weights_fingerprint
 
             self._fingerprint = weights_fingerprint(self.torch_model)
         return self._fingerprint
