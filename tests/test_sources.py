@@ -626,8 +626,11 @@ def test_missing_protocol_package_is_named(monkeypatch):
     (az,) = iter_inputs(["az://container/photos/"])
     assert s3.message.endswith("(needs s3fs)") and "vithybrid[cloud]" in s3.message
     assert az.message.endswith("(needs adlfs)")
-    with pytest.raises(extras.MissingExtra, match=r"\(needs s3fs\)$"):
+    # the same line as require's for a missing module (extras.missing words both)
+    assert s3.message == 'install the cloud extra: pip install "vithybrid[cloud]" (needs s3fs)'
+    with pytest.raises(extras.MissingExtra, match=r"\(needs s3fs\)$") as raised:
         sources.require_protocol("s3://bucket/cat.jpg")
+    assert str(raised.value) == s3.message
     sources.require_protocol("memory://bucket/")  # installed
     sources.require_protocol("no-such-scheme://x/")  # unknown: its input's error says so
 

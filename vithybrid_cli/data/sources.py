@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..extras import MissingExtra, require
+from ..extras import MissingExtra, missing, require
 
 if TYPE_CHECKING:
     import urllib.request
@@ -34,7 +34,6 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK = 1 << 20
-CLOUD_HINT = 'install the cloud extra: pip install "vithybrid[cloud]"'
 
 
 class SourceError(Exception):
@@ -332,8 +331,7 @@ def remote_filesystem(spec: str) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(spec)
     except ImportError as error:  # fsspec knows the scheme, its package is not installed
-        package = _missing_package(spec, error)
-        raise SourceError(f"{CLOUD_HINT} (needs {package})") from error
+        raise SourceError(str(missing("cloud", _missing_package(spec, error)))) from error
     except ValueError as error:
         raise SourceError(" ".join(str(error).split())) from error
 
@@ -347,7 +345,7 @@ def require_protocol(spec: str) -> None:
     try:
         fsspec.get_filesystem_class(spec.split("://", 1)[0].lower())
     except ImportError as error:
-        raise MissingExtra(f"{CLOUD_HINT} (needs {_missing_package(spec, error)})") from error
+        raise missing("cloud", _missing_package(spec, error)) from error
     except ValueError:
         pass
 
