@@ -68,7 +68,7 @@ def make_data(root: Path, count: int, labels: int) -> list[tuple[str, int]]:
 
 def fill_cache(model, cache: Path, files: list[tuple[str, int]], labels: int) -> None:
     """One vector per file, in the cache format, under the key a default fit looks up."""
-    from vithybrid_cli.model.head import model_identity
+    from vithybrid_cli.model.identity import model_identity
     from vithybrid_cli.pipeline.fitting import EmbeddingCache, cache_settings, file_key
     from vithybrid_cli.pipeline.runner import RunOptions
 

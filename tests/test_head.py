@@ -23,13 +23,12 @@ from vithybrid_cli.cli import app
 from vithybrid_cli.model.head import (
     Head,
     HeadError,
-    ModelIdentity,
     head_fingerprint,
     head_task,
     load_head,
-    model_identity,
     save_head,
 )
+from vithybrid_cli.model.identity import ModelIdentity, model_identity
 from vithybrid_cli.pipeline import fitting
 from vithybrid_cli.pipeline.runner import RunOptions
 

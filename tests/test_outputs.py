@@ -17,13 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vithybrid_cli.files import atomic_write, naming
 from vithybrid_cli.io.outputs import (
     SUFFIXES,
     WRITERS,
-    atomic_write,
     csv_header,
     format_from_path,
-    naming,
     open_writer,
     record_of,
     safe_text,

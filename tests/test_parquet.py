@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vithybrid_cli.cli import app
-from vithybrid_cli.data.sources import MissingExtra
+from vithybrid_cli.extras import MissingExtra
 from vithybrid_cli.io.parquet import ParquetEmbeddingWriter, ParquetRecordWriter
 
 pa = pytest.importorskip("pyarrow")

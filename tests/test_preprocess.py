@@ -23,10 +23,9 @@ from vithybrid_cli.data.preprocess import (
     load_and_preprocess,
     load_image,
     preprocess_image,
-    target_size,
     to_rgb,
 )
-from vithybrid_cli.model.config import PreprocessConfig
+from vithybrid_cli.model.config import PreprocessConfig, target_size
 
 # google's preprocessor_config.json, without the file's bookkeeping key
 GOOGLE_PREPROCESSOR = {

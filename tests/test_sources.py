@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from vithybrid_cli import extras
 from vithybrid_cli.cli import app
 from vithybrid_cli.data import sources
 from vithybrid_cli.data.inputs import cheap_to_count, iter_inputs
@@ -626,16 +627,19 @@ def test_missing_protocol_package_is_named(monkeypatch):
     (az,) = iter_inputs(["az://container/photos/"])
     assert s3.message.endswith("(needs s3fs)") and "vithybrid[cloud]" in s3.message
     assert az.message.endswith("(needs adlfs)")
-    with pytest.raises(sources.MissingExtra, match=r"\(needs s3fs\)$"):
+    # the same line as require's for a missing module (extras.missing words both)
+    assert s3.message == 'install the cloud extra: pip install "vithybrid[cloud]" (needs s3fs)'
+    with pytest.raises(extras.MissingExtra, match=r"\(needs s3fs\)$") as raised:
         sources.require_protocol("s3://bucket/cat.jpg")
+    assert str(raised.value) == s3.message
     sources.require_protocol("memory://bucket/")  # installed
     sources.require_protocol("no-such-scheme://x/")  # unknown: its input's error says so
 
 
 def test_require_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    with pytest.raises(sources.MissingExtra, match=r'vithybrid\[parquet\]" \(needs pyarrow\)'):
-        sources.require("pyarrow", "parquet")
+    with pytest.raises(extras.MissingExtra, match=r'vithybrid\[parquet\]" \(needs pyarrow\)'):
+        extras.require("pyarrow", "parquet")
 
 
 # ---------------------------------------------------------------------------- mixing

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__  # re-exported
 from .model.config import DEFAULT_MODEL_ID, PreprocessConfig, ViTHybridConfig
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from .pipeline.backends.openvino import OpenVINOModel
     from .pipeline.fitting import FitReport
 
-__version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL_ID",
     "PreprocessConfig",
@@ -131,7 +131,8 @@ def classify(
 
     task = classify_task(top_k, model.config.id2label)
     if head is not None:
-        from .model.head import head_task, model_identity
+        from .model.head import head_task
+        from .model.identity import model_identity
         from .pipeline.runner import RunOptions
 
         head = load_head(head) if isinstance(head, str | os.PathLike) else head

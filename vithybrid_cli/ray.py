@@ -82,7 +82,7 @@ class Decoder:
             from .model.weights import read_configs, resolve_checkpoint
 
             _, config = read_configs(resolve_checkpoint(model, revision))
-        from .data.preprocess import target_size
+        from .model.config import target_size
 
         self.config, self.image_size, self.fast_decode = config, image_size, fast_decode
         self.size = tuple(image_size) if image_size else target_size(config)  # (width, height)
@@ -211,7 +211,8 @@ class Classifier(_ModelStep):
         super().__init__(model, **options)
 
     def make_task(self) -> Any:
-        from .model.head import head_task, model_identity
+        from .model.head import head_task
+        from .model.identity import model_identity
         from .model.weights import require_classifier
         from .pipeline.runner import classify_task
 

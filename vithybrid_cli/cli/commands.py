@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import __version__
+from .._version import __version__
 from ..model.config import DEFAULT_MODEL_ID
 from .common import (
     Common,
@@ -424,7 +424,8 @@ def labeling_task(
     loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
 ) -> Any:
     """classify's task: the checkpoint's classifier, or a head checked against this run."""
-    from ..model.head import head_task, model_identity
+    from ..model.head import head_task
+    from ..model.identity import model_identity
     from ..model.weights import require_classifier
     from ..pipeline.runner import classify_task
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from ..data.sources import MissingExtra
+from ..extras import MissingExtra
 from .options import Backend, Device, DType, Format, UserError, parse_image_size
 from .render import Reporter, stderr, stdout
 

@@ -92,7 +92,7 @@ def run_on_ray(
     from rich.markup import escape
 
     from ..data.items import display_path
-    from ..data.sources import require
+    from ..extras import require
     from .common import Inputs
     from .walk import note_lines
 

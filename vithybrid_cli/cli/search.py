@@ -260,7 +260,8 @@ def duplicates(
         else:
             write_records(records, fmt, output)
         if others:
-            from ..io.outputs import atomic_write, path_line
+            from ..files import atomic_write
+            from ..io.outputs import path_line
 
             with atomic_write(others) as file:
                 file.writelines(path_line(path) for path in review)
@@ -290,7 +291,7 @@ def duplicates(
 def require_index(index: IndexChoice) -> None:
     """The missing-extra line for --index approximate, before any work."""
     if index is IndexChoice.approximate:
-        from ..data.sources import require
+        from ..extras import require
 
         require("usearch", "search")
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from vithybrid_cli.data.formats import register_plugins, sniff_missing, undecodable_message
 from vithybrid_cli.data.sources import SourceError
-from vithybrid_cli.model.config import PreprocessConfig
+from vithybrid_cli.model.config import PreprocessConfig, target_size
 
 logger = logging.getLogger(__name__)
 
@@ -291,15 +291,6 @@ def _int32_to_unit255(values: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # Geometry and normalisation
-
-
-def target_size(
-    config: PreprocessConfig, image_size: tuple[int, int] | None = None
-) -> tuple[int, int]:
-    """(W, H) of the array preprocess_image returns for a fixed-size config or image_size."""
-    if image_size is not None:
-        return int(image_size[0]), int(image_size[1])
-    return config.target_size
 
 
 def decode_min_size(

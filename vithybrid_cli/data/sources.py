@@ -18,8 +18,9 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..extras import MissingExtra, missing, require
 
 if TYPE_CHECKING:
     import urllib.request
@@ -33,7 +34,6 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK = 1 << 20
-CLOUD_HINT = 'install the cloud extra: pip install "vithybrid[cloud]"'
 
 
 class SourceError(Exception):
@@ -45,21 +45,6 @@ class SourceError(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-class MissingExtra(ImportError):
-    """An optional dependency is missing; str() is the one-line install hint naming it."""
-
-
-def require(module: str, extra: str, package: str | None = None) -> ModuleType:
-    """Import `module` or raise MissingExtra naming the extra and the package to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        hint = f'install the {extra} extra: pip install "vithybrid[{extra}]"'
-        raise MissingExtra(f"{hint} (needs {package or module})") from error
 
 
 def _env_number(name: str, default: float) -> float:
@@ -136,7 +121,7 @@ def read_capped(stream: BinaryIO, options: RemoteOptions) -> bytes:
 def _request(url: str) -> urllib.request.Request:
     import urllib.request
 
-    from .. import __version__
+    from .._version import __version__
 
     # No Accept restriction and the Content-Type of the answer is ignored: decoding decides.
     return urllib.request.Request(url, headers={"User-Agent": f"vithybrid/{__version__}"})
@@ -346,8 +331,7 @@ def remote_filesystem(spec: str) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(spec)
     except ImportError as error:  # fsspec knows the scheme, its package is not installed
-        package = _missing_package(spec, error)
-        raise SourceError(f"{CLOUD_HINT} (needs {package})") from error
+        raise SourceError(str(missing("cloud", _missing_package(spec, error)))) from error
     except ValueError as error:
         raise SourceError(" ".join(str(error).split())) from error
 
@@ -361,7 +345,7 @@ def require_protocol(spec: str) -> None:
     try:
         fsspec.get_filesystem_class(spec.split("://", 1)[0].lower())
     except ImportError as error:
-        raise MissingExtra(f"{CLOUD_HINT} (needs {_missing_package(spec, error)})") from error
+        raise missing("cloud", _missing_package(spec, error)) from error
     except ValueError:
         pass
 

@@ -1,4 +1,4 @@
-"""Output formats: the record schema, one table of writers (records and embeddings), atomic files.
+"""Output formats: the record schema, one table of writers (records and embeddings).
 
 This module knows formats, not runs: a run's results reach it from the journal (journal.py), in
 input order, or straight from the runner when records stream to stdout.
@@ -9,7 +9,7 @@ Records
 
 The writer table ``WRITERS`` maps (kind, format) to a class; ``SUFFIXES`` maps file suffixes to
 formats. Every writer is written all-or-nothing to a file (a temp file beside it, renamed by
-``close()``, removed by ``abort()``) or, for records, to a stream:
+``close()``, removed by ``abort()``: files.py's AtomicFile) or, for records, to a stream:
 
     records:     Writer(target: str | TextIO, *, top_k: int = 5, decision: bool = False)
                  write(record)
@@ -26,22 +26,21 @@ known by when resuming.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
 import re
 import shutil
-import stat
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Protocol, TextIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol, TextIO
 
 import numpy as np
+
+from ..files import AtomicFile, atomic_write
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 CHUNK = 8 << 20  # bytes copied per read; bounds memory when finishing large files
@@ -129,89 +128,6 @@ def csv_row(record: dict[str, Any], top_k: int, decision: bool = False) -> list[
     cells += [""] * (3 * (top_k - len(predictions)))
     cells.append(record.get("error") or "")
     return cells
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def new_file_mode() -> int:
-    """Permissions an ordinary new file gets (temp files are created 0600)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-class AtomicFile:
-    """A temp file beside `path` that replaces `path` on commit() and vanishes on discard()."""
-
-    def __init__(self, path: str | os.PathLike[str], mode: str = "w", **open_kwargs: Any) -> None:
-        self.path = os.path.abspath(os.fspath(path))
-        directory, name = os.path.split(self.path)
-        if "b" not in mode:
-            open_kwargs.setdefault("encoding", "utf-8")
-        # The handle outlives __init__ (commit/discard close it), hence no `with`.
-        self.file: IO[Any] = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            mode, dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False, **open_kwargs
-        )
-        self.done = False
-
-    def commit(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            try:
-                mode = stat.S_IMODE(os.stat(self.path).st_mode)
-            except FileNotFoundError:
-                mode = new_file_mode()
-            os.chmod(self.file.name, mode)
-            os.replace(self.file.name, self.path)
-        except BaseException:
-            self.remove()
-            raise
-        with contextlib.suppress(OSError):  # makes the rename durable, where directories open
-            fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def discard(self) -> None:
-        if not self.done:
-            self.done = True
-            self.remove()
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.file.name)
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
-    """Write `path` all-or-nothing: a temp file in the same folder, renamed on success."""
-    target = AtomicFile(path, mode, **open_kwargs)
-    try:
-        yield target.file
-    except BaseException:
-        target.discard()
-        raise
-    target.commit()
-
-
-@contextmanager
-def naming(path: str) -> Iterator[None]:
-    """OSErrors without a file name (a full disk on write) get `path`, the file the user named."""
-    try:
-        yield
-    except OSError as error:
-        if error.filename is None and error.errno is not None:
-            raise type(error)(error.errno, error.strerror, path) from error
-        raise
 
 
 # --------------------------------------------------------------------------- record writers
@@ -508,7 +424,7 @@ def require_writer(fmt: str) -> None:
     """MissingExtra (the one-line install hint) now, not after the run, when `fmt`'s writer
     needs a package that is not installed."""
     if fmt in WRITER_EXTRAS:
-        from ..data.sources import require
+        from ..extras import require
 
         require(*WRITER_EXTRAS[fmt])
 

@@ -25,8 +25,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..data.sources import require
-from .outputs import atomic_write, json_safe, safe_text
+from ..extras import require
+from ..files import atomic_write
+from .outputs import json_safe, safe_text
 
 RECORD_ROW_GROUP = 32_768  # rows; a few tens of MB of Python objects at most while buffering
 EMBEDDING_ROW_GROUP_BYTES = 64 << 20  # vector bytes buffered before a row group is written
@@ -66,7 +67,7 @@ class _ParquetFile:
 
     def __init__(self, target: str | os.PathLike[str] | BinaryIO) -> None:
         self._pa, self._pq = _pyarrow()
-        # A file target is outputs.atomic_write's temp file, renamed when the stack closes; a
+        # A file target is files.atomic_write's temp file, renamed when the stack closes; a
         # stream (e.g. stdout) is the caller's, written through and never closed here.
         self._stack = contextlib.ExitStack()
         if hasattr(target, "write"):

@@ -1,4 +1,5 @@
-"""Dataclass configs, parsed from the hub's config.json and preprocessor_config.json.
+"""Dataclass configs, parsed from the hub's config.json and preprocessor_config.json, and the
+(width, height) a preprocessor config (or an explicit image size) gives the model: target_size.
 
 Field names follow the hub's JSON so a checkpoint's files map onto them one to one; unknown keys
 (transformers bookkeeping such as `architectures` or `torch_dtype`) are ignored.
@@ -330,6 +331,15 @@ class PreprocessConfig:
             return self.size["width"], self.size["height"]
         edge = self.size["shortest_edge"]
         return edge, edge
+
+
+def target_size(
+    config: PreprocessConfig, image_size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """(W, H) of the array preprocess_image returns for a fixed-size config or image_size."""
+    if image_size is not None:
+        return int(image_size[0]), int(image_size[1])
+    return config.target_size
 
 
 # ---------------------------------------------------------------------------- timm's hub layout

@@ -6,6 +6,8 @@ safetensors file whose tensors are the parameters and whose string metadata says
 fitted on (model weights, pool, input size), so `classify --head` can refuse a head that would
 read embeddings from a different space.
 
+What a head depends on (ModelIdentity, the weights fingerprint) is identity.py's.
+
 Only numpy and safetensors are needed here: `info --head` reads a head without importing torch.
 """
 
@@ -15,15 +17,14 @@ import hashlib
 import json
 import os
 import struct
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..pipeline.runner import RunOptions
-    from .model import ViTHybrid, ViTHybridOutput
+    from .identity import ModelIdentity
+    from .model import ViTHybridOutput
 
 HEAD_FORMAT = "vithybrid-head"
 HEAD_FORMAT_VERSION = "1"
@@ -32,19 +33,6 @@ TENSORS = ("weight", "bias", "mean", "std")
 
 class HeadError(ValueError):
     """A head file that cannot be read, or a head that does not fit the model; one line."""
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a head depends on: which weights make the embeddings, how they are pooled and sized."""
-
-    model: str  # hub id or path, as given (for messages; `weights` decides)
-    revision: str | None
-    weights: str  # fingerprint of the weights and preprocessing (weights_fingerprint)
-    embedding_size: int
-    image_size: tuple[int, int]  # (width, height) the model sees
-    interpolate_pos_encoding: bool
-    has_pooler: bool = False
 
 
 @dataclass
@@ -140,7 +128,7 @@ def save_head(head: Head, path: str | os.PathLike) -> None:
     """Write `head` as safetensors (tensors as they are, so a reload is bit-exact), atomically."""
     from safetensors.numpy import save
 
-    from ..io.outputs import atomic_write
+    from ..files import atomic_write
 
     tensors = {name: np.ascontiguousarray(getattr(head, name)) for name in TENSORS}
     data = save(tensors, metadata=head.metadata())
@@ -235,56 +223,6 @@ def _head_from(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Head
         validation_accuracy=None if accuracy is None else float(accuracy),
         examples_per_class=json.loads(metadata.get("examples_per_class") or "{}"),
         created=metadata.get("created", ""),
-    )
-
-
-# ---------------------------------------------------------------------------- model identity
-
-
-def weights_fingerprint(model: ViTHybrid) -> str:
-    """A hash of tensors every fine-tune changes, plus the preprocessing: which embedding space.
-
-    Computed from the loaded values rounded to bfloat16, so the same checkpoint gives the same
-    fingerprint wherever it lives (hub cache, a copied folder) and at any --dtype.
-    """
-    import dataclasses
-
-    import torch
-
-    digest = hashlib.sha256()
-    parameters = dict(model.named_parameters())
-    for name in ("embeddings.cls_token", "embeddings.position_embeddings", "norm.weight"):
-        tensor = parameters[name].detach().to("cpu", torch.bfloat16).contiguous()
-        digest.update(name.encode())
-        digest.update(tensor.view(torch.int16).numpy().tobytes())
-    config = dataclasses.asdict(model.preprocess_config)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one hash per loaded model
-
-
-def model_identity(model: ViTHybrid, options: RunOptions) -> ModelIdentity:
-    """The identity of `model` run with `options` (image size, position-encoding interpolation)."""
-    from ..data.preprocess import target_size
-
-    checkpoint = model.checkpoint
-    revision = checkpoint.revision
-    if revision is None and checkpoint.from_hub and checkpoint.directory is not None:
-        revision = checkpoint.directory.name  # the snapshot's commit
-    fingerprint = FINGERPRINTS.get(model)
-    if fingerprint is None:
-        fingerprint = FINGERPRINTS[model] = weights_fingerprint(model)
-    size = options.image_size or target_size(model.preprocess_config)
-    return ModelIdentity(
-        model=checkpoint.name,
-        revision=revision,
-        weights=fingerprint,
-        embedding_size=model.config.hidden_size,
-        image_size=(int(size[0]), int(size[1])),
-        interpolate_pos_encoding=options.interpolate_pos_encoding,
-        has_pooler=model.pooler is not None,
     )
 
 

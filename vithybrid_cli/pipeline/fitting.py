@@ -30,7 +30,8 @@ import numpy as np
 
 from ..data.inputs import iter_inputs
 from ..data.items import InputItem, WalkNotes, display_path
-from ..model.head import Head, ModelIdentity, model_identity
+from ..model.head import Head
+from ..model.identity import ModelIdentity, model_identity
 
 if TYPE_CHECKING:
     from ..model.model import ViTHybrid

@@ -14,8 +14,6 @@ is written from it at the end, see journal.py), `StreamOutput` (records to stdou
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import signal
 import threading
 import time
@@ -24,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ..data.items import InputError
-from ..io.outputs import naming, open_writer, record_of, safe_text
+from ..files import naming
+from ..io.outputs import open_writer, record_of, safe_text
+from ..model.identity import weights_identity
 from .journal import Job, Journal, SingleProcess
 from .lock import Target, holding
 from .runner import Result, Runner, Task
@@ -310,20 +310,6 @@ def model_settings(model: ViTHybrid) -> dict[str, Any]:
         "revision": checkpoint.revision,
         "weights": weights_identity([str(path) for path in checkpoint.weight_files]),
     }
-
-
-def weights_identity(files: list[str], sample: int = 1 << 20) -> str:
-    """A short hash of each weights file's size and its first, middle and last MiB: tells two
-    checkpoints apart (same architecture, other values) without reading gigabytes."""
-    digest = hashlib.sha256()
-    for path in files:
-        size = os.path.getsize(path)
-        digest.update(str(size).encode())
-        with open(path, "rb") as file:
-            for offset in (0, max(0, size // 2 - sample // 2), max(0, size - sample)):
-                file.seek(offset)
-                digest.update(file.read(sample))
-    return digest.hexdigest()[:16]
 
 
 def job_settings(runner: Runner, task: Task) -> dict[str, Any]:

@@ -257,7 +257,7 @@ class Runner:
         """(width, height) of the tensors the model sees."""
         if self.options.image_size:
             return tuple(self.options.image_size)
-        from ..data.preprocess import target_size
+        from ..model.config import target_size
 
         return target_size(self.preprocess_config)
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..data.preprocess import to_rgb
-from ..io.outputs import atomic_write
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from ..model.model import ViTHybridOutput

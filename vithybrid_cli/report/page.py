@@ -21,7 +21,7 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
-from ..io.outputs import atomic_write
+from ..files import atomic_write
 
 
 @dataclass

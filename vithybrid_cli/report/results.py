@@ -181,7 +181,7 @@ def _read_csv(source: Path, name: str) -> Results:
 
 
 def _read_parquet(parts: list[Path], name: str) -> Results:
-    from ..data.sources import require
+    from ..extras import require
 
     pq = require("pyarrow.parquet", "parquet", "pyarrow")
     needed = {"path", "label", "score", "top_k_labels", "top_k_scores", "error"}

@@ -180,7 +180,7 @@ class ApproximateIndex:
     def __init__(
         self, base: np.ndarray, block_rows: int = BLOCK_ROWS, saved: Path | None = None
     ) -> None:
-        from ..data.sources import require
+        from ..extras import require
 
         require("usearch", "search")
         from usearch.index import Index

@@ -178,7 +178,7 @@ def read_parts(folder: str) -> tuple[np.ndarray, list[str], dict[str, Any] | Non
 
 
 def read_parquet(path: str) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
-    from ..data.sources import require
+    from ..extras import require
     from ..io.parquet import SETTINGS_KEY
 
     pq = require("pyarrow.parquet", "parquet", "pyarrow")

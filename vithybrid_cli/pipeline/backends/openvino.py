@@ -66,7 +66,7 @@ TORCH_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 
 def require_openvino() -> ModuleType:
     """The openvino module, else MissingExtra with the one-line install hint."""
-    from ...data.sources import MissingExtra
+    from ...extras import MissingExtra
 
     try:
         import openvino
@@ -198,7 +198,7 @@ def graph_module(model: ViTHybrid, variant: Variant) -> torch.nn.Module:
 def cache_key(model: ViTHybrid, variant: Variant, fingerprint: str) -> str:
     """What decides a converted graph: the weights, the architecture, the variant, and the
     versions of OpenVINO and of this package (either may convert differently)."""
-    from ... import __version__
+    from ..._version import __version__
 
     ov = require_openvino()
     recipe = {
@@ -337,7 +337,7 @@ class OpenVINOModel:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from ...model.head import weights_fingerprint
+            from ...model.identity import weights_fingerprint
 
             self._fingerprint = weights_fingerprint(self.torch_model)
         return self._fingerprint
