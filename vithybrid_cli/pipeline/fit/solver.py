@@ -3,7 +3,8 @@
     standardize -> L2-regularized (scikit-learn's C) softmax regression, full-batch L-BFGS
     -> probabilities, log-loss, per-class precision/recall/F1 and the confusion matrix
 
-C_GRID is the C a fit chooses from on its validation split; DEFAULT_C where there is none.
+C_GRID is the C a fit chooses from on its validation split (fit_choosing_c); DEFAULT_C where
+there is none.
 """
 
 from __future__ import annotations
@@ -151,3 +152,40 @@ def classification_metrics(
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
     return precision.tolist(), recall.tolist(), f1.tolist(), confusion.tolist()
+
+
+def fit_choosing_c(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    num_classes: int,
+    c: float | None,
+) -> tuple[float, np.ndarray, np.ndarray, list[tuple[float, float, float]]]:
+    """(C, weight, bias, [(C, validation accuracy, validation log-loss), ...]).
+
+    With `c` given, or no validation examples to choose on (then DEFAULT_C), one fit. Otherwise
+    one fit per C in C_GRID, the best validation accuracy winning (ties: the lower log-loss).
+    """
+    c_scores: list[tuple[float, float, float]] = []
+    if c is not None or len(val_y) == 0:
+        chosen = c if c is not None else DEFAULT_C
+        weight, bias = fit_logistic(train_x, train_y, num_classes, chosen)
+        if len(val_y):
+            probabilities = predict_proba(val_x, weight, bias)
+            accuracy = float((probabilities.argmax(1) == val_y).mean())
+            c_scores.append((chosen, accuracy, log_loss(probabilities, val_y)))
+        return chosen, weight, bias, c_scores
+    best = None
+    init = None
+    for candidate in C_GRID:  # strongest regularization first; each warm-starts the next
+        weight, bias = fit_logistic(train_x, train_y, num_classes, candidate, init=init)
+        init = (weight, bias)
+        probabilities = predict_proba(val_x, weight, bias)
+        accuracy = float((probabilities.argmax(1) == val_y).mean())
+        loss = log_loss(probabilities, val_y)
+        c_scores.append((candidate, accuracy, loss))
+        if best is None or (accuracy, -loss) > (best[1], -best[2]):
+            best = (candidate, accuracy, loss, weight, bias)
+    chosen, _, _, weight, bias = best
+    return chosen, weight, bias, c_scores
