@@ -510,6 +510,58 @@ def test_refits_hit_the_cache(tiny, task, tmp_path):
         seen.handle.remove()
 
 
+def test_the_cache_embeds_each_image_once_and_never_keeps_a_failure(tiny, task, tmp_path):
+    """Whatever runs the cache's embedding: vectors as `embed` gives them, progress as
+    (done, total) from the cached count up, a failed image reported alike each time and never
+    cached, and a fit interrupted midway keeps what it embedded."""
+    from vithybrid_cli import embed
+    from vithybrid_cli.pipeline.fit.cache import EmbeddingCache, embed_examples
+
+    data = tmp_path / "data"
+    for label in ("cat", "rocket"):
+        (data / label).mkdir(parents=True)
+        for image in sorted((task / "train" / label).iterdir())[:3]:
+            (data / label / image.name).write_bytes(image.read_bytes())
+    broken = str(data / "cat" / "broken.png")
+    Path(broken).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    paths = sorted(str(path) for path in data.rglob("*.png"))
+    good = [path for path in paths if path != broken]
+    size = dict(image_size=(128, 128), interpolate_pos_encoding=True)
+
+    def embed_all(calls: list) -> tuple:
+        cache = EmbeddingCache(tmp_path / "cache", {"pool": "cls"})  # reads the folder afresh
+        return embed_examples(tiny, paths, RunOptions(**size), "cls", cache,
+                              lambda done, total: calls.append((done, total)))  # fmt: skip
+
+    calls: list[tuple[int, int]] = []
+    vectors, errors, embedded = embed_all(calls)
+    assert embedded == 7 and calls == [(done, 7) for done in range(8)]
+    assert [path for path, _ in errors] == [broken] and errors[0][1]
+    embedded_alone = embed(tiny, good, **size)
+    np.testing.assert_allclose(np.stack([vectors[path] for path in good]), embedded_alone,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    seen, calls = ForwardCounter(tiny), []
+    try:
+        again, errors_again, embedded_again = embed_all(calls)
+    finally:
+        seen.handle.remove()
+    assert seen.images == 0 and embedded_again == 1  # only the broken image is tried again
+    assert errors_again == errors and calls == [(6, 7), (7, 7)]
+    for path in good:
+        np.testing.assert_array_equal(again[path], vectors[path])
+
+    def stop_at_three(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    options = dict(cache_dir=tmp_path / "fit-cache", **size)
+    with pytest.raises(KeyboardInterrupt):
+        fitting.fit_head(tiny, data, progress=stop_at_three, **options)
+    report = fitting.fit_head(tiny, data, **options)
+    assert (report.embedded, report.cached) == (4, 3)  # the 3 embedded before Ctrl-C were kept
+    assert report.errors == errors
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
