@@ -2,7 +2,8 @@
 
     file_key(path)                 real path, size, mtime -> a key (a changed file misses)
     cache_settings(identity, ...)  weights, pool, image size, dtype... -> the cache's folder
-    embed_examples(...)            cache first; the rest through the Runner, added to the cache
+    embed_examples(...)            cache first; the rest through run_job (the one pipeline) into
+                                   a CacheOutput, which adds each embedding to the cache
 
 A refit with another C, split or seed embeds nothing; another pool or image size, everything.
 """
@@ -26,7 +27,7 @@ from ...model.head import ModelIdentity
 
 if TYPE_CHECKING:
     from ...model.model import ViTHybrid
-    from ..runner import RunOptions
+    from ..runner import Result, RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -127,40 +128,66 @@ def embed_examples(
     cache: EmbeddingCache | None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], int]:
-    """Pooled embeddings of `paths` (cache first, then the Runner): (by path, errors, embedded)."""
+    """Pooled embeddings of `paths` (cache first, then run_job): (by path, errors, embedded)."""
+    from ..job import run_job
     from ..runner import Runner, embed_task
 
-    vectors: dict[str, np.ndarray] = {}
-    errors: list[tuple[str, str]] = []
     keys = {path: file_key(path) for path in paths}
+    output = CacheOutput(cache, keys, len(paths), progress)
     missing = []
     for path in paths:
         hit = cache.get(keys[path]) if cache is not None else None
         if hit is not None:
-            vectors[path] = hit
+            output.vectors[path] = hit
         else:
             missing.append(path)
-    done = len(paths) - len(missing)
+    output.done = len(paths) - len(missing)
     if progress:
-        progress(done, len(paths))
+        progress(output.done, len(paths))
     if missing:
-        runner = Runner(model, options)
-        items = (InputItem(path) for path in missing)
-        try:
-            for result in runner.run(items, embed_task(pool, normalize=False)):
-                if result.ok:
-                    vectors[result.path] = result.payload
-                    if cache is not None and keys[result.path] is not None:
-                        cache.add(keys[result.path], result.payload)
-                else:
-                    errors.append((result.path, result.error))
-                done += 1
-                if progress:
-                    progress(done, len(paths))
-        finally:
-            if cache is not None:
-                cache.flush()  # keep what was embedded, also when interrupted
-    return vectors, errors, len(missing)
+        items = [InputItem(path) for path in missing]
+        task = embed_task(pool, normalize=False)
+        if run_job(Runner(model, options), lambda: items, task, output).interrupted:
+            raise KeyboardInterrupt  # the cache kept what was embedded (output.abort)
+    return output.vectors, output.errors, len(missing)
+
+
+class CacheOutput:
+    """run_job's output for a fit: each embedding kept by path and added to the cache, each
+    failure listed, progress told (done, total); the cache flushed at the end or on Ctrl-C."""
+
+    def __init__(
+        self,
+        cache: EmbeddingCache | None,
+        keys: dict[str, str | None],
+        total: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.cache, self.keys, self.total, self.progress = cache, keys, total, progress
+        self.vectors: dict[str, np.ndarray] = {}
+        self.errors: list[tuple[str, str]] = []
+        self.done = 0
+
+    def open(self) -> set[str]:
+        return set()  # what the cache holds is left out before the job: nothing to skip here
+
+    def write(self, result: Result) -> None:
+        if result.ok:
+            self.vectors[result.path] = result.payload
+            if self.cache is not None and self.keys[result.path] is not None:
+                self.cache.add(self.keys[result.path], result.payload)
+        else:
+            self.errors.append((result.path, result.error))
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.cache is not None:
+            self.cache.flush()
+
+    def abort(self) -> None:
+        self.finish()  # keep what was embedded, also when interrupted
 
 
 def default_cache_dir(output: str | os.PathLike) -> str:

@@ -1,7 +1,7 @@
 """Fit a Head on labeled example images: collect, embed (cached), split, regress, evaluate.
 
     DATA/invoice/*.jpg, DATA/receipt/*.jpg, ...   (or a CSV/JSONL of path,label)
-      -> pooled embeddings through runner.Runner + embed_task, read from / added to the cache
+      -> pooled embeddings through job.run_job (Runner + embed_task), read from / added to the cache
       -> stratified, seeded train/validation split (or a separate validation folder)
       -> standardize -> multinomial logistic regression, L2 (scikit-learn's C), full-batch L-BFGS
       -> C picked on the validation split from a small grid unless given
