@@ -6,7 +6,7 @@ embeddings come from the cache anyway), 1,000 small image files in 10 label fold
 file a 768-d vector (a class centre plus noise) written into the cache under the key the fit
 computes. Then, timed:
 
-  library   fitting.fit_head(model, DATA, cache_dir=CACHE) in this process, model loaded
+  library   fit.fit_head(model, DATA, cache_dir=CACHE) in this process, model loaded
             (C chosen on the validation split from the 7-value grid: 7 L-BFGS fits)
   cli       `vithybrid fit DATA -o head.safetensors --cache CACHE` as a new process
             (interpreter start-up, imports and model load included), wall and CPU time: on a
@@ -69,7 +69,7 @@ def make_data(root: Path, count: int, labels: int) -> list[tuple[str, int]]:
 def fill_cache(model, cache: Path, files: list[tuple[str, int]], labels: int) -> None:
     """One vector per file, in the cache format, under the key a default fit looks up."""
     from vithybrid_cli.model.identity import model_identity
-    from vithybrid_cli.pipeline.fitting import EmbeddingCache, cache_settings, file_key
+    from vithybrid_cli.pipeline.fit.cache import EmbeddingCache, cache_settings, file_key
     from vithybrid_cli.pipeline.runner import RunOptions
 
     options = RunOptions()
@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vithybrid_cli.model.weights import load_model
-    from vithybrid_cli.pipeline.fitting import fit_head
+    from vithybrid_cli.pipeline.fit import fit_head
 
     work = Path(tempfile.mkdtemp(prefix="bench-fit-"))
     checkpoint = make_checkpoint(REPO / "benchmarks" / ".cache" / "fit-checkpoint-768")

@@ -362,7 +362,7 @@ def test_buckets_and_archives_count_what_they_skip(tmp_path, heif_unavailable):
 
 
 def test_fit_data_folders_warn_of_the_formats_they_skip(camera_roll, heif_unavailable):
-    from vithybrid_cli.pipeline.fitting import collect_folder
+    from vithybrid_cli.pipeline.fit.examples import collect_folder
 
     data = camera_roll.parent / "data"
     (data / "cats").mkdir(parents=True)

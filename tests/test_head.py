@@ -29,7 +29,7 @@ from vithybrid_cli.model.head import (
     save_head,
 )
 from vithybrid_cli.model.identity import ModelIdentity, model_identity
-from vithybrid_cli.pipeline import fitting
+from vithybrid_cli.pipeline.fit import examples, fitting, solver
 from vithybrid_cli.pipeline.runner import RunOptions
 
 LABELS = ["cat", "astronaut", "coffee", "rocket"]  # checkpoints.photographs' order
@@ -464,22 +464,22 @@ def test_logistic_regression_matches_scikit_learn():
     features = centers[targets] + rng.normal(size=(120, 12))
     features = (features - features.mean(0)) / features.std(0)
     for c in (0.05, 1.0):
-        weight, bias = fitting.fit_logistic(features, targets, 4, c, max_iter=2000, tolerance=1e-10)
+        weight, bias = solver.fit_logistic(features, targets, 4, c, max_iter=2000, tolerance=1e-10)
         oracle = LogisticRegression(C=c, tol=1e-12, max_iter=20000).fit(features, targets)
         np.testing.assert_allclose(weight, oracle.coef_, atol=2e-4 * max(1, np.abs(weight).max()))
-        ours = fitting.predict_proba(features, weight, bias)
+        ours = solver.predict_proba(features, weight, bias)
         np.testing.assert_allclose(ours, oracle.predict_proba(features), atol=1e-5)
 
 
 def test_stratified_split_is_seeded_and_keeps_every_label():
     targets = np.array([0] * 10 + [1] * 2 + [2] * 5)
-    train, val = fitting.stratified_split(targets, 0.2, seed=3)
-    again = fitting.stratified_split(targets, 0.2, seed=3)
+    train, val = examples.stratified_split(targets, 0.2, seed=3)
+    again = examples.stratified_split(targets, 0.2, seed=3)
     assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
     assert not set(train) & set(val) and len(train) + len(val) == len(targets)
     assert np.bincount(targets[val]).tolist() == [2, 1, 1]  # round(n * 0.2), at least one
     assert np.bincount(targets[train]).tolist() == [8, 1, 4]
-    assert not np.array_equal(val, fitting.stratified_split(targets, 0.2, seed=4)[1])
+    assert not np.array_equal(val, examples.stratified_split(targets, 0.2, seed=4)[1])
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -507,6 +507,58 @@ def test_refits_hit_the_cache(tiny, task, tmp_path):
         assert seen.images == 49 + 48
     finally:
         seen.handle.remove()
+
+
+def test_the_cache_embeds_each_image_once_and_never_keeps_a_failure(tiny, task, tmp_path):
+    """Whatever runs the cache's embedding: vectors as `embed` gives them, progress as
+    (done, total) from the cached count up, a failed image reported alike each time and never
+    cached, and a fit interrupted midway keeps what it embedded."""
+    from vithybrid_cli import embed
+    from vithybrid_cli.pipeline.fit.cache import EmbeddingCache, embed_examples
+
+    data = tmp_path / "data"
+    for label in ("cat", "rocket"):
+        (data / label).mkdir(parents=True)
+        for image in sorted((task / "train" / label).iterdir())[:3]:
+            (data / label / image.name).write_bytes(image.read_bytes())
+    broken = str(data / "cat" / "broken.png")
+    Path(broken).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    paths = sorted(str(path) for path in data.rglob("*.png"))
+    good = [path for path in paths if path != broken]
+    size = dict(image_size=(128, 128), interpolate_pos_encoding=True)
+
+    def embed_all(calls: list) -> tuple:
+        cache = EmbeddingCache(tmp_path / "cache", {"pool": "cls"})  # reads the folder afresh
+        return embed_examples(tiny, paths, RunOptions(**size), "cls", cache,
+                              lambda done, total: calls.append((done, total)))  # fmt: skip
+
+    calls: list[tuple[int, int]] = []
+    vectors, errors, embedded = embed_all(calls)
+    assert embedded == 7 and calls == [(done, 7) for done in range(8)]
+    assert [path for path, _ in errors] == [broken] and errors[0][1]
+    embedded_alone = embed(tiny, good, **size)
+    np.testing.assert_allclose(np.stack([vectors[path] for path in good]), embedded_alone,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    seen, calls = ForwardCounter(tiny), []
+    try:
+        again, errors_again, embedded_again = embed_all(calls)
+    finally:
+        seen.handle.remove()
+    assert seen.images == 0 and embedded_again == 1  # only the broken image is tried again
+    assert errors_again == errors and calls == [(6, 7), (7, 7)]
+    for path in good:
+        np.testing.assert_array_equal(again[path], vectors[path])
+
+    def stop_at_three(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    options = dict(cache_dir=tmp_path / "fit-cache", **size)
+    with pytest.raises(KeyboardInterrupt):
+        fitting.fit_head(tiny, data, progress=stop_at_three, **options)
+    report = fitting.fit_head(tiny, data, **options)
+    assert (report.embedded, report.cached) == (4, 3)  # the 3 embedded before Ctrl-C were kept
+    assert report.errors == errors
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -580,11 +632,11 @@ def test_labels_file_csv_and_jsonl(tiny, task, tmp_path):
     as_jsonl.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines))
     report = fitting.fit_head(tiny, labels_from=as_jsonl, val_fraction=0.0)
     assert report.labels == ["chat", "fusée"] and report.accuracy is None
-    assert report.train_counts == [12, 2] and report.head.c == fitting.DEFAULT_C
+    assert report.train_counts == [12, 2] and report.head.c == solver.DEFAULT_C
 
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\na.png,one,two\n")
-    with pytest.raises(fitting.FitError, match="bad.csv:2: expected 2 columns"):
+    with pytest.raises(examples.FitError, match="bad.csv:2: expected 2 columns"):
         fitting.fit_head(tiny, labels_from=bad)
 
 
@@ -593,11 +645,11 @@ def test_separate_validation_folder(tiny, task, tmp_path):
                               interpolate_pos_encoding=True)  # fmt: skip
     assert report.train_counts == [12] * 4 and report.val_counts == [8] * 4
     assert report.head.examples_per_class == dict.fromkeys(sorted(LABELS), 20)
-    assert report.accuracy >= 0.85 and len(report.c_scores) == len(fitting.C_GRID)
+    assert report.accuracy >= 0.85 and len(report.c_scores) == len(solver.C_GRID)
     strange = tmp_path / "val"
     (strange / "dog").mkdir(parents=True)
     (strange / "dog" / "x.png").write_bytes(next((task / "test" / "cat").iterdir()).read_bytes())
-    with pytest.raises(fitting.FitError, match="not among the training labels: dog"):
+    with pytest.raises(examples.FitError, match="not among the training labels: dog"):
         fitting.fit_head(tiny, task / "train", val=strange, c=1.0)
 
 

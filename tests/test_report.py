@@ -440,7 +440,7 @@ def test_fit_report_keeps_each_validation_prediction_as_counted_in_the_confusion
     tiny_checkpoint, fit_task, tmp_path
 ):
     from vithybrid_cli.model.weights import load_model
-    from vithybrid_cli.pipeline.fitting import fit_head
+    from vithybrid_cli.pipeline.fit import fit_head
 
     report = fit_head(load_model(tiny_checkpoint), str(fit_task / "train"), val_fraction=0.5,
                       cache_dir=str(tmp_path / "cache"))  # fmt: skip

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .model.head import Head
     from .model.model import ViTHybrid
     from .pipeline.backends.openvino import OpenVINOModel
-    from .pipeline.fitting import FitReport
+    from .pipeline.fit import FitReport
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -172,10 +172,10 @@ def embed(
 def fit_head(model: ViTHybrid, data: str | os.PathLike | None = None, **options: Any) -> FitReport:
     """Fit a head of your own labels; returns a FitReport (`.head`, validation metrics).
 
-    See fitting.fit_head for the options (labels_from, val, val_fraction, c, pool, cache_dir...).
+    See fit.fit_head for the options (labels_from, val, val_fraction, c, pool, cache_dir...).
     Save the head with save_head(report.head, "head.safetensors").
     """
-    from .pipeline.fitting import fit_head as fit
+    from .pipeline.fit import fit_head as fit
 
     return fit(model, data, **options)
 

@@ -489,7 +489,7 @@ def fit(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         from ..model.head import save_head
-        from ..pipeline.fitting import default_cache_dir, fit_head
+        from ..pipeline.fit import default_cache_dir, fit_head
 
         if data is None and labels_from is None:
             raise UserError("no training data: give DATA (one folder per label) or --labels-from")

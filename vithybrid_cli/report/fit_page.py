@@ -1,6 +1,6 @@
 """The page of a fitted head: `vithybrid fit ... --report fit.html`.
 
-From a FitReport (pipeline/fitting.py): per-class precision and recall, the confusion matrix as
+From a FitReport (pipeline/fit/fitting.py): per-class precision and recall, the confusion matrix as
 a heatmap, and the validation images, the misclassified first, each with its true and predicted
 label; the images left out of the fit are listed with their errors.
 """
