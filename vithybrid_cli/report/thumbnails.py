@@ -26,6 +26,7 @@ from typing import Any
 
 from ..data.inputs import STDIN, InputItem, iter_inputs
 from ..data.sources import is_remote, is_tar_name
+from ..io.outputs import local_candidates
 
 THUMBNAIL_SIZE = 256
 ARCHIVE_HINT = re.compile(r"\.(tar|tgz|tbz2?|txz)(\.\w+)?/", re.IGNORECASE)  # a cheap first look
@@ -163,7 +164,7 @@ def _locate(path: str, bases: list[str]) -> _Source:
     if is_remote(path):
         archive = _archive_prefix(path)
         return _Source(path, archive=archive, member=path[len(archive or "") + 1 :])
-    candidates = [path] if os.path.isabs(path) else [path, *(os.path.join(b, path) for b in bases)]
+    candidates = local_candidates(path, bases)  # as search.grouping.local_file looks
     for candidate in candidates:
         try:
             info = os.stat(candidate)

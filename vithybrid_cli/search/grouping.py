@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.outputs import safe_text
+from ..io.outputs import local_candidates, safe_text
 
 HASH_CHUNK = 1 << 20
 
@@ -47,9 +47,9 @@ class Group:
 def local_file(path: str, bases: Sequence[str] = ()) -> str | None:
     """Where the local file a recorded path names is now, or None (a URL, an archive member, a
     file gone since). A relative path is looked up in the current folder, then in each of
-    `bases`: vectors written in another folder record paths relative to that folder."""
-    candidates = [path] if os.path.isabs(path) else [path, *(os.path.join(b, path) for b in bases)]
-    for candidate in candidates:
+    `bases`: vectors written in another folder record paths relative to that folder. An escaped
+    name (not UTF-8, or with a newline) is found again (io.outputs.local_candidates)."""
+    for candidate in local_candidates(path, bases):
         try:
             if os.path.isfile(candidate):
                 return candidate
