@@ -63,6 +63,22 @@ def test_byte_copies_inside_a_near_group_are_marked_and_counted(tmp_path):
     assert (facts["exact"], facts["with byte copies"]) == ("1", "2")
 
 
+def test_a_page_whose_images_are_not_found_says_so_with_the_fix(tmp_path, monkeypatch):
+    import numpy as np
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    np.save(shots / "v.npy", np.ones((2, 4), np.float32))
+    (shots / "v.paths.txt").write_text("gone/a.png\ngone/b.png\n")  # embed ran elsewhere
+    monkeypatch.chdir(tmp_path)
+    result = cli("duplicates", shots / "v.npy", "-f", "jsonl", "--report", "groups.html", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: 2 images not found: run duplicates from the folder embed ran in (relative "
+        "paths start there)"
+    ]
+
+
 def test_the_report_must_be_an_html_file_and_is_checked_before_the_model(tmp_path):
     result = cli("duplicates", tmp_path, "--report", tmp_path / "groups.txt")
     assert_clean_error(result, "--report", "groups.txt", ".html")
