@@ -412,6 +412,39 @@ def hostile_folder(root: Path) -> tuple[Path, dict[str, str | None]]:
     return folder, expected
 
 
+ODD_NAMES = [b"bad\xff\xfe.png", b"bad\xff.png", b"bad\xfe.png", b"new\nline.png", b"plain.png"]
+
+
+def test_names_not_utf8_or_with_a_newline_are_found_again_from_what_was_written(
+    tmp_path, tiny, monkeypatch
+):
+    """Such names are written escaped (safe_text, path_line); report, duplicates and --resume
+    find the files again from that text, run where classify and embed ran (relative paths)."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in ODD_NAMES:  # five byte copies
+        with open(os.fsencode(folder) + b"/" + name, "wb") as file:
+            file.write(png_bytes(7))
+    monkeypatch.chdir(tmp_path)
+    cli("classify", "odd", "-o", "labels.jsonl", "--model", tiny, "-q")
+    paths = [r["path"] for r in read_jsonl(tmp_path / "labels.jsonl")]
+    assert "odd/bad\\xff\\xfe.png" in paths and "odd/new\nline.png" in paths
+    result = cli("report", "labels.jsonl", "-o", "page.html")
+    assert "5 made, 0 reused in" in result.stderr and "missing" not in result.stderr
+    again = cli("classify", "odd", "-o", "labels.jsonl", "--model", tiny, "--resume")
+    assert "0 labeled, 0 failed" in again.stderr  # all five were done: none again
+    assert sorted(r["path"] for r in read_jsonl(tmp_path / "labels.jsonl")) == sorted(paths)
+
+    from vithybrid_cli.io.outputs import recorded_text  # here: the test fails, not the module
+
+    cli("embed", "odd", "-o", "v.npy", "--model", tiny, "-q")
+    cli("duplicates", "v.npy", "-t", "0.99", "-o", "groups.jsonl", "--keep", "first")
+    [group] = read_jsonl(tmp_path / "groups.jsonl")
+    assert group["exact"] is True and group["copies"] == [group["paths"]]
+    # the .npy's paths.txt holds the newline as \\n: the same file, written another way
+    assert sorted(map(recorded_text, group["paths"])) == sorted(map(recorded_text, paths))
+
+
 @pytest.fixture
 def locked_file(monkeypatch):
     """Make files named locked.png unreadable: chmod 000, or (as root, who may read anything)

@@ -46,6 +46,39 @@ def test_groups_become_tiles_side_by_side_exact_first_with_sizes_and_the_kept_fi
     assert chart["counts"].index(1) == 13 and sum(chart["counts"]) == 1  # 0.935
 
 
+def test_byte_copies_inside_a_near_group_are_marked_and_counted(tmp_path):
+    records = [
+        {"paths": ["c.jpg", "c_copy.jpg", "c_q40.jpg"], "score": 0.96, "exact": False,
+         "copies": [["c.jpg", "c_copy.jpg"]]},
+        {"paths": ["a.jpg", "b.jpg"], "score": 1.0, "exact": True,
+         "copies": [["a.jpg", "b.jpg"]]},
+    ]  # fmt: skip
+    page = duplicates_page(records, {}, tmp_path, tmp_path / "page_files", title="t",
+                           threshold=0.95, searched=5)  # fmt: skip
+    details = {tile.path: tile.detail for tile in page.tiles}
+    assert details == {"a.jpg": "", "b.jpg": "", "c.jpg": "byte copy A",
+                       "c_copy.jpg": "byte copy A", "c_q40.jpg": ""}  # fmt: skip
+    assert page.tiles[2].group == "2. lowest similarity 0.960, 2 byte copies"
+    facts = dict(page.facts)
+    assert (facts["exact"], facts["with byte copies"]) == ("1", "2")
+
+
+def test_a_page_whose_images_are_not_found_says_so_with_the_fix(tmp_path, monkeypatch):
+    import numpy as np
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    np.save(shots / "v.npy", np.ones((2, 4), np.float32))
+    (shots / "v.paths.txt").write_text("gone/a.png\ngone/b.png\n")  # embed ran elsewhere
+    monkeypatch.chdir(tmp_path)
+    result = cli("duplicates", shots / "v.npy", "-f", "jsonl", "--report", "groups.html", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: 2 images not found: run duplicates from the folder embed ran in (relative "
+        "paths start there)"
+    ]
+
+
 def test_the_report_must_be_an_html_file_and_is_checked_before_the_model(tmp_path):
     result = cli("duplicates", tmp_path, "--report", tmp_path / "groups.txt")
     assert_clean_error(result, "--report", "groups.txt", ".html")

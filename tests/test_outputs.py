@@ -67,6 +67,21 @@ def test_safe_text_escapes_surrogates_and_keeps_plain_text():
     safe_text("\udcff\ud83d\ude00").encode("utf-8")
 
 
+def test_recorded_text_finds_the_file_an_escaped_path_names(tmp_path):
+    from vithybrid_cli.io.outputs import local_candidates, path_line, recorded_text
+
+    assert recorded_text(safe_text(BAD_PATH)) == BAD_PATH
+    assert recorded_text(safe_text("a\ud800b")) == "a\ud800b"
+    line = path_line(safe_text("new\nline\r.jpg")).removesuffix("\n")
+    assert recorded_text(line) == "new\nline\r.jpg"  # a .paths.txt's line, back
+    assert recorded_text("plain/ünïcode 猫.jpg") == "plain/ünïcode 猫.jpg"
+    literal = tmp_path / "lit\\xff.jpg"  # a name that holds the escape's characters itself
+    literal.write_bytes(b"x")
+    assert local_candidates(str(literal))[0] == str(literal)  # as written first: found as is
+    found = local_candidates("a\\xff.jpg", ["base"])
+    assert found == ["a\\xff.jpg", "base/a\\xff.jpg", "a\udcff.jpg", "base/a\udcff.jpg"]
+
+
 @pytest.mark.parametrize(
     ("path", "fmt"),
     [("out.jsonl", "jsonl"), ("OUT.NDJSON", "jsonl"), ("a/b.json", "json"), ("r.csv", "csv"),
@@ -330,6 +345,13 @@ def test_every_format_takes_any_path(items):
             write_all("records", fmt, os.path.join(directory, f"r.{fmt}"), records, top_k=2)
         with open(os.path.join(directory, "r.jsonl"), encoding="utf-8") as f:
             assert [json.loads(line)["path"] for line in f] == [safe_text(p) for p, _ in items]
+        if not any("\\" in p for p, _ in items):  # no backslash of its own: read back exactly
+            from vithybrid_cli.io.outputs import recorded_text
+
+            with open(os.path.join(directory, "r.jsonl"), encoding="utf-8") as f:
+                assert [recorded_text(json.loads(line)["path"]) for line in f] == [
+                    p for p, _ in items
+                ]
         if not any("\r" in p for p, _ in items):  # a lone CR is csv's own row end
             with open(os.path.join(directory, "r.csv"), encoding="utf-8", newline="") as f:
                 assert [row[0] for row in csv.reader(f)][1:] == [safe_text(p) for p, _ in items]

@@ -256,6 +256,35 @@ def test_report_writes_a_page_and_thumbnails_beside_it(classified, tmp_path):
     assert "0 made, 4 reused" in again.stderr
 
 
+def test_report_from_another_folder_says_images_are_missing_and_root_finds_them(
+    tmp_path, monkeypatch
+):
+    """Paths are relative to where classify ran (here run/, the results in run/out/): report run
+    from elsewhere warns with the fix, and --root (the folder classify ran in) finds them."""
+    run = tmp_path / "run"
+    (run / "photos").mkdir(parents=True)
+    (run / "out").mkdir()
+    for name, colour in (("a.jpg", "red"), ("b.jpg", "blue")):
+        Image.new("RGB", (40, 30), colour).save(run / "photos" / name)
+    records = [
+        {"path": f"photos/{name}", "top_k": top(("cat", 0.9))} for name in ("a.jpg", "b.jpg")
+    ]
+    write_records(run / "out" / "labels.jsonl", records)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    results, page = run / "out" / "labels.jsonl", elsewhere / "page.html"
+    lost = cli("report", results, "-o", page, "--quiet")
+    assert lost.exit_code == 0, lost.stderr
+    [line] = lost.stderr.splitlines()  # one line, even with --quiet
+    assert line.startswith("warning: 2 images not found: run report from the folder classify ran")
+    assert line.endswith("or pass --root DIR")
+    found = cli("report", results, "-o", page, "--root", run)
+    assert found.exit_code == 0, found.stderr
+    assert "2 made, 0 reused in" in found.stderr and "not found" not in found.stderr
+    assert_clean_error(cli("report", results, "--root", tmp_path / "nowhere"), "--root", "nowhere")
+
+
 # ---------------------------------------------------------------------------- in a browser
 
 

@@ -99,6 +99,18 @@ def test_complete_linkage_does_not_chain():
     assert [(group.rows, group.score, group.exact) for group in groups] == [([5, 6], 1.0, True)]
 
 
+def test_a_near_copy_joining_byte_copies_keeps_them_listed_as_copies():
+    # 0 and 1 hold the same bytes; 2 is a recompression of them: one near group of three
+    pairs = [(0, 1, 0.999), (0, 2, 0.96), (1, 2, 0.96), (3, 4, 0.97)]
+    groups = group_duplicates(pairs, 0.95, copies=[[0, 1]])
+    assert [(g.rows, g.score, g.exact, g.copies) for g in groups] == [
+        ([0, 1, 2], 0.96, False, [[0, 1]]),
+        ([3, 4], 0.97, False, []),
+    ]
+    [exact] = group_duplicates([], 0.95, copies=[[5, 6, 7]])
+    assert (exact.exact, exact.copies) == (True, [[5, 6, 7]])
+
+
 def test_exact_neighbours_blocked_equals_brute_force_and_ties_keep_row_order():
     rng = np.random.default_rng(3)
     base = rng.standard_normal((500, 16)).astype(np.float32)
@@ -176,12 +188,14 @@ def test_duplicates_finds_byte_copies_from_images(tiny_checkpoint, photo_dir, tm
             "paths": [f"{folder}/more/photo1-copy.jpg", f"{folder}/photo1.jpg"],
             "score": 1.0,
             "exact": True,
+            "copies": [[f"{folder}/more/photo1-copy.jpg", f"{folder}/photo1.jpg"]],
             "keep": f"{folder}/more/photo1-copy.jpg",
         },
         {
             "paths": [f"{folder}/photo3-copy.jpg", f"{folder}/photo3.jpg"],
             "score": 1.0,
             "exact": True,
+            "copies": [[f"{folder}/photo3-copy.jpg", f"{folder}/photo3.jpg"]],
             "keep": f"{folder}/photo3-copy.jpg",
         },
     ]
@@ -341,6 +355,36 @@ def test_duplicates_of_vectors_written_elsewhere_find_byte_copies_and_sizes(tmp_
     assert sorted(by_exact[True]["paths"]) == ["a-copy.png", "a.png"]  # not near: orthogonal rows
     assert by_exact[False]["keep"] == "big.png"
     assert (elsewhere / "groups.others.txt").read_text().splitlines() == ["a-copy.png", "small.png"]
+
+
+def test_byte_copies_joined_by_a_near_copy_are_counted_and_listed(tmp_path, monkeypatch):
+    """coffee.jpg, its byte copy and a recompression of it: one near group at 0.95 that still
+    says which two files are byte copies, in the records, the summary, the table and the page."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "brown").save(tmp_path / "coffee.jpg", quality=95)
+    shutil.copy(tmp_path / "coffee.jpg", tmp_path / "coffee_copy.jpg")
+    Image.new("RGB", (40, 30), "brown").save(tmp_path / "coffee_q40.jpg", quality=40)
+    array = np.zeros((3, 4), np.float32)
+    array[:, 0] = 1.0
+    array[2, 1] = 0.2  # the recompression: cosine 0.98 to the others
+    np.save(tmp_path / "v.npy", array)
+    (tmp_path / "v.paths.txt").write_text("coffee.jpg\ncoffee_copy.jpg\ncoffee_q40.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["v.npy", "-t", "0.95", "--keep", "largest", "-o", "groups.jsonl"]
+    result = cli("duplicates", *args, "--report", "groups.html")
+    assert result.exit_code == 0, result.output
+    [group] = jsonl((tmp_path / "groups.jsonl").read_text())
+    assert group["exact"] is False and group["keep"] == "coffee.jpg"  # the most bytes, first
+    assert sorted(group["paths"]) == ["coffee.jpg", "coffee_copy.jpg", "coffee_q40.jpg"]
+    assert group["copies"] == [["coffee.jpg", "coffee_copy.jpg"]]
+    assert "1 group (0 exact, 1 with byte copies) of 3 files" in result.stderr
+    assert '"with byte copies","1"' in (tmp_path / "groups.html").read_text()
+    table = cli("duplicates", "v.npy", "-t", "0.95", "-f", "table")
+    assert table.exit_code == 0, table.output
+    assert "coffee.jpg (byte copy A)" in table.stdout
+    assert "coffee_copy.jpg (byte copy A)" in table.stdout
+    assert "coffee_q40.jpg (byte" not in table.stdout
 
 
 def test_a_folder_of_parquet_parts_is_one_vectors_source(tmp_path, monkeypatch):

@@ -43,6 +43,15 @@ def report(
     thumb_format: Annotated[
         ThumbFormat, typer.Option(help="Thumbnail format.", case_sensitive=False)
     ] = ThumbFormat.webp,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where relative paths in RESULTS start: the folder classify ran in (default: "
+            "the current folder, then RESULTS' folder).",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
     workers: Workers = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -50,15 +59,22 @@ def report(
     """Write a gallery page of a classify run: thumbnails by label, the least certain, failures."""
 
     def body() -> int:
+        import os
         from pathlib import Path
 
         from ..report.gallery import ThumbnailOptions, build_gallery
 
         target = page_path(output or str(Path(results.rstrip("/")).with_suffix(".html")))
+        if root is not None and not os.path.isdir(root):
+            raise UserError(f"--root {root!r}: no such folder")
         with thumbnail_progress(quiet) as progress:
             options = ThumbnailOptions(thumb_size, thumb_format.value, workers, progress)
-            done = build_gallery(results, target, title=title, thumbnails=options)
-        summarize(done, "records", quiet)
+            done = build_gallery(results, target, title=title, thumbnails=options, root=root)
+        hint = (
+            "run report from the folder classify ran in (relative paths start there), "
+            "or pass --root DIR"
+        )
+        summarize(done, "records", quiet, hint)
         return 0
 
     run_command(body, debug)
@@ -73,20 +89,26 @@ def page_path(path: str | None, option: str = "--output") -> str | None:
     return path
 
 
-def summarize(done: Any, what: str, quiet: bool) -> None:
-    """One stderr line: what the page holds, the thumbnails made and reused, where it is."""
-    if quiet:
-        return
+def summarize(done: Any, what: str, quiet: bool, hint: str | None = None) -> None:
+    """One stderr line: what the page holds, the thumbnails made and reused, where it is; then,
+    when local images were not found and the caller knows why, a warning: how many, and `hint`
+    (what to do about it), even with --quiet (the page lacks pictures)."""
     stats = done.stats
-    missing = f", {stats.missing} missing" if stats.missing else ""
-    missing += f", {stats.removed} no longer shown removed" if stats.removed else ""
-    labels = f"{counted(done.labels, 'label')}, " if done.labels else ""
-    stderr.print(
-        f"{done.rows} {what} ({labels}{done.failed} failed); thumbnails: "
-        f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
-        f"wrote {done.output}",
-        soft_wrap=True,
-    )
+    if not quiet:
+        missing = f", {stats.missing} missing" if stats.missing else ""
+        missing += f", {stats.removed} no longer shown removed" if stats.removed else ""
+        labels = f"{counted(done.labels, 'label')}, " if done.labels else ""
+        stderr.print(
+            f"{done.rows} {what} ({labels}{done.failed} failed); thumbnails: "
+            f"{stats.made} made, {stats.reused} reused{missing} in {done.seconds:.1f} s; "
+            f"wrote {done.output}",
+            soft_wrap=True,
+        )
+    if stats.not_found and hint:
+        stderr.print(
+            f"[yellow]warning:[/yellow] {counted(stats.not_found, 'image')} not found: {hint}",
+            soft_wrap=True,
+        )
 
 
 def write_fit_report(report: Any, path: str, head_path: str, workers: int | None,
@@ -116,7 +138,9 @@ def write_duplicates_report(records: list[dict[str, Any]], path: str, threshold:
             records, path, title=f"Duplicates among {searched:,} images", threshold=threshold,
             searched=searched, bases=[Path(base) for base in bases], thumbnails=options,
         )  # fmt: skip
-    summarize(done, "files in groups", quiet)
+    summarize(done, "files in groups", quiet,
+              "run duplicates from the folder embed ran in (relative paths start there)"
+              if bases else None)  # fmt: skip
 
 
 class thumbnail_progress:  # noqa: N801 - used as a context manager, like contextlib's

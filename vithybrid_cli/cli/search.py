@@ -268,8 +268,10 @@ def duplicates(
         if not quiet:
             files = sum(len(record["paths"]) for record in records)
             exact = sum(record["exact"] for record in records)
+            copies = sum(bool(record["copies"]) for record in records)
             stderr.print(
-                f"{counted(len(records), 'group')} ({exact} exact) of {counted(files, 'file')} "
+                f"{counted(len(records), 'group')} ({exact} exact, {copies} with byte copies) "
+                f"of {counted(files, 'file')} "
                 f"among {len(vectors)} images at threshold {threshold:g} "
                 f"({method} search in {elapsed:.1f} s)"
             )
@@ -307,12 +309,14 @@ def others_path(output: str | None) -> str | None:
 
 def render_groups(records: list[dict[str, Any]]) -> None:
     from ..data.items import display_path
+    from ..report.duplicates_page import copy_marks
 
     table = Table()
     for column, justify in (("group", "right"), ("score", "right"), ("files", "left")):
         table.add_column(column, justify=justify)
     for number, record in enumerate(records, 1):
-        paths = [escape(display_path(path)) for path in record["paths"]]
+        marks = {path: f" ({mark})" for path, mark in copy_marks(record).items()}
+        paths = [escape(display_path(path)) + marks.get(path, "") for path in record["paths"]]
         if "keep" in record:
             paths = [f"{paths[0]} [green](keep)[/green]", *paths[1:]]
         score = "exact" if record["exact"] else f"{record['score']:.3f}"

@@ -21,7 +21,9 @@ as Parquet (parquet.py, imported only when used: pyarrow is an optional extra) i
 
 Paths may hold lone surrogates (undecodable file names). Every string written passes through
 `safe_text` first, so no writer fails on encoding; the same function gives the key a path is
-known by when resuming.
+known by when resuming. Whatever reads a path back to open the file (report's thumbnails,
+duplicates' byte comparison and --keep) looks where `local_candidates` says: the path as written,
+then with those escapes (and a .paths.txt's \\n, \\r) undone by `recorded_text`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Protocol, TextIO
 
 import numpy as np
@@ -43,6 +45,8 @@ import numpy as np
 from ..files import AtomicFile, atomic_write
 
 SURROGATE = re.compile("[\ud800-\udfff]")
+# what safe_text writes for a surrogate, and path_line for a newline or CR
+RECORDED_ESCAPE = re.compile(r"\\(x[89a-f][0-9a-f]|ud[89a-f][0-9a-f]{2}|n|r)")
 CHUNK = 8 << 20  # bytes copied per read; bounds memory when finishing large files
 
 
@@ -63,6 +67,37 @@ def safe_text(text: str) -> str:
     if not SURROGATE.search(text):
         return text
     return SURROGATE.sub(_escape_surrogate, text)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    if escape in ("n", "r"):
+        return "\n" if escape == "n" else "\r"
+    if escape[0] == "x":  # a byte: back to its surrogateescape character
+        return chr(0xDC00 + int(escape[1:], 16))
+    return chr(int(escape[1:], 16))
+
+
+def recorded_text(text: str) -> str:
+    """The path that `safe_text` (and `path_line`, in a .paths.txt) wrote as `text`: ``\\xNN``
+    back to the undecodable byte it stands for (as os.fsdecode gives it), ``\\udXXX`` to the
+    lone surrogate, ``\\n`` and ``\\r`` to a newline and a CR; other text as it is."""
+    if "\\" not in text:
+        return text
+    return RECORDED_ESCAPE.sub(_unescape, text)
+
+
+def local_candidates(path: str, bases: Sequence[str] = ()) -> list[str]:
+    """Where the file a recorded `path` names may be, in the order to try: the path as written,
+    then unescaped (`recorded_text`: a name that holds a backslash itself is still found as
+    written), each relative one in the current folder and then in each of `bases`."""
+    candidates = []
+    for name in dict.fromkeys((path, recorded_text(path))):
+        if os.path.isabs(name):
+            candidates.append(name)
+        else:
+            candidates += [name, *(os.path.join(base, name) for base in bases)]
+    return candidates
 
 
 def json_safe(value: Any) -> Any:

@@ -3,8 +3,9 @@
 From the records `search.grouping.group_records` makes (one per group: its paths, the lowest
 similarity inside it, whether the files are byte copies, and with --keep the file kept first):
 one heading per group, its files side by side, exact copies first and then the most similar
-groups; each tile says the file's size and pixel size (read from local files' headers only) and,
-with --keep, whether the file is kept or one of the others to review.
+groups; each tile says the file's size and pixel size (read from local files' headers only), in a
+near group which files are byte copies of each other ("byte copy A"), and, with --keep, whether
+the file is kept or one of the others to review.
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def duplicates_page(
     others: list[int] = []
     for number, record in enumerate(by_score(records), 1):
         score = "exact copies" if record["exact"] else f"lowest similarity {record['score']:.3f}"
+        marks = copy_marks(record)
+        if marks:
+            score += f", {len(marks)} byte copies"
         group = f"{number}. {score}"
         for path in record["paths"]:
             thumb = thumbs.get(path)
             local = thumb.original if thumb and thumb.original else path  # found via the bases
-            tile = Tile(path, group=group, detail=file_facts(local))
+            detail = " · ".join(part for part in (file_facts(local), marks.get(path)) if part)
+            tile = Tile(path, group=group, detail=detail)
             if "keep" in record:
                 kept = path == record["keep"]
                 tile.title = "keep" if kept else "other"
@@ -80,9 +85,11 @@ def duplicates_page(
     if others:
         views.append(View("To review", others, "The files --keep did not keep, by group."))
     exact = sum(record["exact"] for record in records)
+    copies = sum(bool(record.get("copies")) for record in records)
     facts = [
         ("groups", f"{len(records):,}"),
         ("exact", f"{exact:,}"),
+        ("with byte copies", f"{copies:,}"),
         ("files in groups", f"{len(tiles):,}"),
         ("images searched", f"{searched:,}"),
         ("threshold", f"{threshold:g}"),
@@ -92,6 +99,15 @@ def duplicates_page(
     near = [record["score"] for record in records if not record["exact"]]
     charts = [score_histogram(near, threshold)] if near and threshold < 1.0 else []
     return Page(title, facts=facts, charts=charts, views=views, tiles=tiles)
+
+
+def copy_marks(record: dict[str, Any]) -> dict[str, str]:
+    """The mark of each file of a near group that is a byte copy of another in it ("byte copy
+    A", a letter per set of copies); none in an exact group (all its files are copies)."""
+    if record["exact"]:
+        return {}
+    sets = record.get("copies", [])[:26]
+    return {path: f"byte copy {chr(ord('A') + n)}" for n, same in enumerate(sets) for path in same}
 
 
 def score_histogram(scores: list[float], threshold: float) -> dict:

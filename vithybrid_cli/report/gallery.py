@@ -69,15 +69,19 @@ def build_gallery(
     *,
     title: str | None = None,
     thumbnails: ThumbnailOptions | None = None,
+    root: str | None = None,
 ) -> GalleryReport:
-    """Read classify output `results_path`, make its thumbnails, write the page `output`."""
+    """Read classify output `results_path`, make its thumbnails, write the page `output`.
+    Relative paths are looked up from the current folder, then from `root` (the folder
+    classify ran in, when given), then from the folder of `results_path`."""
     started = time.perf_counter()
     results = read_results(results_path)
     base = Path(results_path).parent if not Path(results_path).is_dir() else Path(results_path)
     # a failed input is not opened again: its tile shows the error (a dead URL would time out)
     paths = (row.path for row in results.rows if row.ok)
+    bases = [Path(root), base] if root else [base]
     thumbs, stats, folder = thumbnails_beside(
-        output, paths, thumbnails or ThumbnailOptions(), [base]
+        output, paths, thumbnails or ThumbnailOptions(), bases
     )
     page = gallery_page(results, thumbs, Path(output).parent, folder, title or results_path)
     write_page(page, output)

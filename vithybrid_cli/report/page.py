@@ -88,9 +88,10 @@ def table(title: str, columns: list[str], rows: list[list[Any]], note: str = "")
 
 
 def relative_url(target: str | os.PathLike[str], page_dir: str | os.PathLike[str]) -> str:
-    """`target` as a URL relative to a page in `page_dir` (file:// pages resolve it locally)."""
+    """`target` as a URL relative to a page in `page_dir` (file:// pages resolve it locally);
+    a name that is not UTF-8 is quoted as its bytes, as the browser finds the file."""
     relative = os.path.relpath(os.path.abspath(target), os.path.abspath(page_dir))
-    return quote(relative.replace(os.sep, "/"), safe="/")
+    return quote(os.fsencode(relative.replace(os.sep, "/")), safe="/")
 
 
 def template(name: str) -> str:

@@ -1,8 +1,9 @@
 """Thumbnails of the images records name, made once, in parallel, through the input layer.
 
-A record's path is what classify was given: a local file (relative to where classify ran), a
-URL, an object-store URL or a tar member (`shard.tar/member.jpg`). Each is opened the way
-classify opened it (data.inputs; an archive is read once for all its members) and decoded by
+A record's path is what classify was given: a local file (relative to where classify ran: it
+is looked up from the current folder, then from each folder the caller names), a URL, an
+object-store URL or a tar member (`shard.tar/member.jpg`). Each is opened the way classify
+opened it (data.inputs; an archive is read once for all its members) and decoded by
 preprocess.load_image, so EXIF orientation, modes and reduced-size JPEG decoding all apply.
 
 A thumbnail's file name is a hash of the record's path and, for local files and archives, the
@@ -28,8 +29,10 @@ from ..data.inputs import iter_inputs
 from ..data.items import InputItem
 from ..data.lists import STDIN
 from ..data.sources import is_remote, is_tar_name
+from ..io.outputs import local_candidates
 
 THUMBNAIL_SIZE = 256
+NOT_FOUND = "image not found"
 ARCHIVE_HINT = re.compile(r"\.(tar|tgz|tbz2?|txz)(\.\w+)?/", re.IGNORECASE)  # a cheap first look
 SUFFIXES = {"webp": ".webp", "jpeg": ".jpg"}
 # Originals a browser shows as they are, for the larger view of a local image.
@@ -50,6 +53,7 @@ class ThumbnailStats:
     made: int = 0
     reused: int = 0
     missing: int = 0
+    not_found: int = 0  # of the missing: local paths found nowhere (another folder, gone since)
     removed: int = 0  # thumbnails of an earlier run this one no longer shows
 
 
@@ -92,6 +96,7 @@ def make_thumbnails(
         if source.reason is not None:
             result[source.path] = Thumbnail(reason=source.reason)
             stats.missing += 1
+            stats.not_found += source.reason == NOT_FOUND
             continue
         digest = hashlib.sha1(f"{source.path}\0{source.stamp}\0{size}".encode("utf-8", "replace"))
         source.key = digest.hexdigest()[:24] + suffix
@@ -165,7 +170,7 @@ def _locate(path: str, bases: list[str]) -> _Source:
     if is_remote(path):
         archive = _archive_prefix(path)
         return _Source(path, archive=archive, member=path[len(archive or "") + 1 :])
-    candidates = [path] if os.path.isabs(path) else [path, *(os.path.join(b, path) for b in bases)]
+    candidates = local_candidates(path, bases)  # as search.grouping.local_file looks
     for candidate in candidates:
         try:
             info = os.stat(candidate)
@@ -180,7 +185,7 @@ def _locate(path: str, bases: list[str]) -> _Source:
             stamp = f"{info.st_size}:{info.st_mtime_ns}"
             member = candidate[len(archive) + 1 :]
             return _Source(path, archive=archive, member=member, stamp=stamp)
-    return _Source(path, reason="image not found")
+    return _Source(path, reason=NOT_FOUND)
 
 
 def _archive_prefix(path: str) -> str | None:

@@ -8,7 +8,8 @@ complete linkage instead: pairs are taken strongest first, and two groups merge 
 pair across them is at least the threshold. Every pair inside a group is then >= the threshold,
 and the score (the lowest pair) is >= it too: what a reviewer expects when told "these are
 copies of each other". Files with the same bytes are always one group (score 1.0), whatever
-the threshold.
+the threshold; a near copy that joins them makes the group near (its score below 1.0), and the
+group still says which of its files are byte copies of each other (`Group.copies`).
 
 Each vector's neighbours are its `max_neighbours` nearest (index.py); a group can hold at most
 max_neighbours + 1 files, far more than near-duplicates come in.
@@ -20,13 +21,13 @@ import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io.outputs import safe_text
+from ..io.outputs import local_candidates, safe_text
 
 HASH_CHUNK = 1 << 20
 
@@ -34,19 +35,21 @@ HASH_CHUNK = 1 << 20
 @dataclass
 class Group:
     """Rows of one duplicate group, in input order; `score` is the lowest similarity between
-    two of them; `exact` when they all hold the same bytes."""
+    two of them; `exact` when they all hold the same bytes; `copies`, the sets of its rows that
+    hold the same bytes (each of two or more rows, in input order), all of `rows` when exact."""
 
     rows: list[int]
     score: float
     exact: bool
+    copies: list[list[int]] = field(default_factory=list)
 
 
 def local_file(path: str, bases: Sequence[str] = ()) -> str | None:
     """Where the local file a recorded path names is now, or None (a URL, an archive member, a
     file gone since). A relative path is looked up in the current folder, then in each of
-    `bases`: vectors written in another folder record paths relative to that folder."""
-    candidates = [path] if os.path.isabs(path) else [path, *(os.path.join(b, path) for b in bases)]
-    for candidate in candidates:
+    `bases`: vectors written in another folder record paths relative to that folder. An escaped
+    name (not UTF-8, or with a newline) is found again (io.outputs.local_candidates)."""
+    for candidate in local_candidates(path, bases):
         try:
             if os.path.isfile(candidate):
                 return candidate
@@ -138,7 +141,9 @@ def group_duplicates(
         rows = sorted(members)
         keys = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]]
         score = min(similarity[key] for key in keys)
-        groups.append(Group(rows, score, all(key in exact for key in keys)))
+        # a set of byte copies is linked at 1.0 before anything else, so it is in one group
+        inside = [sorted(same) for same in copies if same[0] in members and len(same) > 1]
+        groups.append(Group(rows, score, all(key in exact for key in keys), sorted(inside)))
     return sorted(groups, key=lambda group: group.rows[0])
 
 
@@ -176,8 +181,10 @@ def find_duplicates(
 def group_records(
     groups: list[Group], paths: list[str], keep: str | None = None, bases: Sequence[str] = ()
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """(one JSON-ready record per group, the files to review): ``{"paths", "score", "exact"}``,
-    with `keep` (first / largest) the kept file first and as ``"keep"``, the others listed."""
+    """(one JSON-ready record per group, the files to review): ``{"paths", "score", "exact",
+    "copies"}`` (copies: the lists of its paths that are byte copies of each other, [] when
+    none), with `keep` (first / largest) the kept file first and as ``"keep"``, the others
+    listed."""
     records, review = [], []
     for group in groups:
         rows = keeper_first(group.rows, paths, keep, bases) if keep else group.rows
@@ -185,6 +192,7 @@ def group_records(
             "paths": [safe_text(paths[row]) for row in rows],
             "score": round(group.score, 6),
             "exact": group.exact,
+            "copies": [[safe_text(paths[row]) for row in same] for same in group.copies],
         }
         if keep:
             record["keep"] = record["paths"][0]
