@@ -24,14 +24,13 @@ from vithybrid_cli.model.head import (
     Head,
     HeadError,
     ModelIdentity,
-    head_fingerprint,
-    head_task,
     load_head,
     model_identity,
     save_head,
 )
 from vithybrid_cli.pipeline import fitting
 from vithybrid_cli.pipeline.runner import RunOptions
+from vithybrid_cli.pipeline.tasks import head_fingerprint, head_task
 
 LABELS = ["cat", "astronaut", "coffee", "rocket"]  # checkpoints.photographs' order
 TINY_SIZE = ["--image-size", "128", "--interpolate-pos-encoding"]

@@ -152,7 +152,8 @@ def test_bfloat16_agrees_within_bf16_rounding(tiny_checkpoint, torch_model, pixe
 
 def test_auto_records_the_precision_openvino_compiled(tiny_checkpoint, pixels):
     from vithybrid_cli.pipeline.job import job_settings
-    from vithybrid_cli.pipeline.runner import Runner, embed_task
+    from vithybrid_cli.pipeline.runner import Runner
+    from vithybrid_cli.pipeline.tasks import embed_task
 
     model = vh.load_model(tiny_checkpoint, backend="openvino")  # auto: OpenVINO's default
     model(pixels, cls_only=True)

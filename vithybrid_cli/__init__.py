@@ -127,12 +127,13 @@ def classify(
 
     With `head` (a Head or a head file from fit_head/`vithybrid fit`), over the head's labels.
     """
-    from .pipeline.runner import classify_task
+    from .pipeline.tasks import classify_task
 
     task = classify_task(top_k, model.config.id2label)
     if head is not None:
-        from .model.head import head_task, model_identity
+        from .model.head import model_identity
         from .pipeline.runner import RunOptions
+        from .pipeline.tasks import head_task
 
         head = load_head(head) if isinstance(head, str | os.PathLike) else head
         options = RunOptions(
@@ -160,7 +161,7 @@ def embed(
     """(N, hidden) float32 embeddings: `cls` (pre-logits), `mean` of patch tokens, or `pooler`."""
     import numpy as np
 
-    from .pipeline.runner import embed_task
+    from .pipeline.tasks import embed_task
 
     task = embed_task(pool, normalize)
     rows = run(model, images, task, image_size=image_size, batch_size=batch_size,

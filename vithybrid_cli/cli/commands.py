@@ -256,8 +256,8 @@ def embed(
 
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path
-        from ..pipeline.runner import embed_task
         from ..pipeline.runtime import Distributed
+        from ..pipeline.tasks import embed_task
         from .walk import own_outputs
 
         if format is not None:
@@ -319,7 +319,8 @@ def attention_map(
     def body() -> int:
         from ..pipeline.job import NoOutput
         from ..pipeline.runtime import Distributed
-        from ..report.attention import attention_task, save_overlay
+        from ..pipeline.tasks import attention_task
+        from ..report.attention import save_overlay
         from .walk import own_outputs
 
         written = own_outputs(output, output_dir, raw)
@@ -424,9 +425,9 @@ def labeling_task(
     loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
 ) -> Any:
     """classify's task: the checkpoint's classifier, or a head checked against this run."""
-    from ..model.head import head_task, model_identity
+    from ..model.head import model_identity
     from ..model.weights import require_classifier
-    from ..pipeline.runner import classify_task
+    from ..pipeline.tasks import classify_task, head_task
 
     if head is None:
         require_classifier(loaded)  # features-only checkpoints: a one-line hint

@@ -339,7 +339,8 @@ def embed_examples(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], int]:
     """Pooled embeddings of `paths` (cache first, then the Runner): (by path, errors, embedded)."""
-    from .runner import Runner, embed_task
+    from .runner import Runner
+    from .tasks import embed_task
 
     vectors: dict[str, np.ndarray] = {}
     errors: list[tuple[str, str]] = []
@@ -543,7 +544,8 @@ def fit_head(
     `progress(done, total)` is called as images are embedded. Raises FitError for unusable data.
     """
     from .backends import backend_settings
-    from .runner import POOLS, RunOptions
+    from .runner import RunOptions
+    from .tasks import POOLS
 
     started = time.perf_counter()
     if pool not in POOLS:

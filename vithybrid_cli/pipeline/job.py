@@ -27,7 +27,8 @@ from ..data.inputs import InputError
 from ..io.outputs import naming, open_writer, record_of, safe_text
 from .journal import Job, Journal, SingleProcess
 from .lock import Target, holding
-from .runner import Result, Runner, Task
+from .runner import Result, Runner
+from .tasks import Task
 
 if TYPE_CHECKING:
     from ..model.model import ViTHybrid
