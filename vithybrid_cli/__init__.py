@@ -126,21 +126,15 @@ def classify(
     """Top-k (class index, label, probability) per image, best first.
 
     With `head` (a Head or a head file from fit_head/`vithybrid fit`), over the head's labels.
+    Before any image is read: FeaturesOnlyError without a head on a checkpoint that has no
+    classifier, HeadError for a head fitted on other weights or at another image size.
     """
-    from .pipeline.tasks import classify_task
+    from .pipeline.runner import RunOptions
+    from .pipeline.tasks import labeling_task
 
-    task = classify_task(top_k, model.config.id2label)
-    if head is not None:
-        from .model.head import model_identity
-        from .pipeline.runner import RunOptions
-        from .pipeline.tasks import head_task
-
-        head = load_head(head) if isinstance(head, str | os.PathLike) else head
-        options = RunOptions(
-            image_size=image_size, interpolate_pos_encoding=interpolate_pos_encoding
-        )
-        head.check_compatible(model_identity(model, options))
-        task = head_task(head, top_k)
+    head = load_head(head) if isinstance(head, str | os.PathLike) else head
+    options = RunOptions(image_size=image_size, interpolate_pos_encoding=interpolate_pos_encoding)
+    task = labeling_task(model, options, top_k, head)
     payloads = run(model, images, task, image_size=image_size, batch_size=batch_size,
                    interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
     if head is None:

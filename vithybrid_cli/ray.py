@@ -211,16 +211,12 @@ class Classifier(_ModelStep):
         super().__init__(model, **options)
 
     def make_task(self) -> Any:
-        from .model.head import model_identity
-        from .model.weights import require_classifier
-        from .pipeline.tasks import classify_task, head_task
+        from .pipeline.tasks import labeling_task
 
-        if self.head is None:
-            require_classifier(self.model)  # features-only checkpoints: a one-line hint
-            return classify_task(self.top_k, self.model.config.id2label, self.min_score)
-        identity = model_identity(self.model, self.runner.options)
-        self.head.check_compatible(identity, source=self.head_source)
-        return head_task(self.head, self.top_k, self.min_score)
+        options = self.runner.options
+        return labeling_task(
+            self.model, options, self.top_k, self.head, self.min_score, self.head_source
+        )
 
     def table(self, paths: list[str], payloads: list[Any], errors: list[str | None]) -> Any:
         import pyarrow as pa

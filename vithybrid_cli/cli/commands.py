@@ -182,6 +182,7 @@ def classify(
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
         from ..pipeline.runtime import Distributed
+        from ..pipeline.tasks import labeling_task
         from .walk import own_outputs
 
         fmt = record_format(format, output)
@@ -194,7 +195,7 @@ def classify(
         with job, holding_outputs(job, output):
             loaded = common.load()
             runner = common.runner(loaded)
-            task = labeling_task(loaded, runner, top_k, fitted, head, min_score)
+            task = labeling_task(loaded, runner.options, top_k, fitted, min_score, head or "head")
             classes = fitted.num_classes if fitted is not None else loaded.num_labels
             decision = fitted is not None or min_score is not None
             columns = {"top_k": min(top_k, classes), "decision": decision}  # CSV columns
@@ -419,21 +420,6 @@ def load_head_file(path: str | None) -> Any:
     from ..model.head import load_head
 
     return load_head(path)
-
-
-def labeling_task(
-    loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
-) -> Any:
-    """classify's task: the checkpoint's classifier, or a head checked against this run."""
-    from ..model.head import model_identity
-    from ..model.weights import require_classifier
-    from ..pipeline.tasks import classify_task, head_task
-
-    if head is None:
-        require_classifier(loaded)  # features-only checkpoints: a one-line hint
-        return classify_task(top_k, loaded.config.id2label, min_score)
-    head.check_compatible(model_identity(loaded, runner.options), source=head_path)
-    return head_task(head, top_k, min_score)
 
 
 def refuse_torchrun() -> None:

@@ -14,6 +14,10 @@ A task turns one forward pass into per-image payloads. It is any object with
 the model looks; the maths is model/attention_maps.py) build the ones here; `FunctionTask(f)`
 makes one of any function. A new task is a small dataclass with these four members; the CLI and
 the API then run it with `job.run_job` like the others (the runner, runner.py, calls it per batch).
+
+What the CLI, the API and the Ray step share about building them is here too: `labeling_task`
+(classify's task: the checkpoint's classifier, or a head checked against the run), so each says
+the same thing in the same words.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import numpy as np
 from ..model.head import TENSORS, Head
 
 if TYPE_CHECKING:
-    from ..model.model import ViTHybridOutput
+    from ..model.model import ViTHybrid, ViTHybridOutput
+    from .backends.openvino import OpenVINOModel
+    from .runner import RunOptions
 
 POOLS = ("cls", "mean", "pooler")
 
@@ -205,6 +211,28 @@ class HeadTask:
 
 def head_task(head: Head, top_k: int = 5, min_score: float | None = None) -> HeadTask:
     return HeadTask(head, top_k, min_score)
+
+
+def labeling_task(
+    model: ViTHybrid | OpenVINOModel,
+    options: RunOptions,
+    top_k: int,
+    head: Head | None = None,
+    min_score: float | None = None,
+    head_source: str = "head",
+) -> ClassifyTask | HeadTask:
+    """classify's task, for the CLI, the API and the Ray step alike: the checkpoint's classifier
+    (FeaturesOnlyError for a checkpoint without one), or `head` checked against this run
+    (`options`: its image size and interpolation; HeadError naming `head_source` when the head
+    reads another model's embeddings)."""
+    from ..model.head import model_identity
+    from ..model.weights import require_classifier
+
+    if head is None:
+        require_classifier(model)  # features-only checkpoints: a one-line hint
+        return classify_task(top_k, model.config.id2label, min_score)
+    head.check_compatible(model_identity(model, options), source=head_source)
+    return head_task(head, top_k, min_score)
 
 
 def head_fingerprint(head: Head) -> str:
