@@ -1,5 +1,5 @@
 """The tasks' one home (pipeline/tasks.py): the labeling task the CLI, the API and the Ray step
-build alike.
+build alike, and the one pool check.
 
 Every test uses conftest's tiny checkpoint (random weights, 10 labels, no pooler, 64x64 input)
 or its features-only twin (no classifier, a pooler); nothing touches the network.
@@ -7,22 +7,27 @@ or its features-only twin (no classifier, a pooler); nothing touches the network
 
 from __future__ import annotations
 
+import checkpoints
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import vithybrid_cli as vh
+from vithybrid_cli.cli import app
 from vithybrid_cli.model.head import Head, HeadError, model_identity, save_head
 from vithybrid_cli.model.weights import FeaturesOnlyError, load_model
+from vithybrid_cli.pipeline import fitting
 from vithybrid_cli.pipeline.runner import RunOptions
 from vithybrid_cli.pipeline.tasks import (
     ClassifyTask,
     HeadTask,
+    check_pool,
     classify_task,
     head_fingerprint,
     labeling_task,
 )
-from vithybrid_cli.ray import Classifier
+from vithybrid_cli.ray import Classifier, Embedder
 
 MISSING = "no-such-photo.jpg"  # a check made before any input is read never gets to it
 
@@ -134,3 +139,52 @@ def test_a_features_only_checkpoint_is_refused_everywhere_before_any_input(
         vh.classify(features_only, [MISSING])  # used to fail on the input, not the model
     with pytest.raises(FeaturesOnlyError, match="no classifier head"):
         Classifier(str(features_checkpoint), dtype="float32")
+
+
+# ---------------------------------------------------------------------------- check_pool
+
+
+def test_check_pool_accepts_what_the_model_can_pool(tiny, features_only):
+    for pool in ("cls", "mean"):
+        check_pool(tiny, pool)
+        check_pool(features_only, pool)
+    check_pool(features_only, "pooler")
+
+
+def test_check_pool_refuses_in_one_line(tiny):
+    with pytest.raises(ValueError) as error:
+        check_pool(tiny, "pooler")
+    name = tiny.checkpoint.name
+    assert str(error.value) == f"{name} has no pooler layer: use --pool cls or --pool mean"
+    with pytest.raises(ValueError) as error:
+        check_pool(tiny, "max")
+    assert str(error.value) == "unknown pool 'max': use one of cls, mean, pooler"
+
+
+def test_every_caller_says_the_same_line_for_a_missing_pooler(tiny, tiny_checkpoint, tmp_path):
+    photo = tmp_path / "cat.jpg"
+    checkpoints.photographs(1)[0].save(photo)
+    line = f"{tiny.checkpoint.name} has no pooler layer: use --pool cls or --pool mean"
+    with pytest.raises(fitting.FitError) as error:
+        fitting.fit_head(tiny, tmp_path, pool="pooler")
+    assert str(error.value) == line
+    with pytest.raises(ValueError) as error:
+        vh.embed(tiny, [MISSING], pool="pooler")  # the API: before any input is read
+    assert str(error.value) == line
+    with pytest.raises(ValueError) as error:
+        Embedder(str(tiny_checkpoint), pool="pooler", dtype="float32")
+    assert str(error.value) == line
+    result = CliRunner().invoke(
+        app,
+        ["embed", str(photo), "-o", str(tmp_path / "p.npy"), "--model", str(tiny_checkpoint),
+         "--pool", "pooler"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.strip() == f"error: {line}"
+
+
+def test_fitting_refuses_an_unknown_pool_with_the_same_line(tiny, tmp_path):
+    with pytest.raises(fitting.FitError) as error:
+        fitting.fit_head(tiny, tmp_path, pool="max")
+    assert str(error.value) == "unknown pool 'max': use one of cls, mean, pooler"

@@ -155,8 +155,9 @@ def embed(
     """(N, hidden) float32 embeddings: `cls` (pre-logits), `mean` of patch tokens, or `pooler`."""
     import numpy as np
 
-    from .pipeline.tasks import embed_task
+    from .pipeline.tasks import check_pool, embed_task
 
+    check_pool(model, pool)
     task = embed_task(pool, normalize)
     rows = run(model, images, task, image_size=image_size, batch_size=batch_size,
                interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip

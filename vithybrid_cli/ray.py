@@ -253,10 +253,9 @@ class Embedder(_ModelStep):
         self.row_shape = tuple(self.runner.forward(probe, self.task)[0].shape)
 
     def make_task(self) -> Any:
-        from .pipeline.tasks import embed_task
+        from .pipeline.tasks import check_pool, embed_task
 
-        if self.pool == "pooler" and self.model.pooler is None:
-            raise ValueError(f"{self.model.checkpoint.name} has no pooler layer: use cls or mean")
+        check_pool(self.model, self.pool)
         return embed_task(self.pool, self.normalize, self.tokens)
 
     def table(self, paths: list[str], payloads: list[Any], errors: list[str | None]) -> Any:

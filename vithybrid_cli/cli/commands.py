@@ -258,7 +258,7 @@ def embed(
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path
         from ..pipeline.runtime import Distributed
-        from ..pipeline.tasks import embed_task
+        from ..pipeline.tasks import check_pool, embed_task
         from .walk import own_outputs
 
         if format is not None:
@@ -270,8 +270,7 @@ def embed(
         ensure_parent(output)
         with Distributed.from_env() as job, holding_outputs(job, output):
             loaded = common.load()
-            if pool is Pool.pooler and loaded.pooler is None:
-                raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
+            check_pool(loaded, pool.value)  # a ValueError: one line, exit 2
             runner = common.runner(loaded)
             target = file_output(output, "embeddings", runner, task, job, resume=resume)
             summary = common.run("embedded", inputs, runner, task, target, job)

@@ -545,17 +545,17 @@ def fit_head(
     """
     from .backends import backend_settings
     from .runner import RunOptions
-    from .tasks import POOLS
+    from .tasks import check_pool
 
     started = time.perf_counter()
-    if pool not in POOLS:
-        raise FitError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
+    try:
+        check_pool(model, pool)
+    except ValueError as error:
+        raise FitError(str(error)) from None
     if not 0 <= val_fraction < 1:
         raise FitError(f"--val-fraction {val_fraction}: must be at least 0 and below 1")
     if c is not None and c <= 0:
         raise FitError(f"--c {c}: must be positive")
-    if pool == "pooler" and model.pooler is None:
-        raise FitError(f"{model.checkpoint.name} has no pooler layer: use --pool cls or mean")
     exclude = [os.fspath(cache_dir)] if cache_dir else []
     if labels_from is not None and data is not None:
         raise FitError("give a data folder or --labels-from, not both")

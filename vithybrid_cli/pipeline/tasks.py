@@ -16,8 +16,8 @@ makes one of any function. A new task is a small dataclass with these four membe
 the API then run it with `job.run_job` like the others (the runner, runner.py, calls it per batch).
 
 What the CLI, the API and the Ray step share about building them is here too: `labeling_task`
-(classify's task: the checkpoint's classifier, or a head checked against the run), so each says
-the same thing in the same words.
+(classify's task: the checkpoint's classifier, or a head checked against the run) and
+`check_pool` (can this model pool that way), so each says the same thing in the same words.
 """
 
 from __future__ import annotations
@@ -166,6 +166,17 @@ def classify_task(
 
 def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False) -> EmbedTask:
     return EmbedTask(pool, normalize, tokens)
+
+
+def check_pool(model: ViTHybrid | OpenVINOModel, pool: str) -> None:
+    """Raise ValueError (one line) unless `model` can make `pool` embeddings: an unknown pool, or
+    "pooler" of a checkpoint without a pooler layer. The CLI, the Ray step and fitting ask this
+    before any work, each turning it into its own error."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
+    if pool == "pooler" and model.pooler is None:
+        name = model.checkpoint.name if model.checkpoint is not None else "this checkpoint"
+        raise ValueError(f"{name} has no pooler layer: use --pool cls or --pool mean")
 
 
 # ---------------------------------------------------------------------------- a fitted head
