@@ -1,5 +1,5 @@
 """The tasks' one home (pipeline/tasks.py): the labeling task the CLI, the API and the Ray step
-build alike, and the one pool check.
+build alike, the one pool check, and the API's load_model going through the one loader.
 
 Every test uses conftest's tiny checkpoint (random weights, 10 labels, no pooler, 64x64 input)
 or its features-only twin (no classifier, a pooler); nothing touches the network.
@@ -19,6 +19,7 @@ from vithybrid_cli.model.head import Head, HeadError, model_identity, save_head
 from vithybrid_cli.model.weights import FeaturesOnlyError, load_model
 from vithybrid_cli.pipeline import fitting
 from vithybrid_cli.pipeline.runner import RunOptions
+from vithybrid_cli.pipeline.runtime import resolve_dtype
 from vithybrid_cli.pipeline.tasks import (
     ClassifyTask,
     HeadTask,
@@ -188,3 +189,50 @@ def test_fitting_refuses_an_unknown_pool_with_the_same_line(tiny, tmp_path):
     with pytest.raises(fitting.FitError) as error:
         fitting.fit_head(tiny, tmp_path, pool="max")
     assert str(error.value) == "unknown pool 'max': use one of cls, mean, pooler"
+
+
+# ---------------------------------------------------------------------------- load_model
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (None, torch.float32),  # the checkpoint's own (the tiny one is float32)
+        ("float32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("float16", torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+        ("auto", resolve_dtype("auto", torch.device("cpu"))),
+    ],
+)
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_load_model_takes_device_and_dtype_as_before(tiny_checkpoint, dtype, expected, device):
+    model = vh.load_model(tiny_checkpoint, device=device, dtype=dtype)
+    parameter = next(model.parameters())
+    assert parameter.device == torch.device("cpu") and parameter.dtype == expected
+    assert model.config.num_labels == 10 and not model.training
+
+
+def test_load_model_refuses_what_the_runner_refuses(tiny_checkpoint):
+    with pytest.raises(ValueError, match="unknown dtype 'float64'"):
+        vh.load_model(tiny_checkpoint, dtype="float64")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        vh.load_model(tiny_checkpoint, backend="tensorrt")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            vh.load_model(tiny_checkpoint, device="cuda")
+
+
+def test_load_model_goes_through_the_one_loader(monkeypatch):
+    import vithybrid_cli.pipeline.backends as backends
+
+    calls = []
+    monkeypatch.setattr(backends, "load_run_model", lambda *a, **k: calls.append((a, k)) or "m")
+    assert vh.load_model("some/model", "main") == "m"
+    vh.load_model("some/model", dtype="bf16", device="cuda:1")
+    vh.load_model("some/model", backend="openvino")  # None: OpenVINO's default precision
+    assert calls == [
+        (("some/model", "main"), {"device": "cpu", "dtype": None, "backend": "torch"}),
+        (("some/model", None), {"device": "cuda:1", "dtype": "bf16", "backend": "torch"}),
+        (("some/model", None), {"device": "cpu", "dtype": "auto", "backend": "openvino"}),
+    ]

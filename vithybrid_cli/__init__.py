@@ -59,19 +59,11 @@ def load_model(
     the CPU, faster there; `dtype` None or "auto" is OpenVINO's default precision (bf16 where
     the CPU has it). It is called the same way and works with classify, embed and fit_head.
     """
+    from .pipeline.backends import load_run_model
+
     if backend != "torch":
-        from .pipeline.backends import load_run_model
-
-        return load_run_model(
-            name_or_path, revision, device=device, dtype=dtype or "auto", backend=backend
-        )
-    from .model.weights import load_model as load_checkpoint
-    from .pipeline.runtime import resolve_device, resolve_dtype
-
-    torch_device = resolve_device(device) if isinstance(device, str) else device
-    if isinstance(dtype, str):
-        dtype = resolve_dtype(dtype, torch_device)
-    return load_checkpoint(name_or_path, revision, device=torch_device, dtype=dtype)
+        dtype = dtype or "auto"  # None: OpenVINO's default precision
+    return load_run_model(name_or_path, revision, device=device, dtype=dtype, backend=backend)
 
 
 def preprocess_images(
