@@ -170,8 +170,8 @@ def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False)
 
 def check_pool(model: ViTHybrid | OpenVINOModel, pool: str) -> None:
     """Raise ValueError (one line) unless `model` can make `pool` embeddings: an unknown pool, or
-    "pooler" of a checkpoint without a pooler layer. The CLI, the Ray step and fitting ask this
-    before any work, each turning it into its own error."""
+    "pooler" of a checkpoint without a pooler layer. The CLI, the API, the Ray step and fitting
+    ask this before any work, each turning it into its own error."""
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
     if pool == "pooler" and model.pooler is None:
