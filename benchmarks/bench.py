@@ -357,8 +357,9 @@ def worker_model(name: str, ckpt: str, iters: str) -> dict:
                 return model(batch)
     else:
         from vithybrid_cli.model.weights import load_model
-        from vithybrid_cli.pipeline.runner import FunctionTask, Runner, RunOptions, classify_task
+        from vithybrid_cli.pipeline.runner import Runner, RunOptions
         from vithybrid_cli.pipeline.runtime import prepare_model
+        from vithybrid_cli.pipeline.tasks import FunctionTask, classify_task
 
         dtype = torch.bfloat16 if "bf16" in name else torch.float32
         if name == "ours-openvino":  # our model, converted and run by OpenVINO (its default)
@@ -413,8 +414,9 @@ def worker_family_model(ckpt: str, iters: str) -> dict:
     import torch
 
     from vithybrid_cli.model.weights import load_model
-    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task, embed_task
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
     from vithybrid_cli.pipeline.runtime import prepare_model
+    from vithybrid_cli.pipeline.tasks import classify_task, embed_task
 
     model = prepare_model(load_model(ckpt, dtype=torch.bfloat16))
     side = model.config.image_size
@@ -468,8 +470,9 @@ def worker_parts(image: str, ckpt: str) -> dict:
 
     from vithybrid_cli.data.inputs import iter_inputs
     from vithybrid_cli.model.weights import load_model
-    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
     from vithybrid_cli.pipeline.runtime import prepare_model
+    from vithybrid_cli.pipeline.tasks import classify_task
 
     t1 = time.perf_counter()
     model = prepare_model(load_model(ckpt, dtype="bfloat16"))

@@ -307,7 +307,8 @@ def worker_single(name: str, path: str, iters: str) -> dict:
             return request.infer({0: pixels})
     elif name == "ours-openvino":
         from vithybrid_cli.pipeline.backends import load_run_model
-        from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+        from vithybrid_cli.pipeline.runner import Runner, RunOptions
+        from vithybrid_cli.pipeline.tasks import classify_task
 
         model = load_run_model(path, backend="openvino", threads=1)
         runner, task = Runner(model, RunOptions()), classify_task(5, {})
@@ -319,8 +320,9 @@ def worker_single(name: str, path: str, iters: str) -> dict:
         import torch
 
         from vithybrid_cli.model.weights import load_model
-        from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+        from vithybrid_cli.pipeline.runner import Runner, RunOptions
         from vithybrid_cli.pipeline.runtime import prepare_model
+        from vithybrid_cli.pipeline.tasks import classify_task
 
         torch.set_num_threads(1)
         runner = Runner(prepare_model(load_model(path, dtype=torch.bfloat16)), RunOptions())
@@ -453,8 +455,9 @@ def worker_profile(ckpt: str, xml_path: str) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from vithybrid_cli.model.weights import load_model
-    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
     from vithybrid_cli.pipeline.runtime import prepare_model
+    from vithybrid_cli.pipeline.tasks import classify_task
 
     pixels = random_pixels()
     torch.set_num_threads(1)

@@ -108,7 +108,7 @@ def serve(folder: Path) -> tuple[ThreadingHTTPServer, threading.Thread]:
 def label(runner, specs: list[str]) -> tuple[float, list]:
     """(seconds, [(path, best label) or (path, error)]) for one pass over `specs`."""
     from vithybrid_cli.data.inputs import iter_inputs
-    from vithybrid_cli.pipeline.runner import classify_task
+    from vithybrid_cli.pipeline.tasks import classify_task
 
     task = classify_task(1, runner.model.config.id2label)
     started = time.perf_counter()

@@ -9,17 +9,19 @@ from PIL import Image
 
 from vithybrid_cli.data.preprocess import crop_box as preprocess_crop_box
 from vithybrid_cli.data.preprocess import preprocess_image
-from vithybrid_cli.model.config import PreprocessConfig, ViTHybridConfig
-from vithybrid_cli.model.model import ViTHybrid, ViTHybridOutput
-from vithybrid_cli.report.attention import (
+from vithybrid_cli.model.attention_maps import (
     HEAD_FUSIONS,
-    OUTSIDE_BOX_BRIGHTNESS,
     attention_grid,
     attention_rollout,
-    attention_task,
+    last_layer_attention,
+)
+from vithybrid_cli.model.config import PreprocessConfig, ViTHybridConfig
+from vithybrid_cli.model.model import ViTHybrid, ViTHybridOutput
+from vithybrid_cli.pipeline.tasks import attention_task
+from vithybrid_cli.report.attention import (
+    OUTSIDE_BOX_BRIGHTNESS,
     colormap_lut,
     heatmap,
-    last_layer_attention,
     overlay,
 )
 

@@ -297,7 +297,8 @@ def test_first_result_is_written_before_the_walk_ends(tmp_path, tiny, monkeypatc
 def test_a_progress_bar_counts_the_inputs_first(tmp_path, tiny_model):
     from vithybrid_cli.data.items import InputItem
     from vithybrid_cli.pipeline.job import CollectOutput, run_job
-    from vithybrid_cli.pipeline.runner import Runner, classify_task
+    from vithybrid_cli.pipeline.runner import Runner
+    from vithybrid_cli.pipeline.tasks import classify_task
 
     paths = make_images(tmp_path / "few", 5, (8, 8))
     walks = []
@@ -533,7 +534,8 @@ def test_runner_one_result_per_input_in_order(tmp_path, tiny_model, kinds, batch
                                               shard):  # fmt: skip
     from vithybrid_cli.data.items import InputError, InputItem
     from vithybrid_cli.pipeline.job import select
-    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
+    from vithybrid_cli.pipeline.tasks import classify_task
 
     good = png_bytes(0)
     contents = {
@@ -573,8 +575,8 @@ def test_runner_skips_non_cls_work_only_for_cls_tasks(tiny_model, monkeypatch):
     mean pooling, tokens and attention maps need every token."""
     import numpy as np
 
-    from vithybrid_cli.pipeline.runner import Runner, RunOptions, classify_task, embed_task
-    from vithybrid_cli.report.attention import attention_task
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
+    from vithybrid_cli.pipeline.tasks import attention_task, classify_task, embed_task
 
     seen = []
     forward = type(tiny_model).forward

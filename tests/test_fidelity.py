@@ -38,8 +38,9 @@ import torch.nn.functional as F
 
 from vithybrid_cli.data.inputs import iter_inputs
 from vithybrid_cli.model.weights import load_model
-from vithybrid_cli.pipeline.runner import FunctionTask, Runner, RunOptions
+from vithybrid_cli.pipeline.runner import Runner, RunOptions
 from vithybrid_cli.pipeline.runtime import prepare_model, resolve_dtype
+from vithybrid_cli.pipeline.tasks import FunctionTask
 
 REPO = Path(__file__).resolve().parent.parent
 COUNT = 16  # make_photos.py cycles 8 camera sizes (0.3-12 MP) over 10 photographs, some gray

@@ -23,14 +23,13 @@ from vithybrid_cli.cli import app
 from vithybrid_cli.model.head import (
     Head,
     HeadError,
-    head_fingerprint,
-    head_task,
     load_head,
     save_head,
 )
 from vithybrid_cli.model.identity import ModelIdentity, model_identity
 from vithybrid_cli.pipeline.fit import examples, fitting, solver
 from vithybrid_cli.pipeline.runner import RunOptions
+from vithybrid_cli.pipeline.tasks import head_fingerprint, head_task
 
 LABELS = ["cat", "astronaut", "coffee", "rocket"]  # checkpoints.photographs' order
 TINY_SIZE = ["--image-size", "128", "--interpolate-pos-encoding"]

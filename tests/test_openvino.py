@@ -172,7 +172,8 @@ def test_a_bfloat16_model_after_a_float32_one_in_one_process_is_right(
 
 def test_auto_records_the_precision_openvino_compiled(tiny_checkpoint, pixels):
     from vithybrid_cli.pipeline.job import job_settings
-    from vithybrid_cli.pipeline.runner import Runner, embed_task
+    from vithybrid_cli.pipeline.runner import Runner
+    from vithybrid_cli.pipeline.tasks import embed_task
 
     model = vh.load_model(tiny_checkpoint, backend="openvino")  # auto: OpenVINO's default
     model(pixels, cls_only=True)

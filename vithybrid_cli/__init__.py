@@ -59,19 +59,11 @@ def load_model(
     the CPU, faster there; `dtype` None or "auto" is OpenVINO's default precision (bf16 where
     the CPU has it). It is called the same way and works with classify, embed and fit_head.
     """
+    from .pipeline.backends import load_run_model
+
     if backend != "torch":
-        from .pipeline.backends import load_run_model
-
-        return load_run_model(
-            name_or_path, revision, device=device, dtype=dtype or "auto", backend=backend
-        )
-    from .model.weights import load_model as load_checkpoint
-    from .pipeline.runtime import resolve_device, resolve_dtype
-
-    torch_device = resolve_device(device) if isinstance(device, str) else device
-    if isinstance(dtype, str):
-        dtype = resolve_dtype(dtype, torch_device)
-    return load_checkpoint(name_or_path, revision, device=torch_device, dtype=dtype)
+        dtype = dtype or "auto"  # None: OpenVINO's default precision
+    return load_run_model(name_or_path, revision, device=device, dtype=dtype, backend=backend)
 
 
 def preprocess_images(
@@ -126,21 +118,15 @@ def classify(
     """Top-k (class index, label, probability) per image, best first.
 
     With `head` (a Head or a head file from fit_head/`vithybrid fit`), over the head's labels.
+    Before any image is read: FeaturesOnlyError without a head on a checkpoint that has no
+    classifier, HeadError for a head fitted on other weights or at another image size.
     """
-    from .pipeline.runner import classify_task
+    from .pipeline.runner import RunOptions
+    from .pipeline.tasks import labeling_task
 
-    task = classify_task(top_k, model.config.id2label)
-    if head is not None:
-        from .model.head import head_task
-        from .model.identity import model_identity
-        from .pipeline.runner import RunOptions
-
-        head = load_head(head) if isinstance(head, str | os.PathLike) else head
-        options = RunOptions(
-            image_size=image_size, interpolate_pos_encoding=interpolate_pos_encoding
-        )
-        head.check_compatible(model_identity(model, options))
-        task = head_task(head, top_k)
+    head = load_head(head) if isinstance(head, str | os.PathLike) else head
+    options = RunOptions(image_size=image_size, interpolate_pos_encoding=interpolate_pos_encoding)
+    task = labeling_task(model, options, top_k, head)
     payloads = run(model, images, task, image_size=image_size, batch_size=batch_size,
                    interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip
     if head is None:
@@ -161,8 +147,9 @@ def embed(
     """(N, hidden) float32 embeddings: `cls` (pre-logits), `mean` of patch tokens, or `pooler`."""
     import numpy as np
 
-    from .pipeline.runner import embed_task
+    from .pipeline.tasks import check_pool, embed_task
 
+    check_pool(model, pool)
     task = embed_task(pool, normalize)
     rows = run(model, images, task, image_size=image_size, batch_size=batch_size,
                interpolate_pos_encoding=interpolate_pos_encoding)  # fmt: skip

@@ -15,7 +15,7 @@ Batches in (numpy format): `path`, and the image as one of `bytes` (the file's b
 `read_binary_files(..., include_paths=True)` gives them), `item` (a pickled data.items.InputItem:
 what the CLI's engine sends) or `pixels` (model inputs from `Decoder`); an optional `error`
 column (a non-empty string: the input already failed). Decoding and preprocessing are the local
-engine's (data/preprocess.py), so are the tasks (pipeline/runner.py, model/head.py).
+engine's (data/preprocess.py), so are the tasks (pipeline/tasks.py).
 
 Batches out (pyarrow tables), one row per input, failures included:
     Classifier  the local engine's Parquet record columns: path, label, score, index,
@@ -211,17 +211,12 @@ class Classifier(_ModelStep):
         super().__init__(model, **options)
 
     def make_task(self) -> Any:
-        from .model.head import head_task
-        from .model.identity import model_identity
-        from .model.weights import require_classifier
-        from .pipeline.runner import classify_task
+        from .pipeline.tasks import labeling_task
 
-        if self.head is None:
-            require_classifier(self.model)  # features-only checkpoints: a one-line hint
-            return classify_task(self.top_k, self.model.config.id2label, self.min_score)
-        identity = model_identity(self.model, self.runner.options)
-        self.head.check_compatible(identity, source=self.head_source)
-        return head_task(self.head, self.top_k, self.min_score)
+        options = self.runner.options
+        return labeling_task(
+            self.model, options, self.top_k, self.head, self.min_score, self.head_source
+        )
 
     def table(self, paths: list[str], payloads: list[Any], errors: list[str | None]) -> Any:
         import pyarrow as pa
@@ -258,10 +253,9 @@ class Embedder(_ModelStep):
         self.row_shape = tuple(self.runner.forward(probe, self.task)[0].shape)
 
     def make_task(self) -> Any:
-        from .pipeline.runner import embed_task
+        from .pipeline.tasks import check_pool, embed_task
 
-        if self.pool == "pooler" and self.model.pooler is None:
-            raise ValueError(f"{self.model.checkpoint.name} has no pooler layer: use cls or mean")
+        check_pool(self.model, self.pool)
         return embed_task(self.pool, self.normalize, self.tokens)
 
     def table(self, paths: list[str], payloads: list[Any], errors: list[str | None]) -> Any:

@@ -182,6 +182,7 @@ def classify(
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
         from ..pipeline.runtime import Distributed
+        from ..pipeline.tasks import labeling_task
         from .walk import own_outputs
 
         fmt = record_format(format, output)
@@ -194,7 +195,7 @@ def classify(
         with job, holding_outputs(job, output):
             loaded = common.load()
             runner = common.runner(loaded)
-            task = labeling_task(loaded, runner, top_k, fitted, head, min_score)
+            task = labeling_task(loaded, runner.options, top_k, fitted, min_score, head or "head")
             classes = fitted.num_classes if fitted is not None else loaded.num_labels
             decision = fitted is not None or min_score is not None
             columns = {"top_k": min(top_k, classes), "decision": decision}  # CSV columns
@@ -256,8 +257,8 @@ def embed(
 
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path
-        from ..pipeline.runner import embed_task
         from ..pipeline.runtime import Distributed
+        from ..pipeline.tasks import check_pool, embed_task
         from .walk import own_outputs
 
         if format is not None:
@@ -269,8 +270,7 @@ def embed(
         ensure_parent(output)
         with Distributed.from_env() as job, holding_outputs(job, output):
             loaded = common.load()
-            if pool is Pool.pooler and loaded.pooler is None:
-                raise UserError(f"{model} has no pooler layer: use --pool cls or --pool mean")
+            check_pool(loaded, pool.value)  # a ValueError: one line, exit 2
             runner = common.runner(loaded)
             target = file_output(output, "embeddings", runner, task, job, resume=resume)
             summary = common.run("embedded", inputs, runner, task, target, job)
@@ -319,7 +319,8 @@ def attention_map(
     def body() -> int:
         from ..pipeline.job import NoOutput
         from ..pipeline.runtime import Distributed
-        from ..report.attention import attention_task, save_overlay
+        from ..pipeline.tasks import attention_task
+        from ..report.attention import save_overlay
         from .walk import own_outputs
 
         written = own_outputs(output, output_dir, raw)
@@ -418,22 +419,6 @@ def load_head_file(path: str | None) -> Any:
     from ..model.head import load_head
 
     return load_head(path)
-
-
-def labeling_task(
-    loaded: Any, runner: Any, top_k: int, head: Any, head_path: str | None, min_score: float | None
-) -> Any:
-    """classify's task: the checkpoint's classifier, or a head checked against this run."""
-    from ..model.head import head_task
-    from ..model.identity import model_identity
-    from ..model.weights import require_classifier
-    from ..pipeline.runner import classify_task
-
-    if head is None:
-        require_classifier(loaded)  # features-only checkpoints: a one-line hint
-        return classify_task(top_k, loaded.config.id2label, min_score)
-    head.check_compatible(model_identity(loaded, runner.options), source=head_path)
-    return head_task(head, top_k, min_score)
 
 
 def refuse_torchrun() -> None:

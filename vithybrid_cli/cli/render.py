@@ -188,7 +188,7 @@ def report_fit(report: Any, output: str, as_json: bool, quiet: bool) -> None:
 
 def head_rows(path: str, head: Any) -> list[tuple[str, str]]:
     """The rows `info --head` shows (the fingerprint is how a --resume refusal names a head)."""
-    from ..model.head import head_fingerprint
+    from ..pipeline.tasks import head_fingerprint
 
     accuracy = head.validation_accuracy
     return [

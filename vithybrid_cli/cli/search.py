@@ -214,7 +214,7 @@ def duplicates(
                     interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
 
     def body() -> int:
-        from ..pipeline.runner import embed_task
+        from ..pipeline.tasks import embed_task
         from ..search.grouping import find_duplicates, group_records
         from ..search.index import APPROXIMATE_FROM, choose_index
         from ..search.vectors import is_vectors_file, read_vectors
@@ -356,7 +356,7 @@ def similar(
         from ..io.outputs import record_of, safe_text
         from ..pipeline.job import job_settings
         from ..pipeline.journal import SingleProcess
-        from ..pipeline.runner import embed_task
+        from ..pipeline.tasks import embed_task
         from ..search.index import nearest
         from ..search.vectors import CollectVectors, check_settings, check_width, read_vectors
 

@@ -1,10 +1,11 @@
-"""A linear head of your own labels on top of the model's embeddings: the file, the check, the task.
+"""A linear head of your own labels on top of the model's embeddings: the file and the check.
 
 A `Head` is a multinomial logistic regression fitted (see fitting.py) on standardized pooled
 embeddings: ``probabilities = softmax(((x - mean) / std) @ weight.T + bias)``. It is saved as a
 safetensors file whose tensors are the parameters and whose string metadata says what it was
 fitted on (model weights, pool, input size), so `classify --head` can refuse a head that would
-read embeddings from a different space.
+read embeddings from a different space. The task that classifies with a head is
+pipeline/tasks.py's HeadTask.
 
 What a head depends on (ModelIdentity, the weights fingerprint) is identity.py's.
 
@@ -13,18 +14,16 @@ Only numpy and safetensors are needed here: `info --head` reads a head without i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from .identity import ModelIdentity
-    from .model import ViTHybridOutput
 
 HEAD_FORMAT = "vithybrid-head"
 HEAD_FORMAT_VERSION = "1"
@@ -224,60 +223,3 @@ def _head_from(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Head
         examples_per_class=json.loads(metadata.get("examples_per_class") or "{}"),
         created=metadata.get("created", ""),
     )
-
-
-# ---------------------------------------------------------------------------- classifying
-
-
-@dataclass
-class HeadTask:
-    """classify over a head's labels: per image the decision (see runner.decide: the best label,
-    None below `min_score`, and its score) above the top-k list, from the pooled embedding (the
-    same pooling as embed_task) through the head; one forward pass per image."""
-
-    head: Head
-    top_k: int = 5
-    min_score: float | None = None
-    kind = "records"
-
-    def __post_init__(self) -> None:
-        from ..pipeline.runner import embed_task
-
-        self.pooled = embed_task(self.head.pool, normalize=False)
-
-    @property
-    def cls_only(self) -> bool:
-        return self.pooled.cls_only
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """What shapes a record; a resume with another head file is refused."""
-        return {
-            "command": "classify",
-            "top-k": self.top_k,
-            "min-score": self.min_score,
-            "head": head_fingerprint(self.head),
-        }
-
-    def __call__(self, output: ViTHybridOutput) -> list[Any]:
-        from ..pipeline.runner import decide
-
-        probabilities = self.head.probabilities(np.stack(self.pooled(output)))
-        k = min(self.top_k, self.head.num_classes)
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [
-            decide([(int(i), self.head.labels[i], float(row[i])) for i in ranks], self.min_score)
-            for row, ranks in zip(probabilities, order, strict=True)
-        ]
-
-
-def head_task(head: Head, top_k: int = 5, min_score: float | None = None) -> HeadTask:
-    return HeadTask(head, top_k, min_score)
-
-
-def head_fingerprint(head: Head) -> str:
-    """A short hash of a head's parameters and labels (not of when it was made)."""
-    digest = hashlib.sha256(json.dumps(head.labels).encode())
-    for name in TENSORS:
-        digest.update(np.ascontiguousarray(getattr(head, name), dtype=np.float32).tobytes())
-    return digest.hexdigest()[:16]

@@ -27,7 +27,8 @@ from ..io.outputs import open_writer, record_of, safe_text
 from ..model.identity import weights_identity
 from .journal import Job, Journal, SingleProcess
 from .lock import Target, holding
-from .runner import Result, Runner, Task
+from .runner import Result, Runner
+from .tasks import Task
 
 if TYPE_CHECKING:
     from ..model.model import ViTHybrid

@@ -1,23 +1,10 @@
-"""Batching and decode workers: inputs in, one result per input out; and the tasks.
+"""Batching and decode workers: inputs in, one result per input out.
 
 The runner knows tensors and the model, not files or formats: it takes (index, input) pairs and
 yields one `Result` per input, in input order. Decoding and preprocessing run in a thread pool
 (Pillow releases the GIL) a bounded number of images ahead of the model, so the two overlap and
-memory stays flat however many inputs there are.
-
-A task turns one forward pass into per-image payloads. It is any object with
-
-    cls_only: bool            True when it reads only the CLS token (logits, pooler, CLS
-                              embedding): the model then skips the rest of the last block
-    kind: str                 "records" (JSON-able payloads, e.g. classify's top-k) or
-                              "embeddings" (one float32 array per image)
-    settings: dict            what shapes its payloads, by option name ({"top-k": 5}); the
-                              journal records it and a --resume with other values is refused
-    __call__(output) -> list  one payload per image of the batch, from a ViTHybridOutput
-
-`classify_task` and `embed_task` build the two here, `attention.attention_task` a third;
-`FunctionTask(f)` makes one of any function. A new task (a head, say) is a small dataclass with
-these four members; the CLI and the API then run it with `job.run_job` like the others.
+memory stays flat however many inputs there are. Each batch goes through the model and then a
+task (tasks.py), which turns the forward pass into one payload per image.
 """
 
 from __future__ import annotations
@@ -25,11 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,12 +34,12 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from ..model.model import ViTHybrid, ViTHybridOutput
+    from ..model.model import ViTHybrid
     from .backends.openvino import OpenVINOModel
+    from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
-POOLS = ("cls", "mean", "pooler")
 WAKE_S = 0.2  # the longest the main thread waits on a decode without looking for Ctrl-C
 
 
@@ -88,134 +75,6 @@ def auto_batch_size(device: torch.device, image_size: tuple[int, int]) -> int:
     pixels = image_size[0] * image_size[1]
     base = 32 if device.type == "cuda" else 8
     return max(1, min(base, int(base * 384 * 384 / pixels)))
-
-
-# ---------------------------------------------------------------------------- tasks
-
-
-class Task(Protocol):
-    cls_only: bool
-    kind: str
-    settings: dict[str, Any]
-
-    def __call__(self, output: ViTHybridOutput) -> list[Any]: ...
-
-
-def label_of(id2label: dict[int, str], index: int) -> str:
-    return id2label.get(index, f"LABEL_{index}")
-
-
-def decide(predictions: list[tuple[int, str, float]], min_score: float | None) -> dict[str, Any]:
-    """A classify payload with its decision on top: the best "label" and its "score", the label
-    None (abstain) when the score is below `min_score`; "top_k" as usual below them."""
-    _, label, score = predictions[0]
-    return {
-        "label": None if min_score is not None and score < min_score else label,
-        "score": score,
-        "top_k": [{"index": i, "label": name, "score": s} for i, name, s in predictions],
-    }
-
-
-@dataclass
-class ClassifyTask:
-    """Per image: [(class index, label, probability), ...] best first; with `min_score`, that
-    list under a decision (see `decide`)."""
-
-    top_k: int
-    id2label: dict[int, str] = field(default_factory=dict)
-    min_score: float | None = None
-    cls_only = True
-    kind = "records"
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return {"command": "classify", "top-k": self.top_k, "min-score": self.min_score}
-
-    def __call__(self, output: ViTHybridOutput) -> list[Any]:
-        import torch
-
-        if output.logits is None:
-            raise ValueError("this checkpoint has no classifier head; use `embed` instead")
-        probabilities = output.logits.float().softmax(dim=-1)
-        scores, indices = torch.topk(probabilities, min(self.top_k, probabilities.shape[-1]))
-        payloads = [
-            [
-                (i, label_of(self.id2label, i), s)
-                for s, i in zip(row_scores, row_indices, strict=True)
-            ]
-            for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True)
-        ]
-        if self.min_score is None:
-            return payloads
-        return [decide(predictions, self.min_score) for predictions in payloads]
-
-
-@dataclass
-class EmbedTask:
-    """Per image: a float32 vector (hidden,) or, with `tokens`, every token (T, hidden)."""
-
-    pool: str = "cls"
-    normalize: bool = False
-    tokens: bool = False
-    kind = "embeddings"
-
-    def __post_init__(self) -> None:
-        if self.pool not in POOLS:
-            raise ValueError(f"unknown pool {self.pool!r}: use one of {', '.join(POOLS)}")
-
-    @property
-    def cls_only(self) -> bool:
-        return not self.tokens and self.pool != "mean"
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return {
-            "command": "embed",
-            "pool": self.pool,
-            "normalize": self.normalize,
-            "tokens": self.tokens,
-        }
-
-    def __call__(self, output: ViTHybridOutput) -> list[Any]:
-        import torch
-
-        if self.tokens:
-            vectors = output.last_hidden_state
-        elif self.pool == "cls":
-            vectors = output.cls_embedding
-        elif self.pool == "mean":
-            vectors = output.patch_tokens.mean(dim=1)
-        else:
-            if output.pooler_output is None:
-                raise ValueError("this checkpoint has no pooler layer; use --pool cls or mean")
-            vectors = output.pooler_output
-        vectors = vectors.float()
-        if self.normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        return list(vectors.cpu().numpy())
-
-
-@dataclass
-class FunctionTask:
-    """Any function of a ViTHybridOutput as a task (tests, benchmarks, one-off uses)."""
-
-    function: Callable[[ViTHybridOutput], list[Any]]
-    cls_only: bool = False
-    kind: str = "records"
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def __call__(self, output: ViTHybridOutput) -> list[Any]:
-        return self.function(output)
-
-
-def classify_task(
-    top_k: int, id2label: dict[int, str], min_score: float | None = None
-) -> ClassifyTask:
-    return ClassifyTask(top_k, id2label, min_score)
-
-
-def embed_task(pool: str = "cls", normalize: bool = False, tokens: bool = False) -> EmbedTask:
-    return EmbedTask(pool, normalize, tokens)
 
 
 # ---------------------------------------------------------------------------- the runner

@@ -130,7 +130,8 @@ def embed_examples(
 ) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], int]:
     """Pooled embeddings of `paths` (cache first, then run_job): (by path, errors, embedded)."""
     from ..job import run_job
-    from ..runner import Runner, embed_task
+    from ..runner import Runner
+    from ..tasks import embed_task
 
     keys = {path: file_key(path) for path in paths}
     output = CacheOutput(cache, keys, len(paths), progress)

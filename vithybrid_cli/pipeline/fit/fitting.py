@@ -198,16 +198,16 @@ def fit_head(
 
 def check_options(model: ViTHybrid, pool: str, val_fraction: float, c: float | None) -> None:
     """Options that cannot make a head, refused before any image is read."""
-    from ..runner import POOLS
+    from ..tasks import check_pool
 
-    if pool not in POOLS:
-        raise FitError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
+    try:
+        check_pool(model, pool)
+    except ValueError as error:
+        raise FitError(str(error)) from None
     if not 0 <= val_fraction < 1:
         raise FitError(f"--val-fraction {val_fraction}: must be at least 0 and below 1")
     if c is not None and c <= 0:
         raise FitError(f"--c {c}: must be positive")
-    if pool == "pooler" and model.pooler is None:
-        raise FitError(f"{model.checkpoint.name} has no pooler layer: use --pool cls or mean")
 
 
 def collect_examples(
