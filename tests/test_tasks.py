@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 import vithybrid_cli as vh
 from vithybrid_cli.cli import app
-from vithybrid_cli.model.head import Head, HeadError, model_identity, save_head
+from vithybrid_cli.model.head import Head, HeadError, save_head
+from vithybrid_cli.model.identity import model_identity
 from vithybrid_cli.model.weights import FeaturesOnlyError, load_model
 from vithybrid_cli.pipeline import fitting
 from vithybrid_cli.pipeline.runner import RunOptions
