@@ -18,7 +18,7 @@ from vithybrid_cli.cli import app
 from vithybrid_cli.model.head import Head, HeadError, save_head
 from vithybrid_cli.model.identity import model_identity
 from vithybrid_cli.model.weights import FeaturesOnlyError, load_model
-from vithybrid_cli.pipeline import fitting
+from vithybrid_cli.pipeline import fit as fitting
 from vithybrid_cli.pipeline.runner import RunOptions
 from vithybrid_cli.pipeline.runtime import resolve_dtype
 from vithybrid_cli.pipeline.tasks import (
