@@ -11,10 +11,7 @@ stderr, so pipes stay clean.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,8 +19,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import __version__
 from ..model.config import DEFAULT_MODEL_ID
+from .app import app
 from .common import (
     Common,
     Inputs,
@@ -92,7 +89,8 @@ from .options import (
     Workers,
     parse_image_size,
 )
-from .ray_engine import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
+from .pages import IndexNotes, page_path, write_attention_index, write_fit_report
+from .ray_options import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
 from .render import (
     backend_rows,
     describe,
@@ -103,35 +101,6 @@ from .render import (
     stderr,
     stdout,
 )
-
-app = typer.Typer(
-    name="vithybrid",
-    help="Run Google's ViT-Hybrid (BiT + ViT-B/16) image classifier: labels, embeddings and "
-    "attention maps, for single images or whole folders.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-logger = logging.getLogger("vithybrid_cli")
-
-
-def version_callback(value: bool) -> None:
-    if value:
-        stdout.print(f"vithybrid {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    version: Annotated[
-        bool | None,
-        typer.Option(
-            "--version", callback=version_callback, is_eager=True, help="Show the version."
-        ),
-    ] = None,
-) -> None:
-    """ViT-Hybrid from the command line."""
-
 
 # ---------------------------------------------------------------------------- commands
 
@@ -168,8 +137,8 @@ def classify(
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
     common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
                     image_size, compile, quiet, strict, backend)  # fmt: skip
-    if engine is Engine.ray:  # cli/ray_engine.py
-        from .ray_engine import run_on_ray
+    if engine is Engine.ray:  # cli/ray_options.py
+        from .ray_options import run_on_ray
         from .walk import own_outputs
 
         ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
@@ -245,8 +214,8 @@ def embed(
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
     common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
                     image_size, compile, quiet, strict, backend)  # fmt: skip
-    if engine is Engine.ray:  # cli/ray_engine.py
-        from .ray_engine import run_on_ray
+    if engine is Engine.ray:  # cli/ray_options.py
+        from .ray_options import run_on_ray
         from .walk import own_outputs
 
         ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
@@ -535,37 +504,3 @@ def models(debug: Debug = False) -> None:
         return 0
 
     run_command(body, debug)
-
-
-def main() -> None:
-    try:
-        app()
-    except SystemExit as done:
-        if "torch" in sys.modules and isinstance(done.code, int | None):
-            exit_now(done.code or 0)
-        raise
-
-
-def exit_now(status: int) -> None:
-    """End the process without the interpreter's teardown, once every output is closed.
-
-    With torch loaded, a normal exit spends ~0.45 s finalizing torch's modules (measured on
-    2 cores: 0.44 s after a bare `import torch`, 0.02 s with os._exit), a fifth of a one-image
-    run's wall time. The commands have closed (and atomically renamed) their files by now, so
-    only the standard streams and logging need flushing.
-    """
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        # a closed pipe or stream: nothing left to deliver
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(status)
-
-
-from . import search as _search  # noqa: E402, F401  (registers similar, duplicates)
-from .report import (  # noqa: E402 - also registers `vithybrid report`
-    IndexNotes,
-    page_path,
-    write_attention_index,
-    write_fit_report,
-)

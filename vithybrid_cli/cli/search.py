@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.config import DEFAULT_MODEL_ID
-from .commands import app
+from .app import app
 from .common import Common, Inputs, ensure_parent, run_command
 from .options import (
     Backend,
@@ -218,7 +218,7 @@ def duplicates(
         from ..search.grouping import find_duplicates, group_records
         from ..search.index import APPROXIMATE_FROM, choose_index
         from ..search.vectors import is_vectors_file, read_vectors
-        from .report import page_path
+        from .pages import page_path
 
         fmt = list_format(format, output)
         page_path(report, "--report")
@@ -279,7 +279,7 @@ def duplicates(
                     soft_wrap=True,
                 )
         if report:
-            from .report import write_duplicates_report
+            from .pages import write_duplicates_report
 
             write_duplicates_report(records, report, threshold, len(vectors), bases, workers, quiet)
         return status
