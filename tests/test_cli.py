@@ -480,6 +480,49 @@ def test_interrupt_exits_130(tiny, photos, monkeypatch):
     assert "interrupted" in result.stderr
 
 
+COMMON_ARGS = ("--model", "m", "--revision", "r", "--device", "cpu", "--dtype", "float32",
+               "--batch-size", "3", "--workers", "2", "--image-size", "96",
+               "--interpolate-pos-encoding")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "flags"),
+    [
+        ("classify", ["--compile", "--quiet", "--strict"], (True, True, True)),
+        ("embed", ["-o", "v.npy", "--quiet", "--strict"], (False, True, True)),
+        ("attention-map", ["-o", "a.png", "--strict"], (False, False, True)),
+        ("fit", ["-o", "h.json", "--quiet"], (False, True, False)),
+        ("duplicates", ["--quiet"], (False, True, False)),
+    ],
+)
+def test_every_command_names_its_common_options(photos, tmp_path, monkeypatch, command, args,
+                                                flags):  # fmt: skip
+    """Common is built by keyword: each option lands in its own field, for every command."""
+    import vithybrid_cli.cli.common
+    from vithybrid_cli.cli.common import Common, UserError
+    from vithybrid_cli.cli.options import Device, DType
+
+    built = []
+
+    def load(self):
+        built.append(self)
+        raise UserError("stopped before the model")
+
+    monkeypatch.setattr(vithybrid_cli.cli.common.Common, "load", load)
+    monkeypatch.chdir(tmp_path)
+    data = [str(Path(photos[0]).parent)] if command == "fit" else [photos[0]]
+    result = cli(command, *data, *COMMON_ARGS, *args)
+    assert result.output.strip() == "error: stopped before the model"
+    [common] = built
+    assert (common.model, common.revision, common.device, common.dtype) == (
+        "m", "r", Device.cpu, DType.float32)  # fmt: skip
+    assert (common.batch_size, common.workers, common.image_size) == (3, 2, "96")
+    assert common.interpolate is True
+    assert (common.compile, common.quiet, common.strict) == flags
+    with pytest.raises(TypeError):
+        Common("m", None)  # no positional options
+
+
 # ---------------------------------------------------------------------------- interpolation
 
 

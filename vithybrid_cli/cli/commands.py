@@ -135,8 +135,11 @@ def classify(
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
-    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
-                    image_size, compile, quiet, strict, backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, compile=compile, quiet=quiet, strict=strict,
+    )  # fmt: skip
     if engine is Engine.ray:  # cli/ray_options.py
         from .ray_options import run_on_ray
         from .walk import own_outputs
@@ -212,8 +215,11 @@ def embed(
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
-    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
-                    image_size, compile, quiet, strict, backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, compile=compile, quiet=quiet, strict=strict,
+    )  # fmt: skip
     if engine is Engine.ray:  # cli/ray_options.py
         from .ray_options import run_on_ray
         from .walk import own_outputs
@@ -282,8 +288,11 @@ def attention_map(
     debug: Debug = False,
 ) -> None:
     """Draw where the model looks: an attention heatmap over each image."""
-    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
-                    image_size, False, quiet, strict, backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, quiet=quiet, strict=strict,
+    )  # fmt: skip
 
     def body() -> int:
         from ..pipeline.job import NoOutput
@@ -362,7 +371,7 @@ def info(
     debug: Debug = False,
 ) -> None:
     """Show the resolved model (where it is, its configuration, size, device, dtype) or a head."""
-    common = Common(model, revision, device, dtype, None, None, False, None)
+    common = Common(model=model, revision=revision, device=device, dtype=dtype)
 
     def body() -> int:
         from .walk import format_rows
@@ -450,8 +459,11 @@ def fit(
     ] = None,  # fmt: skip
 ) -> None:
     """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, quiet=quiet,
+    )  # fmt: skip
 
     def body() -> int:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

@@ -210,8 +210,11 @@ def duplicates(
     debug: Debug = False,
 ) -> None:
     """Find exact and near-duplicate images: groups whose every pair is >= --threshold."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, quiet=quiet,
+    )  # fmt: skip
 
     def body() -> int:
         from ..pipeline.runner import embed_task
@@ -360,15 +363,17 @@ def similar(
         inputs = Inputs(queries, files_from, max_download_mb)
         vectors = read_vectors(vectors_file)  # a bad file fails before the model loads
         recorded = vectors.settings or {}
+        interpolate = recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding")
+        size = image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None
         common = Common(
-            model or recorded.get("model") or DEFAULT_MODEL_ID,
-            revision if revision is not None or model else recorded.get("revision"),
-            device,
-            dtype or DType(recorded.get("dtype", "auto")),
-            batch_size,
-            workers,
-            recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding"),
-            image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None,
+            model=model or recorded.get("model") or DEFAULT_MODEL_ID,
+            revision=revision if revision is not None or model else recorded.get("revision"),
+            device=device,
+            dtype=dtype or DType(recorded.get("dtype", "auto")),
+            batch_size=batch_size,
+            workers=workers,
+            interpolate=interpolate,
+            image_size=size,
             quiet=quiet,
             backend=backend or Backend(recorded.get("backend", "torch")),
         )
