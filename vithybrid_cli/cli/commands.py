@@ -90,7 +90,15 @@ from .options import (
     parse_image_size,
 )
 from .pages import IndexNotes, page_path, write_attention_index, write_fit_report
-from .ray_options import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
+from .ray_options import (
+    Concurrency,
+    EmbedFormat,
+    Engine,
+    EngineOpt,
+    NumGpus,
+    RayOptions,
+    ray_branch,
+)
 from .render import (
     backend_rows,
     describe,
@@ -140,16 +148,13 @@ def classify(
         batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
         image_size=image_size, compile=compile, quiet=quiet, strict=strict,
     )  # fmt: skip
-    if engine is Engine.ray:  # cli/ray_options.py
-        from .ray_options import run_on_ray
-        from .walk import own_outputs
-
-        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
-        inputs = (paths, files_from, max_download_mb, follow_links, own_outputs(output))
-        step = {"top_k": top_k, "head": head, "min_score": min_score}
-        return run_command(
-            lambda: run_on_ray(common, inputs, output, ray, "Classifier", step), debug
-        )
+    if engine is Engine.ray:  # cli/ray_options.py: classify's and embed's one Ray branch
+        named = {"paths": paths, "files_from": files_from, "max_download_mb": max_download_mb,
+                 "follow_links": follow_links}  # fmt: skip
+        ray = RayOptions(concurrency=concurrency, num_gpus=num_gpus, resume=resume,
+                         format=format.value if format else None)  # fmt: skip
+        task = {"top_k": top_k, "head": head, "min_score": min_score}
+        return ray_branch("records", common, named, output, ray, task, debug)
 
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
@@ -220,14 +225,13 @@ def embed(
         batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
         image_size=image_size, compile=compile, quiet=quiet, strict=strict,
     )  # fmt: skip
-    if engine is Engine.ray:  # cli/ray_options.py
-        from .ray_options import run_on_ray
-        from .walk import own_outputs
-
-        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
-        inputs = (paths, files_from, max_download_mb, follow_links, own_outputs(output))
-        step = {"pool": pool.value, "normalize": normalize, "tokens": tokens}
-        return run_command(lambda: run_on_ray(common, inputs, output, ray, "Embedder", step), debug)
+    if engine is Engine.ray:  # cli/ray_options.py: classify's and embed's one Ray branch
+        named = {"paths": paths, "files_from": files_from, "max_download_mb": max_download_mb,
+                 "follow_links": follow_links}  # fmt: skip
+        ray = RayOptions(concurrency=concurrency, num_gpus=num_gpus, resume=resume,
+                         format=format.value if format else None)  # fmt: skip
+        task = {"pool": pool.value, "normalize": normalize, "tokens": tokens}
+        return ray_branch("embeddings", common, named, output, ray, task, debug)
 
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .common import Common, Inputs, run_command
 from .options import UserError, parse_image_size
 from .render import stderr
 
@@ -66,23 +67,48 @@ def part_format(fmt: str | None) -> str:
     return fmt
 
 
-VERBS = {"Classifier": "labeled", "Embedder": "embedded"}
+VERBS = {"records": "labeled", "embeddings": "embedded"}  # the step's kind -> the summary's verb
 
 
-def run_on_ray(
-    common: Any, named: tuple, output: str | None, engine: RayOptions, step: str, task: dict
+def model_step(kind: str) -> type:
+    """The step of vithybrid_cli/ray.py that writes `kind` rows (imports torch: once Ray is in)."""
+    from .. import ray as steps
+
+    return steps.Classifier if kind == "records" else steps.Embedder
+
+
+def ray_branch(
+    kind: str,
+    common: Common,
+    named: dict[str, Any],
+    output: str | None,
+    engine: RayOptions,
+    task: dict[str, Any],
+    debug: bool,
+) -> None:
+    """classify's and embed's --engine ray (`kind`: "records" or "embeddings"): the step of that
+    kind, built with `task`'s options, over the inputs `named` (Inputs' fields, from `paths` to
+    `follow_links`) into folder `output`; one-line errors and the exit status as every command's
+    (run_command)."""
+    run_command(lambda: ray_run(kind, common, named, output, engine, task), debug)
+
+
+def ray_run(
+    kind: str,
+    common: Common,
+    named: dict[str, Any],
+    output: str | None,
+    engine: RayOptions,
+    task: dict[str, Any],
 ) -> int:
-    """Check everything, then run `step` ("Classifier" or "Embedder", built with `task`'s
-    options) on Ray over the inputs `named` (common.Inputs' fields) into folder
-    `output`; the exit status."""
+    """Check the options, have the engine plan and run, render the outcome; the exit status."""
     from rich.markup import escape
 
     from ..data.inputs import display_path
     from ..data.sources import require
-    from .common import Inputs
-    from .walk import note_lines
+    from .walk import note_lines, own_outputs
 
-    inputs = Inputs(*named)  # no inputs, or a missing cloud extra: one line
+    inputs = Inputs(**named, exclude=own_outputs(output))  # no inputs, a missing extra: one line
     if not output or output == "-":
         raise UserError("--engine ray writes a folder of parts: give --output DIR or a bucket URL")
     if common.strict:
@@ -115,7 +141,7 @@ def run_on_ray(
             num_gpus=engine.num_gpus, progress=not common.quiet,
         )  # fmt: skip
         try:  # here, on CPU: the settings, and every check the actors would fail, before any work
-            run = plan_ray_run(getattr(steps, step), steps.Decoder, options, task, where)
+            run = plan_ray_run(model_step(kind), steps.Decoder, options, task, where)
         except (CheckpointError, ValueError) as error:
             raise UserError(str(error)) from error
         outcome = run_ray(inputs(), run)
@@ -126,7 +152,7 @@ def run_on_ray(
             stderr.print(escape(line), soft_wrap=True)
         summary = outcome.summary
         if not common.quiet:
-            counts = f"{summary.succeeded} {VERBS[step]}, {summary.failed} failed"
+            counts = f"{summary.succeeded} {VERBS[kind]}, {summary.failed} failed"
             stderr.print(f"{counts} in {summary.elapsed:.1f} s", soft_wrap=True)
             folder = escape(display_path(output))
             parts = f"{outcome.parts} {fmt} part{'' if outcome.parts == 1 else 's'}"
