@@ -523,6 +523,63 @@ def test_every_command_names_its_common_options(photos, tmp_path, monkeypatch, c
         Common("m", None)  # no positional options
 
 
+# ---------------------------------------------------------------------------- the progress bar
+
+
+def terminal_stderr(monkeypatch, terminal: bool = True) -> io.StringIO:
+    """render's stderr as a terminal (or not) writing into the returned buffer."""
+    from rich.console import Console
+
+    import vithybrid_cli.cli.render as render
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=terminal, width=100, highlight=False)
+    monkeypatch.setattr(render, "stderr", console)
+    return buffer
+
+
+@pytest.mark.parametrize(
+    ("terminal", "show", "drawn"), [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_the_progress_bar_draws_on_a_terminal_unless_quiet(monkeypatch, terminal, show, drawn):
+    from vithybrid_cli.cli.render import ProgressBar
+
+    buffer = terminal_stderr(monkeypatch, terminal)
+    with ProgressBar("thumbnails", show) as progress:
+        progress(3, 7)  # the library's callback: (done, total)
+        progress.progress.refresh()
+    assert progress.shown is drawn
+    assert ("thumbnails" in buffer.getvalue() and "3/7" in buffer.getvalue()) is drawn
+    if not drawn:
+        assert buffer.getvalue() == ""
+
+
+def test_the_run_reporter_moves_the_one_bar_and_names_each_failure(monkeypatch):
+    from types import SimpleNamespace
+
+    from vithybrid_cli.cli.render import Reporter
+
+    buffer = terminal_stderr(monkeypatch)
+    good = SimpleNamespace(ok=True, path="a.jpg", error=None)
+    bad = SimpleNamespace(ok=False, path="b[1].jpg", error="cannot identify image file")
+    with Reporter("labeled", True, countable=True) as reporter:
+        assert reporter.wants_total
+        reporter.start(2)
+        reporter.advance(good)
+        reporter.advance(bad)
+        reporter.bar.progress.refresh()
+    shown = buffer.getvalue()
+    assert "labeled" in shown and "2/2" in shown and "img/s" in shown
+    assert "b[1].jpg: cannot identify image file" in shown  # escaped: no markup eaten
+    assert not Reporter("labeled", True, countable=False).wants_total
+    assert not Reporter("labeled", False, countable=True).wants_total
+    buffer = terminal_stderr(monkeypatch, terminal=False)
+    with Reporter("labeled", True, countable=True) as reporter:
+        assert not reporter.wants_total
+        reporter.advance(bad)  # no bar off a terminal, the failure's line all the same
+    assert "error: b[1].jpg: cannot identify image file" in buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------- interpolation
 
 

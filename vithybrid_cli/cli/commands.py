@@ -100,6 +100,7 @@ from .ray_options import (
     ray_branch,
 )
 from .render import (
+    ProgressBar,
     backend_rows,
     describe,
     head_rows,
@@ -470,8 +471,6 @@ def fit(
     )  # fmt: skip
 
     def body() -> int:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         from ..model.head import save_head
         from ..pipeline.fitting import default_cache_dir, fit_head
 
@@ -482,17 +481,13 @@ def fit(
         ensure_parent(output)
         with holding_outputs(None, output):  # before the model loads
             loaded = common.load()
-            columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
-            shown = not quiet and stderr.is_terminal
-            with Progress(*columns, console=stderr, transient=True, disable=not shown) as progress:
-                bar = progress.add_task("embedding", total=None)
+            with ProgressBar("embedding", not quiet) as progress:
                 report = fit_head(
                     loaded, data, labels_from=labels_from, val=val, val_fraction=val_fraction, c=c,
                     pool=pool.value, image_size=parse_image_size(image_size),
                     interpolate_pos_encoding=interpolate_pos_encoding,
                     cache_dir=cache or default_cache_dir(output), seed=seed,
-                    batch_size=batch_size, workers=workers,
-                    progress=lambda done, total: progress.update(bar, completed=done, total=total),
+                    batch_size=batch_size, workers=workers, progress=progress,
                 )  # fmt: skip
             save_head(report.head, output)
             report_fit(report, output, format is FitFormat.json, quiet)

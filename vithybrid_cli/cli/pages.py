@@ -1,5 +1,5 @@
 """The pages the commands write beside their work, shared by several commands: the page path
-check, the thumbnails' progress, the summary line, and fit --report, duplicates --report and
+check, the summary line, and fit --report, duplicates --report and
 attention-map --index (the pages themselves are built in vithybrid_cli/report/).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .options import UserError
-from .render import counted, stderr
+from .render import ProgressBar, counted, stderr
 
 
 def page_path(path: str | None, option: str = "--output") -> str | None:
@@ -42,7 +42,7 @@ def write_fit_report(report: Any, path: str, head_path: str, workers: int | None
     from ..report.fit_page import write_fit_page
     from ..report.gallery import ThumbnailOptions
 
-    with thumbnail_progress(quiet) as progress:
+    with ProgressBar("thumbnails", not quiet) as progress:
         options = ThumbnailOptions(workers=workers, progress=progress)
         done = write_fit_page(report, path, head_path=head_path, thumbnails=options)
     summarize(done, "validation images", quiet)
@@ -57,32 +57,13 @@ def write_duplicates_report(records: list[dict[str, Any]], path: str, threshold:
     from ..report.duplicates_page import write_duplicates_page
     from ..report.gallery import ThumbnailOptions
 
-    with thumbnail_progress(quiet) as progress:
+    with ProgressBar("thumbnails", not quiet) as progress:
         options = ThumbnailOptions(workers=workers, progress=progress)
         done = write_duplicates_page(
             records, path, title=f"Duplicates among {searched:,} images", threshold=threshold,
             searched=searched, bases=[Path(base) for base in bases], thumbnails=options,
         )  # fmt: skip
     summarize(done, "files in groups", quiet)
-
-
-class thumbnail_progress:  # noqa: N801 - used as a context manager, like contextlib's
-    """A progress bar of thumbnails made (on a terminal, unless --quiet): a callback."""
-
-    def __init__(self, quiet: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        columns = [TextColumn("thumbnails"), BarColumn(), MofNCompleteColumn()]
-        shown = not quiet and stderr.is_terminal
-        self.bar = Progress(*columns, console=stderr, transient=True, disable=not shown)
-
-    def __enter__(self) -> Any:
-        self.bar.__enter__()
-        task = self.bar.add_task("thumbnails", total=None)
-        return lambda done, total: self.bar.update(task, completed=done, total=total)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.bar.__exit__(*exc_info)
 
 
 class IndexNotes:
@@ -113,7 +94,7 @@ def write_attention_index(
         IndexItem(path, notes.saved.get(number), error)
         for number, (path, error) in sorted(notes.notes.items())
     ]
-    with thumbnail_progress(quiet) as progress:
+    with ProgressBar("thumbnails", not quiet) as progress:
         options = ThumbnailOptions(workers=workers, progress=progress)
         page = str(Path(directory) / "index.html")
         done = write_index(items, page, title="Attention maps", thumbnails=options)

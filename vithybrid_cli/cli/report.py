@@ -10,7 +10,8 @@ import typer
 from .app import app
 from .common import run_command
 from .options import Debug, Quiet, Workers
-from .pages import page_path, summarize, thumbnail_progress
+from .pages import page_path, summarize
+from .render import ProgressBar
 
 
 class ThumbFormat(str, Enum):
@@ -55,7 +56,7 @@ def report(
         from ..report.gallery import ThumbnailOptions, build_gallery
 
         target = page_path(output or str(Path(results.rstrip("/")).with_suffix(".html")))
-        with thumbnail_progress(quiet) as progress:
+        with ProgressBar("thumbnails", not quiet) as progress:
             options = ThumbnailOptions(thumb_size, thumb_format.value, workers, progress)
             done = build_gallery(results, target, title=title, thumbnails=options)
         summarize(done, "records", quiet)
