@@ -4,9 +4,10 @@ Every command does the same: check its options, load the model, build a Runner, 
 output, call `job.run_job` (through Common.run), render the summary.
 
 Everything heavy (torch, the model) is imported inside the commands so `vithybrid --help` is
-instant. The option declarations live in options.py and the tables and progress bar in
-render.py: results go to stdout (or --output); progress, per-file errors and the summary go to
-stderr, so pipes stay clean.
+instant. The app is app.py's; the option declarations live in options.py (--engine ray's, and
+classify's and embed's one Ray branch, in ray_options.py), the pages beside a run in pages.py,
+and the tables and progress bar in render.py: results go to stdout (or --output); progress,
+per-file errors and the summary go to stderr, so pipes stay clean.
 """
 
 from __future__ import annotations
