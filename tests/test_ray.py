@@ -205,7 +205,7 @@ def test_jsonl_parts_resume_adds_only_new_inputs(local_ray, tiny, folder, tmp_pa
     dest = tmp_path / "parts"
     args = ["--engine", "ray", "--model", tiny, "--dtype", "float32", "-k", 2, "-f", "jsonl"]
     result = cli("classify", "--files-from", write_list(tmp_path / "a.txt", first), "-o", dest,
-                 "--resume", "--quiet", *args)  # fmt: skip
+                 *args)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "5 labeled, 0 failed" in result.output
     before = {path.name: path.read_bytes() for path in dest.glob("part-*.jsonl")}
