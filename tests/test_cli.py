@@ -480,6 +480,106 @@ def test_interrupt_exits_130(tiny, photos, monkeypatch):
     assert "interrupted" in result.stderr
 
 
+COMMON_ARGS = ("--model", "m", "--revision", "r", "--device", "cpu", "--dtype", "float32",
+               "--batch-size", "3", "--workers", "2", "--image-size", "96",
+               "--interpolate-pos-encoding")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "flags"),
+    [
+        ("classify", ["--compile", "--quiet", "--strict"], (True, True, True)),
+        ("embed", ["-o", "v.npy", "--quiet", "--strict"], (False, True, True)),
+        ("attention-map", ["-o", "a.png", "--strict"], (False, False, True)),
+        ("fit", ["-o", "h.json", "--quiet"], (False, True, False)),
+        ("duplicates", ["--quiet"], (False, True, False)),
+    ],
+)
+def test_every_command_names_its_common_options(photos, tmp_path, monkeypatch, command, args,
+                                                flags):  # fmt: skip
+    """Common is built by keyword: each option lands in its own field, for every command."""
+    import vithybrid_cli.cli.common
+    from vithybrid_cli.cli.common import Common, UserError
+    from vithybrid_cli.cli.options import Device, DType
+
+    built = []
+
+    def load(self):
+        built.append(self)
+        raise UserError("stopped before the model")
+
+    monkeypatch.setattr(vithybrid_cli.cli.common.Common, "load", load)
+    monkeypatch.chdir(tmp_path)
+    data = [str(Path(photos[0]).parent)] if command == "fit" else [photos[0]]
+    result = cli(command, *data, *COMMON_ARGS, *args)
+    assert result.output.strip() == "error: stopped before the model"
+    [common] = built
+    assert (common.model, common.revision, common.device, common.dtype) == (
+        "m", "r", Device.cpu, DType.float32)  # fmt: skip
+    assert (common.batch_size, common.workers, common.image_size) == (3, 2, "96")
+    assert common.interpolate is True
+    assert (common.compile, common.quiet, common.strict) == flags
+    with pytest.raises(TypeError):
+        Common("m", None)  # no positional options
+
+
+# ---------------------------------------------------------------------------- the progress bar
+
+
+def terminal_stderr(monkeypatch, terminal: bool = True) -> io.StringIO:
+    """render's stderr as a terminal (or not) writing into the returned buffer."""
+    from rich.console import Console
+
+    import vithybrid_cli.cli.render as render
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=terminal, width=100, highlight=False)
+    monkeypatch.setattr(render, "stderr", console)
+    return buffer
+
+
+@pytest.mark.parametrize(
+    ("terminal", "show", "drawn"), [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_the_progress_bar_draws_on_a_terminal_unless_quiet(monkeypatch, terminal, show, drawn):
+    from vithybrid_cli.cli.render import ProgressBar
+
+    buffer = terminal_stderr(monkeypatch, terminal)
+    with ProgressBar("thumbnails", show) as progress:
+        progress(3, 7)  # the library's callback: (done, total)
+        progress.progress.refresh()
+    assert progress.shown is drawn
+    assert ("thumbnails" in buffer.getvalue() and "3/7" in buffer.getvalue()) is drawn
+    if not drawn:
+        assert buffer.getvalue() == ""
+
+
+def test_the_run_reporter_moves_the_one_bar_and_names_each_failure(monkeypatch):
+    from types import SimpleNamespace
+
+    from vithybrid_cli.cli.render import Reporter
+
+    buffer = terminal_stderr(monkeypatch)
+    good = SimpleNamespace(ok=True, path="a.jpg", error=None)
+    bad = SimpleNamespace(ok=False, path="b[1].jpg", error="cannot identify image file")
+    with Reporter("labeled", True, countable=True) as reporter:
+        assert reporter.wants_total
+        reporter.start(2)
+        reporter.advance(good)
+        reporter.advance(bad)
+        reporter.bar.progress.refresh()
+    shown = buffer.getvalue()
+    assert "labeled" in shown and "2/2" in shown and "img/s" in shown
+    assert "b[1].jpg: cannot identify image file" in shown  # escaped: no markup eaten
+    assert not Reporter("labeled", True, countable=False).wants_total
+    assert not Reporter("labeled", False, countable=True).wants_total
+    buffer = terminal_stderr(monkeypatch, terminal=False)
+    with Reporter("labeled", True, countable=True) as reporter:
+        assert not reporter.wants_total
+        reporter.advance(bad)  # no bar off a terminal, the failure's line all the same
+    assert "error: b[1].jpg: cannot identify image file" in buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------- interpolation
 
 

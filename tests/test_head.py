@@ -130,7 +130,11 @@ class ForwardCounter:
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_fit_then_classify_with_the_head(tiny_checkpoint, task, tmp_path):
+def test_fit_then_classify_with_the_head(tiny_checkpoint, task, tmp_path, monkeypatch):
+    from vithybrid_cli.cli.render import ProgressBar
+
+    bars: list[tuple[str, int, int]] = []  # fit's embedding loop moves the CLI's one bar
+    monkeypatch.setattr(ProgressBar, "__call__", lambda bar, *done: bars.append((bar.label, *done)))
     head_file = tmp_path / "out" / "head.safetensors"
     fit = cli("fit", task / "train", "-o", head_file, "--model", tiny_checkpoint, *TINY_SIZE,
               "--format", "json")  # fmt: skip
@@ -143,6 +147,7 @@ def test_fit_then_classify_with_the_head(tiny_checkpoint, task, tmp_path):
     assert report["validation_accuracy"] >= 0.75
     assert (tmp_path / "out" / "head.safetensors.cache").is_dir()  # the default cache
     assert "4 labels, 40 training + 8 validation images (48 embedded" in fit.stderr
+    assert {label for label, _, _ in bars} == {"embedding"} and bars[-1][1:] == (48, 48)
 
     run = cli("classify", task / "test", "--head", head_file, "--model", tiny_checkpoint,
               *TINY_SIZE, "-k", "2", "-f", "jsonl")  # fmt: skip

@@ -336,6 +336,95 @@ def test_engine_ray_option_errors_are_one_line(tmp_path, args, line):
     assert result.output.strip() == f"error: {line}"
 
 
+@pytest.mark.parametrize("command", ["classify", "embed"])
+def test_classify_and_embed_refuse_strict_on_ray_alike(tmp_path, command):
+    result = cli(command, tmp_path, "--engine", "ray", "-o", tmp_path / "out", "--strict")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --strict is the local engine's: on Ray a failed input is a row"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "task"),
+    [
+        ("classify", ["-k", "3", "--min-score", "0.5"], {"top_k": 3, "head": None,
+                                                         "min_score": 0.5}),
+        ("embed", ["--pool", "mean", "--normalize"], {"pool": "mean", "normalize": True,
+                                                      "tokens": False}),
+    ],
+)  # fmt: skip
+def test_classify_and_embed_share_the_one_ray_branch(tmp_path, monkeypatch, command, args, task):
+    """Both commands reach the engine's planning through one branch: the same model options and
+    plan from the same flags; only the step class and its task differ."""
+    import vithybrid_cli.pipeline.engines.ray_engine as engine
+    from vithybrid_cli.ray import Classifier, Decoder, Embedder
+
+    planned = []
+
+    def plan(*arguments):
+        planned.append(arguments)
+        raise ValueError("planned")
+
+    monkeypatch.setattr(engine, "plan_ray_run", plan)
+    out = tmp_path / "out"
+    result = cli(command, tmp_path, "--engine", "ray", "-o", out, "--model", "m",
+                 "--batch-size", "3", "--concurrency", "2", "--num-gpus", "0.5", "-f", "jsonl",
+                 "--resume", "--quiet", *args)  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: planned"
+    [(step, decoder, options, step_task, where)] = planned
+    assert step is {"classify": Classifier, "embed": Embedder}[command]
+    assert decoder is Decoder
+    assert options == {"model": "m", "revision": None, "dtype": "auto", "image_size": None,
+                       "interpolate_pos_encoding": False, "batch_size": 3, "compile": False,
+                       "backend": "torch"}  # fmt: skip
+    assert step_task == task
+    assert (where.dest, where.fmt, where.resume) == (str(out), "jsonl", True)
+    assert (where.concurrency, where.num_gpus, where.progress) == (2, 0.5, False)
+
+
+@pytest.mark.parametrize("kind", ["records", "embeddings"])
+def test_the_engine_plans_its_run_on_cpu_before_any_work(tiny, tmp_path, kind):
+    """plan_ray_run builds the step once: dtype made concrete, the batch size, the metadata, the
+    plan completed, the decoder built with the model's preprocessing; nothing written yet."""
+    import torch
+
+    from vithybrid_cli.io.outputs import json_safe
+    from vithybrid_cli.pipeline.engines.ray_engine import (
+        RECORD_ROWS_PER_PART,
+        RayPlan,
+        plan_ray_run,
+    )
+    from vithybrid_cli.pipeline.runtime import resolve_dtype
+    from vithybrid_cli.ray import Classifier, Decoder, Embedder
+
+    options = {"model": tiny, "revision": None, "dtype": "auto", "image_size": None,
+               "interpolate_pos_encoding": False, "batch_size": None, "compile": False,
+               "backend": "torch"}  # fmt: skip
+    if kind == "records":
+        step, task = Classifier, {"top_k": 3, "head": None, "min_score": None}
+    else:
+        step, task = Embedder, {"pool": "cls", "normalize": False, "tokens": False}
+    where = RayPlan(dest=str(tmp_path / "out"), fmt="jsonl", concurrency=2)
+    run = plan_ray_run(step, Decoder, options, task, where)
+    assert run.model_step is step and isinstance(run.decoder, Decoder)
+    dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")  # not "auto"
+    assert run.model_options == {**options, **task, "dtype": dtype, "device": "cpu"}
+    plan = run.plan
+    assert (plan.dest, plan.fmt, plan.concurrency, plan.kind) == (where.dest, "jsonl", 2, kind)
+    assert plan.batch_size >= 1 and plan.settings["model"]
+    if kind == "records":
+        assert plan.metadata == {"vithybrid.top_k": "3"}
+        assert plan.rows_per_part == RECORD_ROWS_PER_PART
+    else:
+        assert plan.metadata["vithybrid.row_shape"] == "32"
+        settings = json.loads(plan.metadata["vithybrid.settings"])
+        assert settings == json.loads(json.dumps(json_safe(plan.settings)))
+        assert plan.rows_per_part == (64 << 20) // (4 * 32)
+    assert not (tmp_path / "out").exists()  # the plan writes nothing
+
+
 def test_embed_format_is_for_the_ray_engine(tmp_path):
     result = cli("embed", tmp_path, "-o", tmp_path / "v.npy", "-f", "jsonl")
     assert result.exit_code == 2

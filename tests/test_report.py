@@ -224,6 +224,21 @@ def test_thumbnails_of_urls_bucket_objects_and_their_archive_members(images, ser
         assert made[path].original is None  # remote: the larger view is the thumbnail
 
 
+def spy_progress_bars(monkeypatch) -> list[tuple[str, int, int | None]]:
+    """Every (label, done, total) the CLI's one progress bar is given."""
+    from vithybrid_cli.cli.render import ProgressBar
+
+    calls: list[tuple[str, int, int | None]] = []
+    original = ProgressBar.__call__
+
+    def call(self, done, total):
+        calls.append((self.label, done, total))
+        original(self, done, total)
+
+    monkeypatch.setattr(ProgressBar, "__call__", call)
+    return calls
+
+
 # ---------------------------------------------------------------------------- the command
 
 
@@ -243,10 +258,12 @@ def classified(tiny_checkpoint, tmp_path_factory) -> Path:
     return output
 
 
-def test_report_writes_a_page_and_thumbnails_beside_it(classified, tmp_path):
+def test_report_writes_a_page_and_thumbnails_beside_it(classified, tmp_path, monkeypatch):
     page = tmp_path / "out" / "report.html"
+    bars = spy_progress_bars(monkeypatch)
     result = cli("report", classified, "-o", page, "--thumb-format", "jpeg")
     assert result.exit_code == 0, result.stderr
+    assert {label for label, _, _ in bars} == {"thumbnails"} and bars[-1][1:] == (4, 4)
     assert "5 records" in result.stderr and "4 made, 0 reused in" in result.stderr
     thumbs = sorted((tmp_path / "out" / "report_files").iterdir())
     assert len(thumbs) == 4 and all(path.suffix == ".jpg" for path in thumbs)

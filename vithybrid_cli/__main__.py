@@ -1,6 +1,6 @@
 """`python -m vithybrid_cli` (also what `torchrun -m vithybrid_cli` launches)."""
 
-from .cli.commands import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

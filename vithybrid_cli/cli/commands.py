@@ -4,17 +4,15 @@ Every command does the same: check its options, load the model, build a Runner, 
 output, call `job.run_job` (through Common.run), render the summary.
 
 Everything heavy (torch, the model) is imported inside the commands so `vithybrid --help` is
-instant. The option declarations live in options.py and the tables and progress bar in
-render.py: results go to stdout (or --output); progress, per-file errors and the summary go to
-stderr, so pipes stay clean.
+instant. The app is app.py's; the option declarations live in options.py (--engine ray's, and
+classify's and embed's one Ray branch, in ray_options.py), the pages beside a run in pages.py,
+and the tables and progress bar in render.py: results go to stdout (or --output); progress,
+per-file errors and the summary go to stderr, so pipes stay clean.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,8 +20,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .._version import __version__
 from ..model.config import DEFAULT_MODEL_ID
+from .app import app
 from .common import (
     Common,
     Inputs,
@@ -92,8 +90,18 @@ from .options import (
     Workers,
     parse_image_size,
 )
-from .ray_engine import Concurrency, EmbedFormat, Engine, EngineOpt, NumGpus, RayOptions
+from .pages import IndexNotes, page_path, write_attention_index, write_fit_report
+from .ray_options import (
+    Concurrency,
+    EmbedFormat,
+    Engine,
+    EngineOpt,
+    NumGpus,
+    RayOptions,
+    ray_branch,
+)
 from .render import (
+    ProgressBar,
     backend_rows,
     describe,
     head_rows,
@@ -103,35 +111,6 @@ from .render import (
     stderr,
     stdout,
 )
-
-app = typer.Typer(
-    name="vithybrid",
-    help="Run Google's ViT-Hybrid (BiT + ViT-B/16) image classifier: labels, embeddings and "
-    "attention maps, for single images or whole folders.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-logger = logging.getLogger("vithybrid_cli")
-
-
-def version_callback(value: bool) -> None:
-    if value:
-        stdout.print(f"vithybrid {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    version: Annotated[
-        bool | None,
-        typer.Option(
-            "--version", callback=version_callback, is_eager=True, help="Show the version."
-        ),
-    ] = None,
-) -> None:
-    """ViT-Hybrid from the command line."""
-
 
 # ---------------------------------------------------------------------------- commands
 
@@ -166,18 +145,18 @@ def classify(
     debug: Debug = False,
 ) -> None:
     """Label images: top-k classes with scores (the checkpoint's classes, or a --head's)."""
-    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
-                    image_size, compile, quiet, strict, backend)  # fmt: skip
-    if engine is Engine.ray:  # cli/ray_engine.py
-        from .ray_engine import run_on_ray
-        from .walk import own_outputs
-
-        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
-        inputs = (paths, files_from, max_download_mb, follow_links, own_outputs(output))
-        step = {"top_k": top_k, "head": head, "min_score": min_score}
-        return run_command(
-            lambda: run_on_ray(common, inputs, output, ray, "Classifier", step), debug
-        )
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, compile=compile, quiet=quiet, strict=strict,
+    )  # fmt: skip
+    if engine is Engine.ray:  # cli/ray_options.py: classify's and embed's one Ray branch
+        named = {"paths": paths, "files_from": files_from, "max_download_mb": max_download_mb,
+                 "follow_links": follow_links}  # fmt: skip
+        ray = RayOptions(concurrency=concurrency, num_gpus=num_gpus, resume=resume,
+                         format=format.value if format else None)  # fmt: skip
+        task = {"top_k": top_k, "head": head, "min_score": min_score}
+        return ray_branch("records", common, named, output, ray, task, debug)
 
     def body() -> int:
         from ..pipeline.job import CollectOutput, StreamOutput
@@ -244,16 +223,18 @@ def embed(
     debug: Debug = False,
 ) -> None:
     """Export embeddings to .npy/.npz/.parquet, rows in input order, paths beside them."""
-    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
-                    image_size, compile, quiet, strict, backend)  # fmt: skip
-    if engine is Engine.ray:  # cli/ray_engine.py
-        from .ray_engine import run_on_ray
-        from .walk import own_outputs
-
-        ray = RayOptions(concurrency, num_gpus, format.value if format else None, resume)
-        inputs = (paths, files_from, max_download_mb, follow_links, own_outputs(output))
-        step = {"pool": pool.value, "normalize": normalize, "tokens": tokens}
-        return run_command(lambda: run_on_ray(common, inputs, output, ray, "Embedder", step), debug)
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, compile=compile, quiet=quiet, strict=strict,
+    )  # fmt: skip
+    if engine is Engine.ray:  # cli/ray_options.py: classify's and embed's one Ray branch
+        named = {"paths": paths, "files_from": files_from, "max_download_mb": max_download_mb,
+                 "follow_links": follow_links}  # fmt: skip
+        ray = RayOptions(concurrency=concurrency, num_gpus=num_gpus, resume=resume,
+                         format=format.value if format else None)  # fmt: skip
+        task = {"pool": pool.value, "normalize": normalize, "tokens": tokens}
+        return ray_branch("embeddings", common, named, output, ray, task, debug)
 
     def body() -> int:
         from ..io.outputs import format_from_path, sidecar_path
@@ -313,8 +294,11 @@ def attention_map(
     debug: Debug = False,
 ) -> None:
     """Draw where the model looks: an attention heatmap over each image."""
-    common = Common(model, revision, device, dtype, batch_size, workers, interpolate_pos_encoding,
-                    image_size, False, quiet, strict, backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, quiet=quiet, strict=strict,
+    )  # fmt: skip
 
     def body() -> int:
         from ..pipeline.job import NoOutput
@@ -394,7 +378,7 @@ def info(
     debug: Debug = False,
 ) -> None:
     """Show the resolved model (where it is, its configuration, size, device, dtype) or a head."""
-    common = Common(model, revision, device, dtype, None, None, False, None)
+    common = Common(model=model, revision=revision, device=device, dtype=dtype)
 
     def body() -> int:
         from .walk import format_rows
@@ -467,12 +451,13 @@ def fit(
     ] = None,  # fmt: skip
 ) -> None:
     """Fit a head of your own labels (logistic regression on embeddings) for classify --head."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, quiet=quiet,
+    )  # fmt: skip
 
     def body() -> int:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         from ..model.head import save_head
         from ..pipeline.fit import default_cache_dir, fit_head
 
@@ -483,17 +468,13 @@ def fit(
         ensure_parent(output)
         with holding_outputs(None, output):  # before the model loads
             loaded = common.load()
-            columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn()]
-            shown = not quiet and stderr.is_terminal
-            with Progress(*columns, console=stderr, transient=True, disable=not shown) as progress:
-                bar = progress.add_task("embedding", total=None)
+            with ProgressBar("embedding", not quiet) as progress:
                 report = fit_head(
                     loaded, data, labels_from=labels_from, val=val, val_fraction=val_fraction, c=c,
                     pool=pool.value, image_size=parse_image_size(image_size),
                     interpolate_pos_encoding=interpolate_pos_encoding,
                     cache_dir=cache or default_cache_dir(output), seed=seed,
-                    batch_size=batch_size, workers=workers,
-                    progress=lambda done, total: progress.update(bar, completed=done, total=total),
+                    batch_size=batch_size, workers=workers, progress=progress,
                 )  # fmt: skip
             save_head(report.head, output)
             report_fit(report, output, format is FitFormat.json, quiet)
@@ -521,37 +502,3 @@ def models(debug: Debug = False) -> None:
         return 0
 
     run_command(body, debug)
-
-
-def main() -> None:
-    try:
-        app()
-    except SystemExit as done:
-        if "torch" in sys.modules and isinstance(done.code, int | None):
-            exit_now(done.code or 0)
-        raise
-
-
-def exit_now(status: int) -> None:
-    """End the process without the interpreter's teardown, once every output is closed.
-
-    With torch loaded, a normal exit spends ~0.45 s finalizing torch's modules (measured on
-    2 cores: 0.44 s after a bare `import torch`, 0.02 s with os._exit), a fifth of a one-image
-    run's wall time. The commands have closed (and atomically renamed) their files by now, so
-    only the standard streams and logging need flushing.
-    """
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        # a closed pipe or stream: nothing left to deliver
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(status)
-
-
-from . import search as _search  # noqa: E402, F401  (registers similar, duplicates)
-from .report import (  # noqa: E402 - also registers `vithybrid report`
-    IndexNotes,
-    page_path,
-    write_attention_index,
-    write_fit_report,
-)

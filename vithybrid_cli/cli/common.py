@@ -73,18 +73,19 @@ def run_command(body: Callable[[], int], debug: bool) -> None:
 # ---------------------------------------------------------------------------- the shared job
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Common:
-    """The options every command shares, and the steps every command takes with them."""
+    """The options every command shares, and the steps every command takes with them (built by
+    keyword: Common(model=..., dtype=...))."""
 
     model: str
-    revision: str | None
-    device: Device
-    dtype: DType
-    batch_size: int | None
-    workers: int | None
-    interpolate: bool
-    image_size: str | None
+    revision: str | None = None
+    device: Device = Device.auto
+    dtype: DType = DType.auto
+    batch_size: int | None = None
+    workers: int | None = None
+    interpolate: bool = False
+    image_size: str | None = None
     compile: bool = False
     quiet: bool = False
     strict: bool = False

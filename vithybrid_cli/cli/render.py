@@ -1,4 +1,5 @@
-"""What the command line shows: result tables, the progress bar, the fit report, info rows.
+"""What the command line shows: result tables, the one progress bar (a run's, thumbnails',
+fit's embedding), the fit report, info rows.
 
 Only the CLI uses this module; the library returns data and logs. Results go to `stdout`;
 progress, per-file errors and summaries to `stderr`, so pipes stay clean.
@@ -16,10 +17,15 @@ stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 
 
-class Reporter:
-    """Progress bar (on a terminal, unless --quiet) and one stderr line per failure."""
+class ProgressBar:
+    """The CLI's one progress bar, on stderr (on a terminal, and only when `show`): `label`, the
+    bar, done/total; `timing` adds the rate (set through `update(rate=...)`) and the time left.
 
-    def __init__(self, verb: str, show: bool, countable: bool) -> None:
+    Entered, it is the library's progress callback, `bar(done, total)` (thumbnails, fit's
+    embedding); the run's Reporter moves it on with `update`.
+    """
+
+    def __init__(self, label: str, show: bool, timing: bool = False) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -28,23 +34,45 @@ class Reporter:
             TimeRemainingColumn,
         )
 
-        self.verb, self.started, self.done = verb, time.perf_counter(), 0
-        show = show and stderr.is_terminal
-        self.wants_total = show and countable
+        self.label, self.shown = label, show and stderr.is_terminal
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-        columns += [TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
-        self.bar = Progress(*columns, console=stderr, transient=True, disable=not show)
+        if timing:
+            columns += [TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+        self.progress = Progress(*columns, console=stderr, transient=True, disable=not self.shown)
+
+    def __enter__(self) -> ProgressBar:
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.label, total=None, rate="")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.__exit__(*exc_info)
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.progress.update(self.task, completed=done, total=total)
+
+    def update(self, **fields: Any) -> None:
+        self.progress.update(self.task, **fields)
+
+
+class Reporter:
+    """The run's progress (job.run_job's `progress`): the progress bar with its rate, and one
+    stderr line per failure."""
+
+    def __init__(self, verb: str, show: bool, countable: bool) -> None:
+        self.verb, self.started, self.done = verb, time.perf_counter(), 0
+        self.bar = ProgressBar(verb, show, timing=True)
+        self.wants_total = self.bar.shown and countable
 
     def __enter__(self) -> Reporter:
         self.bar.__enter__()
-        self.task = self.bar.add_task(self.verb, total=None, rate="")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.bar.__exit__(*exc_info)
 
     def start(self, total: int | None) -> None:
-        self.bar.update(self.task, total=total)
+        self.bar.update(total=total)
 
     def advance(self, result: Any) -> None:
         from rich.markup import escape
@@ -56,7 +84,7 @@ class Reporter:
             stderr.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
         self.done += 1
         rate = self.done / max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, advance=1, rate=f"{rate:.1f} img/s")
+        self.bar.update(advance=1, rate=f"{rate:.1f} img/s")
 
 
 def render_table(results: list[Any]) -> None:

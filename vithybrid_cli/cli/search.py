@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.config import DEFAULT_MODEL_ID
-from .commands import app
+from .app import app
 from .common import Common, Inputs, ensure_parent, run_command
 from .options import (
     Backend,
@@ -210,15 +210,18 @@ def duplicates(
     debug: Debug = False,
 ) -> None:
     """Find exact and near-duplicate images: groups whose every pair is >= --threshold."""
-    common = Common(model, revision, device, dtype, batch_size, workers,
-                    interpolate_pos_encoding, image_size, quiet=quiet, backend=backend)  # fmt: skip
+    common = Common(
+        model=model, revision=revision, device=device, dtype=dtype, backend=backend,
+        batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
+        image_size=image_size, quiet=quiet,
+    )  # fmt: skip
 
     def body() -> int:
         from ..pipeline.tasks import embed_task
         from ..search.grouping import find_duplicates, group_records
         from ..search.index import APPROXIMATE_FROM, choose_index
         from ..search.vectors import is_vectors_file, read_vectors
-        from .report import page_path
+        from .pages import page_path
 
         fmt = list_format(format, output)
         page_path(report, "--report")
@@ -282,7 +285,7 @@ def duplicates(
                     soft_wrap=True,
                 )
         if report:
-            from .report import write_duplicates_report
+            from .pages import write_duplicates_report
 
             write_duplicates_report(records, report, threshold, len(vectors), bases, workers, quiet)
         return status
@@ -365,15 +368,17 @@ def similar(
         inputs = Inputs(queries, files_from, max_download_mb)
         vectors = read_vectors(vectors_file)  # a bad file fails before the model loads
         recorded = vectors.settings or {}
+        interpolate = recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding")
+        size = image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None
         common = Common(
-            model or recorded.get("model") or DEFAULT_MODEL_ID,
-            revision if revision is not None or model else recorded.get("revision"),
-            device,
-            dtype or DType(recorded.get("dtype", "auto")),
-            batch_size,
-            workers,
-            recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding"),
-            image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None,
+            model=model or recorded.get("model") or DEFAULT_MODEL_ID,
+            revision=revision if revision is not None or model else recorded.get("revision"),
+            device=device,
+            dtype=dtype or DType(recorded.get("dtype", "auto")),
+            batch_size=batch_size,
+            workers=workers,
+            interpolate=interpolate,
+            image_size=size,
             quiet=quiet,
             backend=backend or Backend(recorded.get("backend", "torch")),
         )

@@ -1,5 +1,8 @@
 """The Ray Data engine: the job of `run_job`, with Ray moving the data across a cluster.
 
+plan_ray_run checks and plans a run before any work (the model step built once on this
+machine's CPU: settings, concrete dtype, batch size, Parquet metadata); run_ray runs it:
+
     inputs, listed here as the local engine lists them (same paths, same resume keys)
       -> ray.data.from_items: path + the pickled InputItem (or the listing's error)
       -> map_batches(Decoder): decode and preprocess in CPU tasks, on any node
@@ -31,7 +34,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from ray.data.datasource import Datasink
@@ -39,7 +42,7 @@ from ray.data.datasource import Datasink
 from ...data.items import InputError
 from ...data.sources import SourceError, is_remote, remote_filesystem
 from ...io.outputs import json_safe, safe_text
-from ...io.parquet import PARTS_SETTINGS
+from ...io.parquet import PARTS_SETTINGS, SETTINGS_KEY
 from ..job import Summary, select
 from ..journal import SettingsMismatch, describe_differences
 
@@ -362,30 +365,91 @@ def build_dataset(
     )
 
 
-def run_on_ray(
-    inputs: Iterable[Any],
-    decoder: Any,
+def concrete_dtype(dtype: str, num_gpus: float) -> str:
+    """--dtype auto made concrete once, here, so every actor of the cluster computes alike."""
+    import torch
+
+    from ..runtime import resolve_dtype
+
+    if dtype != "auto":
+        return dtype
+    if num_gpus and not torch.cuda.is_available():
+        return "bfloat16"  # this machine cannot ask the actors' GPUs: every recent one has it
+    device = torch.device("cuda" if num_gpus else "cpu")
+    return str(resolve_dtype("auto", device)).removeprefix("torch.")
+
+
+@dataclass
+class RayRun:
+    """A planned run: the decode step, the model step and its actors' options, and the plan."""
+
+    decoder: Any
+    model_step: type
+    model_options: dict[str, Any]
+    plan: RayPlan
+
+
+def plan_ray_run(
     model_step: type,
-    model_options: dict[str, Any],
-    plan: RayPlan,
-) -> RayOutcome:
-    """Run `model_step` (Classifier or Embedder, built in each actor with `model_options`) over
-    `inputs` into plan.dest; see the module docstring."""
+    decoder_class: type,
+    options: dict[str, Any],
+    task: dict[str, Any],
+    where: RayPlan,
+) -> RayRun:
+    """Plan a run of `model_step` (vithybrid_cli.ray's Classifier or Embedder) before any work.
+
+    `options` are the model's (model, revision, dtype: "auto" made concrete here, image_size,
+    interpolate_pos_encoding, batch_size: None for the device's default, compile, backend),
+    `task` the step's own (top_k, head, ... or pool, normalize, tokens); `where` holds DEST, its
+    format and the cluster's share (concurrency, num_gpus). The step is built once here, on CPU:
+    it gives the settings, the row shape and the batch size, and fails here (CheckpointError,
+    ValueError) what every actor would fail. `decoder_class` (Decoder) is built with the model's
+    preprocessing."""
+    import torch
+
+    from ..runner import auto_batch_size
+
+    options = {**options, "dtype": concrete_dtype(options["dtype"], where.num_gpus)}
+    probe = model_step(device="cpu", **options, **task)
+    device = "cuda" if where.num_gpus else "cpu"
+    batch = options["batch_size"] or auto_batch_size(torch.device(device), probe.runner.input_size)
+    shape = getattr(probe, "row_shape", None)
+    metadata = {"vithybrid.top_k": str(probe.task.top_k)} if probe.kind == "records" else {}
+    if shape:
+        metadata["vithybrid.row_shape"] = ",".join(map(str, shape))
+    if probe.kind == "embeddings":  # as the local engine's Parquet: `similar` reads it back
+        metadata[SETTINGS_KEY.decode()] = json.dumps(json_safe(probe.settings), sort_keys=True)
+    plan = replace(
+        where, kind=probe.kind, settings=probe.settings, batch_size=batch,
+        rows_per_part=rows_per_part(probe.kind, shape), metadata=metadata,
+    )  # fmt: skip
+    decoder = decoder_class(config=probe.model.preprocess_config, image_size=options["image_size"])
+    if "head" in task:
+        task = {**task, "head": probe.head}  # the loaded head travels: no file on the nodes
+    return RayRun(decoder, model_step, {**options, **task, "device": device}, plan)
+
+
+def run_ray(inputs: Iterable[Any], run: RayRun) -> RayOutcome:
+    """Run `run.model_step` (built in each actor with `run.model_options`) over `inputs` into
+    run.plan.dest; see the module docstring."""
     import ray
 
+    plan = run.plan
     started = time.perf_counter()
     destination = Destination(plan.dest)
-    done, run = destination.prepare(plan.fmt, plan.settings, plan.resume)
+    done, run_number = destination.prepare(plan.fmt, plan.settings, plan.resume)
     rows = input_rows(inputs, done)
     if not rows:
         return RayOutcome(Summary(elapsed=time.perf_counter() - started), [])
-    sink = PartsSink(destination, plan.fmt, plan.kind, run, plan.rows_per_part, plan.metadata)
+    sink = PartsSink(
+        destination, plan.fmt, plan.kind, run_number, plan.rows_per_part, plan.metadata
+    )
     with ray_session(quiet=not plan.progress):
         ray.data.DataContext.get_current().enable_progress_bars = plan.progress
-        options = dict(model_options)
+        options = dict(run.model_options)
         if not plan.num_gpus:
             options.setdefault("threads", actor_threads(plan.concurrency))
-        dataset = build_dataset(rows, decoder, model_step, options, plan)
+        dataset = build_dataset(rows, run.decoder, run.model_step, options, plan)
         dataset.write_datasink(sink)
     failed = sum(len(stats.errors) for stats in sink.stats)
     summary = Summary(
