@@ -21,8 +21,8 @@ from PIL import Image
 from test_cli import assert_clean_error, cli, jsonl
 
 from vithybrid_cli.io.outputs import open_writer
+from vithybrid_cli.io.results import Row, read_results
 from vithybrid_cli.report.gallery import build_gallery, certainty
-from vithybrid_cli.report.results import Row, read_results
 from vithybrid_cli.report.thumbnails import make_thumbnails
 
 expect = None  # playwright's, set by the browser fixture (playwright is a dev dependency)

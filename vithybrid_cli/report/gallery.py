@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.results import Results, Row, read_results
 from .page import Page, Tile, View, bar_chart, histogram, relative_url, table, write_page
-from .results import Results, Row, read_results
 from .thumbnails import THUMBNAIL_SIZE, Thumbnail, ThumbnailStats, make_thumbnails
 
 ABSTAINED = "(abstained)"
