@@ -236,6 +236,8 @@ def record_format(format: Format | None, output: str | None) -> str:
 
     to_file = bool(output) and output != "-"
     fmt = (format.value if format else None) or (format_from_path(output) if to_file else None)
+    if to_file and fmt is None:  # `-o labels.cvs`: no silent JSON Lines; --format overrides
+        output_format(output, "records")  # type: ignore[arg-type]
     fmt = fmt or ("table" if stdout.is_terminal and not to_file else "jsonl")
     if fmt == "table" and to_file:
         raise UserError(
