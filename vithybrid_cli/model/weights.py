@@ -6,6 +6,7 @@ nothing else in the package knows them.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -118,6 +119,19 @@ def resolve_alias(name: str) -> str:
     return MODEL_ALIASES.get(name, name)
 
 
+def misspelled_short_name(name: str) -> str | None:
+    """What to say of a name that looks like a mistyped short name (`hybrid-smal-384`), else
+    None. Hub ids (`org/name`), paths and the short names themselves are not looked at."""
+    if name in MODEL_ALIASES or "/" in name or os.sep in name:
+        return None
+    close = difflib.get_close_matches(name, MODEL_ALIASES, n=1, cutoff=0.75)
+    if close:
+        return f"unknown model {name!r}: did you mean {close[0]}? (`vithybrid models` lists them)"
+    if name.startswith("hybrid-"):
+        return f"unknown model {name!r}: not a short name (`vithybrid models` lists them)"
+    return None
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be found, read or matched to the model; says what to do."""
 
@@ -148,6 +162,9 @@ def resolve_checkpoint(
         return _resolve_file(path)
     if path.is_dir():
         return _resolve_directory(path, str(name_or_path), revision)
+    misspelled = misspelled_short_name(str(name_or_path))
+    if misspelled:  # before any network: the Hub has no such model either
+        raise CheckpointError(misspelled)
     name = resolve_alias(str(name_or_path))
     if not HUB_ID.fullmatch(name):
         raise CheckpointError(
