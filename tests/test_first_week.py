@@ -56,3 +56,69 @@ def test_misspelled_short_name_looks_only_at_short_names(name, suggested):
         assert "not a short name" in message
     else:
         assert message is None
+
+
+# ---------------------------------------------------------------------------- errors that name the cause
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, monkeypatch):
+    """A folder no file can be created in: chmod 555, or (as root, who may write anything) an
+    os.open that refuses to create files there, as the kernel would."""
+    import errno
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_open = os.open
+
+        def refusing_open(file, flags, *args, **kwargs):
+            if flags & os.O_CREAT and os.path.dirname(os.path.abspath(file)) == str(folder):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(file))
+            return real_open(file, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing_open)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_a_read_only_output_folder_names_the_output_not_its_lock(tiny, photos, read_only_folder):
+    target = read_only_folder / "labels.csv"
+    result = cli("classify", photos[0], "--model", tiny, "-o", target)
+    assert_clean_error(result, f"{target}: permission denied", str(read_only_folder))
+    assert ".lock" not in result.stderr
+
+
+def test_a_failed_atomic_write_names_the_users_file_not_the_temp_file(read_only_folder):
+    from vithybrid_cli.cli.common import error_line
+    from vithybrid_cli.io.outputs import atomic_write
+
+    target = read_only_folder / "g.jsonl"
+    with pytest.raises(PermissionError) as raised, atomic_write(target) as file:
+        file.write("never")
+    line = error_line(raised.value)
+    assert line.startswith(f"{target}: permission denied") and ".tmp" not in line, line
+
+
+def test_an_output_under_a_file_says_not_a_directory(tiny, photos):
+    result = cli("classify", photos[0], "--model", tiny, "-o", f"{photos[0]}/labels.csv")
+    assert_clean_error(result, f"{photos[0]}: not a directory")
+    assert "file exists" not in result.stderr
+
+
+def test_a_photo_as_the_model_is_not_a_weights_file(photos):
+    result = cli("classify", photos[0], "--model", photos[0])
+    assert_clean_error(result, photos[0], "not a checkpoint or weights file")
+    assert "mmap" not in result.stderr
+
+
+def test_weights_of_another_configuration_are_summarized_in_one_line(
+    tiny, photos, edited_checkpoint
+):
+    other = edited_checkpoint(tiny, hidden_size=48)  # every transformer tensor mis-shaped
+    result = cli("classify", photos[0], "--model", other)
+    assert_clean_error(result, str(other), "wrong shapes (", " more)", "config.json")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(result.stderr) < 600, result.stderr

@@ -8,6 +8,7 @@ and render.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -196,7 +197,15 @@ def ensure_parent(*paths: str | None) -> None:
     """Create the folders output files go into, as --output-dir creates its folder."""
     for path in paths:
         if path and path != "-":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as error:
+                # `-o photos/cat.jpg/labels.csv`: mkdir says "file exists"; the cause is a file
+                # where a folder should be.
+                file = next((p for p in Path(path).parents if p.is_file()), None)
+                if file is None:
+                    raise
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(file)) from error
 
 
 def holding_outputs(job: Any, *files: str | None, directory: str | None = None) -> Any:

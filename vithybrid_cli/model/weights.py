@@ -324,6 +324,12 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(str(file)))
             else:
+                if not looks_like_torch_file(file):  # a photo, say: torch's answer is of mmap
+                    raise CheckpointError(
+                        f"cannot read weights file {file}: it is not a checkpoint or weights file "
+                        f"(give a checkpoint directory, a .safetensors or PyTorch .bin file, or a "
+                        f"hub id)"
+                    )
                 loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 if isinstance(loaded, dict) and "state_dict" in loaded:
                     loaded = loaded["state_dict"]
@@ -341,6 +347,16 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
                 f"or check it is a safetensors/PyTorch state dict"
             ) from error
     return state
+
+
+def looks_like_torch_file(file: Path) -> bool:
+    """Whether `file` starts as torch.save writes: a zip archive, or (legacy) a pickle."""
+    try:
+        with open(file, "rb") as opened:
+            head = opened.read(4)
+    except OSError:
+        return True  # torch.load says why
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 # ---------------------------------------------------------------------------- name mapping
@@ -422,19 +438,23 @@ def load_state_dict_into(
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape)
     ]
     if missing or unexpected or mismatched:
-        lines = ["checkpoint does not match the model configuration:"]
+        # One line: the counts and the first few keys say which configuration these weights are
+        # for; all of them (hundreds, for weights of another size) would bury the question.
+        parts = []
         for title, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),
             ("wrong shapes", mismatched),
         ):
             if keys:
-                shown = ", ".join(keys[:12]) + (
-                    f", … ({len(keys) - 12} more)" if len(keys) > 12 else ""
+                shown = ", ".join(keys[:3]) + (
+                    f", … ({len(keys) - 3} more)" if len(keys) > 3 else ""
                 )
-                lines.append(f"  {title} ({len(keys)}): {shown}")
-        lines.append("  Is config.json the one that belongs to these weights?")
-        raise CheckpointError("\n".join(lines))
+                parts.append(f"{title} ({len(keys)}): {shown}")
+        raise CheckpointError(
+            f"checkpoint does not match the model configuration: {'; '.join(parts)}. "
+            "Is config.json the one that belongs to these weights?"
+        )
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
@@ -571,7 +591,10 @@ def load_model(
         )
         if config.pruned_heads:
             model.prune_heads({layer: list(heads) for layer, heads in config.pruned_heads.items()})
-    load_state_dict_into(model, state_dict, unknown, assign=True)
+    try:
+        load_state_dict_into(model, state_dict, unknown, assign=True)
+    except CheckpointError as error:  # name what the user gave
+        raise CheckpointError(f"{resolved.name}: {error}") from error
     model.float()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
