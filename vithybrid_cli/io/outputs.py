@@ -155,7 +155,7 @@ class AtomicFile:
                 mode, dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False, **open_kwargs
             )
         except OSError as error:  # the temp file is ours: name the user's file, and its folder
-            message = f"{error.strerror} (cannot create files in {directory})"
+            message = f"{error.strerror} (cannot create files in {os.path.dirname(path) or '.'})"
             raise type(error)(error.errno, message, os.fspath(path)) from error
         self.done = False
 

@@ -129,8 +129,10 @@ class OutputLock:
             if error.filename is None or os.fspath(error.filename) != self.path:
                 raise
             # The lock file is ours, not the user's: name their output, and where it failed.
-            folder = os.path.dirname(self.path)
-            message = f"{error.strerror} (cannot create files in {folder})"
+            folder = (
+                self.target.path if self.target.directory else os.path.dirname(self.target.path)
+            )
+            message = f"{error.strerror} (cannot create files in {folder or '.'})"
             raise type(error)(error.errno, message, self.target.path) from error
 
     def _flock(self) -> bool:
