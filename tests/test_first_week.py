@@ -1,13 +1,32 @@
 """What a new user hit in their first week (issue #27): each mistake stops at once with one line
 that names the user's own file or value and the real cause, and help reads whole at 80 columns.
 
-The fixtures (`tiny`, `photos`) and helpers come from test_cli.
+The helpers (`cli`, `assert_clean_error`) are test_cli's; the tiny checkpoint is conftest's.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
-from test_cli import assert_clean_error, cli, photo_dir, photos, tiny  # noqa: F401 - fixtures
+from PIL import Image
+from test_cli import assert_clean_error, cli
+from typer.testing import CliRunner
+
+from vithybrid_cli.cli import app
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[str]:
+    path = tmp_path_factory.mktemp("photos") / "cat.jpg"
+    Image.new("RGB", (80, 60), (200, 120, 40)).save(path)
+    return [str(path)]
 
 
 # ---------------------------------------------------------------------------- output formats
@@ -58,7 +77,7 @@ def test_misspelled_short_name_looks_only_at_short_names(name, suggested):
         assert message is None
 
 
-# ---------------------------------------------------------------------------- errors that name the cause
+# ---------------------------------------------------------------------------- error lines
 
 
 @pytest.fixture
@@ -122,3 +141,49 @@ def test_weights_of_another_configuration_are_summarized_in_one_line(
     assert_clean_error(result, str(other), "wrong shapes (", " more)", "config.json")
     assert len(result.stderr.strip().splitlines()) == 1
     assert len(result.stderr) < 600, result.stderr
+
+
+# ---------------------------------------------------------------------------- help, piped lines
+
+
+def command_options() -> dict[str, list[str]]:
+    """Every command's option names (long, short and --no- forms), from the click command."""
+    import typer
+
+    from vithybrid_cli.cli import app
+
+    group = typer.main.get_command(app)
+    names = {"": [opt for param in group.params for opt in param.opts + param.secondary_opts]}
+    for name, command in group.commands.items():
+        names[name] = [
+            opt for param in command.params for opt in param.opts + param.secondary_opts
+            if opt.startswith("-")
+        ]  # fmt: skip
+    return names
+
+
+def test_help_at_80_columns_prints_every_option_name_whole_and_no_bool():
+    commands = command_options()
+    assert {"classify", "embed", "duplicates"} <= set(commands)
+    for command, options in commands.items():
+        result = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.output.splitlines()) <= 80
+        words = set(result.output.replace("│", " ").replace(",", " ").split())
+        cut = [option for option in options if option not in words]
+        assert not cut, f"vithybrid {command} --help at 80 columns cuts {cut}"
+        assert "<bool>" not in result.output, command
+
+
+def test_a_long_line_piped_to_a_file_is_not_wrapped():
+    import subprocess
+    import sys
+
+    sentence = " ".join(f"word{i}" for i in range(40))  # about 280 characters
+    code = f"from vithybrid_cli.cli.render import stderr, stdout; stderr.print({sentence!r}); "
+    code += f"stdout.print({sentence!r})"
+    env = {**os.environ, "COLUMNS": "80"}
+    env.pop("FORCE_COLOR", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == sentence + "\n" and done.stdout == sentence + "\n"

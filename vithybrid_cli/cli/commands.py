@@ -102,6 +102,7 @@ from .render import (
     report_fit,
     stderr,
     stdout,
+    tidy_help,
 )
 
 app = typer.Typer(
@@ -113,6 +114,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 logger = logging.getLogger("vithybrid_cli")
+tidy_help()  # option names whole at 80 columns, no <bool> (render.py)
 
 
 def version_callback(value: bool) -> None:

@@ -14,6 +14,35 @@ from rich.table import Table
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
+# Piped to a file or a program, a line stays one line (rich would wrap it at 80 columns); tables
+# keep their width and wrap inside their cells.
+stderr.soft_wrap, stdout.soft_wrap = not stderr.is_terminal, not stdout.is_terminal
+
+
+def tidy_help() -> None:
+    """Typer's help, readable at 80 columns: option names whole (their columns never shrink,
+    the help text wraps instead) and no `<bool>` after a flag. Process-wide; idempotent."""
+    import typer.core
+    import typer.rich_utils
+
+    if getattr(typer.rich_utils.Table, "tidy", False):
+        return
+
+    class HelpTable(Table):
+        tidy = True
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns[:-2]:  # option names; the type and help columns wrap
+                column.no_wrap = True
+
+    display_type = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_bool_flag else display_type(self, ctx)
+
+    typer.rich_utils.Table = HelpTable
+    typer.core.TyperOption.display_type_rich = display_type_rich
 
 
 class Reporter:
