@@ -187,3 +187,66 @@ def test_a_long_line_piped_to_a_file_is_not_wrapped():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stderr == sentence + "\n" and done.stdout == sentence + "\n"
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def test_batch_memory_estimate_grows_as_the_work_does():
+    from vithybrid_cli.model.config import ViTHybridConfig
+    from vithybrid_cli.pipeline.runtime import GIB, batch_memory_bytes
+
+    config = ViTHybridConfig()  # google's: BiT-R50 stages + ViT-B/16
+
+    def need(side: int, batch: int = 1, **options) -> int:
+        return batch_memory_bytes(config, (side, side), batch, 4, **options)
+
+    assert need(384, 8) < 2 * GIB < 100 * GIB < need(20000)  # the size that was killed at 23 GB
+    assert need(384, 2) - need(384, 1) == need(384, 3) - need(384, 2) > 0  # linear in the batch
+    assert need(768) > 3 * need(384)  # about the pixels
+    assert batch_memory_bytes(config, (384, 384), 1, 2) < need(384)  # bfloat16 halves it
+    tokens = (384 // 16) ** 2 + 1
+    maps = need(384, attention_maps=True) - need(384)
+    assert maps >= 2 * config.num_attention_heads * tokens**2 * 4  # scores and probabilities
+    assert need(384, parameters=1000) - need(384) == 4000
+    assert need(384, queued=2) - need(384) == 2 * 3 * 384 * 384 * 4  # float32 inputs waiting
+
+
+def test_available_memory_reads_the_machine_or_the_override(monkeypatch):
+    import torch
+
+    from vithybrid_cli.pipeline.runtime import available_memory, largest_side
+
+    found = available_memory(torch.device("cpu"))
+    assert found is None or found > 0
+    monkeypatch.setenv("VITHYBRID_AVAILABLE_MEMORY", "3e9")
+    assert available_memory(torch.device("cpu")) == 3_000_000_000
+    assert largest_side(lambda side: side * side <= 10_000, 16, 1000) == 96
+    assert largest_side(lambda side: False, 16, 1000) is None
+
+
+def test_an_image_size_that_cannot_fit_is_refused_naming_the_one_that_does(
+    tiny, photos, monkeypatch
+):
+    monkeypatch.setenv("VITHYBRID_AVAILABLE_MEMORY", str(2 << 30))  # 2 GiB, whatever the machine
+    result = cli("classify", photos[0], "-m", tiny, "--image-size", "20000",
+                 "--interpolate-pos-encoding")  # fmt: skip
+    assert_clean_error(result, "20000x20000", "2.0 GB is available", "at most --image-size")
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    side = int(result.stderr.split("--image-size ")[1].split("x")[0])
+    assert 64 <= side < 20000
+
+
+def test_a_batch_that_cannot_fit_is_lowered_or_refused(tiny, photos, monkeypatch):
+    from vithybrid_cli import load_model
+    from vithybrid_cli.pipeline.runner import Runner, RunOptions
+    from vithybrid_cli.pipeline.runtime import batch_memory_bytes
+
+    model = load_model(tiny, dtype="float32")
+    options = RunOptions(image_size=(256, 256), interpolate_pos_encoding=True, workers=2)
+    three = batch_memory_bytes(model.config, (256, 256), 3, 4, queued=2 * 3 + 2)
+    monkeypatch.setenv("VITHYBRID_AVAILABLE_MEMORY", str(three))
+    assert Runner(model, options).batch_size == 3  # the automatic 8 (CPU), lowered to fit
+    result = cli("classify", photos[0], "-m", tiny, "--image-size", "256", "--dtype", "float32",
+                 "--interpolate-pos-encoding", "--workers", 2, "--batch-size", 8)  # fmt: skip
+    assert_clean_error(result, "--batch-size 8 at 256x256", "--batch-size 3 fits")
