@@ -125,11 +125,10 @@ def misspelled_short_name(name: str) -> str | None:
     if name in MODEL_ALIASES or "/" in name or os.sep in name:
         return None
     close = difflib.get_close_matches(name, MODEL_ALIASES, n=1, cutoff=0.75)
-    if close:
-        return f"unknown model {name!r}: did you mean {close[0]}? (`vithybrid models` lists them)"
-    if name.startswith("hybrid-"):
-        return f"unknown model {name!r}: not a short name (`vithybrid models` lists them)"
-    return None
+    if not close and not name.startswith("hybrid-"):
+        return None
+    hint = f"did you mean {close[0]}?" if close else "not a short name"
+    return f"unknown model {name!r}: {hint} (`vithybrid models` lists them)"
 
 
 class CheckpointError(RuntimeError):
@@ -162,8 +161,7 @@ def resolve_checkpoint(
         return _resolve_file(path)
     if path.is_dir():
         return _resolve_directory(path, str(name_or_path), revision)
-    misspelled = misspelled_short_name(str(name_or_path))
-    if misspelled:  # before any network: the Hub has no such model either
+    if misspelled := misspelled_short_name(str(name_or_path)):  # before any network
         raise CheckpointError(misspelled)
     name = resolve_alias(str(name_or_path))
     if not HUB_ID.fullmatch(name):
@@ -351,12 +349,8 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
 
 def looks_like_torch_file(file: Path) -> bool:
     """Whether `file` starts as torch.save writes: a zip archive, or (legacy) a pickle."""
-    try:
-        with open(file, "rb") as opened:
-            head = opened.read(4)
-    except OSError:
-        return True  # torch.load says why
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    with open(file, "rb") as opened:
+        return opened.read(4).startswith((b"PK\x03\x04", b"\x80"))
 
 
 # ---------------------------------------------------------------------------- name mapping
@@ -438,8 +432,7 @@ def load_state_dict_into(
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape)
     ]
     if missing or unexpected or mismatched:
-        # One line: the counts and the first few keys say which configuration these weights are
-        # for; all of them (hundreds, for weights of another size) would bury the question.
+        # One line: counts and the first keys (all of them, hundreds, would bury the question)
         parts = []
         for title, keys in (
             ("missing keys", missing),
@@ -447,10 +440,8 @@ def load_state_dict_into(
             ("wrong shapes", mismatched),
         ):
             if keys:
-                shown = ", ".join(keys[:3]) + (
-                    f", … ({len(keys) - 3} more)" if len(keys) > 3 else ""
-                )
-                parts.append(f"{title} ({len(keys)}): {shown}")
+                more = f", … ({len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{title} ({len(keys)}): {', '.join(keys[:3])}{more}")
         raise CheckpointError(
             f"checkpoint does not match the model configuration: {'; '.join(parts)}. "
             "Is config.json the one that belongs to these weights?"
