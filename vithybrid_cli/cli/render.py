@@ -21,18 +21,28 @@ stderr.soft_wrap, stdout.soft_wrap = not stderr.is_terminal, not stdout.is_termi
 
 def tidy_help() -> None:
     """Typer's help, readable at 80 columns: option names whole (their columns never shrink,
-    the help text wraps instead) and no `<bool>` after a flag. Process-wide; idempotent."""
+    the help text wraps instead; a --no- form goes under its option, not in a column of its
+    own) and no `<bool>` after a flag. Process-wide; idempotent."""
     import typer.core
     import typer.rich_utils
+    from rich.text import Text
 
     if getattr(typer.rich_utils.Table, "tidy", False):
         return
+
+    def stack(name: Any, negative: Any) -> Any:
+        return Text("\n").join([name, negative]) if negative.plain else name
 
     class HelpTable(Table):
         tidy = True
 
         def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-            super().add_row(*renderables, **kwargs)
+            cells = list(renderables)
+            if len(cells) >= 6:  # [required], long, short, --no- long, --no- short, type, help
+                first = len(cells) - 6
+                long, short, no_long, no_short = cells[first : first + 4]
+                cells[first : first + 4] = [stack(long, no_long), stack(short, no_short)]
+            super().add_row(*cells, **kwargs)
             for column in self.columns[:-2]:  # option names; the type and help columns wrap
                 column.no_wrap = True
 
