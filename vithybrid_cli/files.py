@@ -32,9 +32,13 @@ class AtomicFile:
         if "b" not in mode:
             open_kwargs.setdefault("encoding", "utf-8")
         # The handle outlives __init__ (commit/discard close it), hence no `with`.
-        self.file: IO[Any] = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            mode, dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False, **open_kwargs
-        )
+        try:
+            self.file: IO[Any] = tempfile.NamedTemporaryFile(  # noqa: SIM115
+                mode, dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False, **open_kwargs
+            )
+        except OSError as error:  # the temp file is ours: name the user's file, and its folder
+            message = f"{error.strerror} (cannot create files in {os.path.dirname(path) or '.'})"
+            raise type(error)(error.errno, message, os.fspath(path)) from error
         self.done = False
 
     def commit(self) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from .render import stdout
+from .render import stdout, tidy_help
 
 app = typer.Typer(
     name="vithybrid",
@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 logger = logging.getLogger("vithybrid_cli")
+tidy_help()  # option names whole at 80 columns, no <bool> (render.py)
 
 
 def version_callback(value: bool) -> None:

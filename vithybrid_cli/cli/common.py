@@ -8,6 +8,7 @@ and render.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -198,7 +199,15 @@ def ensure_parent(*paths: str | None) -> None:
     """Create the folders output files go into, as --output-dir creates its folder."""
     for path in paths:
         if path and path != "-":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as error:
+                # `-o photos/cat.jpg/labels.csv`: mkdir says "file exists"; the cause is a file
+                # where a folder should be.
+                file = next((p for p in Path(path).parents if p.is_file()), None)
+                if file is None:
+                    raise
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(file)) from error
 
 
 def holding_outputs(job: Any, *files: str | None, directory: str | None = None) -> Any:
@@ -238,6 +247,8 @@ def record_format(format: Format | None, output: str | None) -> str:
 
     to_file = bool(output) and output != "-"
     fmt = (format.value if format else None) or (format_from_path(output) if to_file else None)
+    if to_file and fmt is None:  # `-o labels.cvs`: no silent JSON Lines; --format overrides
+        output_format(output, "records")  # type: ignore[arg-type]
     fmt = fmt or ("table" if stdout.is_terminal and not to_file else "jsonl")
     if fmt == "table" and to_file:
         raise UserError(

@@ -15,6 +15,45 @@ from rich.table import Table
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
+# Piped to a file or a program, a line stays one line (rich would wrap it at 80 columns); tables
+# keep their width and wrap inside their cells.
+stderr.soft_wrap, stdout.soft_wrap = not stderr.is_terminal, not stdout.is_terminal
+
+
+def tidy_help() -> None:
+    """Typer's help, readable at 80 columns: option names whole (their columns never shrink,
+    the help text wraps instead; a --no- form goes under its option, not in a column of its
+    own) and no `<bool>` after a flag. Process-wide; idempotent."""
+    import typer.core
+    import typer.rich_utils
+    from rich.text import Text
+
+    if getattr(typer.rich_utils.Table, "tidy", False):
+        return
+
+    def stack(name: Any, negative: Any) -> Any:
+        return Text("\n").join([name, negative]) if negative.plain else name
+
+    class HelpTable(Table):
+        tidy = True
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            cells = list(renderables)
+            if len(cells) >= 6:  # [required], long, short, --no- long, --no- short, type, help
+                first = len(cells) - 6
+                long, short, no_long, no_short = cells[first : first + 4]
+                cells[first : first + 4] = [stack(long, no_long), stack(short, no_short)]
+            super().add_row(*cells, **kwargs)
+            for column in self.columns[:-2]:  # option names; the type and help columns wrap
+                column.no_wrap = True
+
+    display_type = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_bool_flag else display_type(self, ctx)
+
+    typer.rich_utils.Table = HelpTable
+    typer.core.TyperOption.display_type_rich = display_type_rich
 
 
 class ProgressBar:

@@ -6,6 +6,7 @@ nothing else in the package knows them.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -118,6 +119,18 @@ def resolve_alias(name: str) -> str:
     return MODEL_ALIASES.get(name, name)
 
 
+def misspelled_short_name(name: str) -> str | None:
+    """What to say of a name that looks like a mistyped short name (`hybrid-smal-384`), else
+    None. Hub ids (`org/name`), paths and the short names themselves are not looked at."""
+    if name in MODEL_ALIASES or "/" in name or os.sep in name:
+        return None
+    close = difflib.get_close_matches(name, MODEL_ALIASES, n=1, cutoff=0.75)
+    if not close and not name.startswith("hybrid-"):
+        return None
+    hint = f"did you mean {close[0]}?" if close else "not a short name"
+    return f"unknown model {name!r}: {hint} (`vithybrid models` lists them)"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be found, read or matched to the model; says what to do."""
 
@@ -148,6 +161,8 @@ def resolve_checkpoint(
         return _resolve_file(path)
     if path.is_dir():
         return _resolve_directory(path, str(name_or_path), revision)
+    if misspelled := misspelled_short_name(str(name_or_path)):  # before any network
+        raise CheckpointError(misspelled)
     name = resolve_alias(str(name_or_path))
     if not HUB_ID.fullmatch(name):
         raise CheckpointError(
@@ -307,6 +322,12 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(str(file)))
             else:
+                if not looks_like_torch_file(file):  # a photo, say: torch's answer is of mmap
+                    raise CheckpointError(
+                        f"cannot read weights file {file}: it is not a checkpoint or weights file "
+                        f"(give a checkpoint directory, a .safetensors or PyTorch .bin file, or a "
+                        f"hub id)"
+                    )
                 loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
                 if isinstance(loaded, dict) and "state_dict" in loaded:
                     loaded = loaded["state_dict"]
@@ -324,6 +345,12 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
                 f"or check it is a safetensors/PyTorch state dict"
             ) from error
     return state
+
+
+def looks_like_torch_file(file: Path) -> bool:
+    """Whether `file` starts as torch.save writes: a zip archive, or (legacy) a pickle."""
+    with open(file, "rb") as opened:
+        return opened.read(4).startswith((b"PK\x03\x04", b"\x80"))
 
 
 # ---------------------------------------------------------------------------- name mapping
@@ -405,19 +432,20 @@ def load_state_dict_into(
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape)
     ]
     if missing or unexpected or mismatched:
-        lines = ["checkpoint does not match the model configuration:"]
+        # One line: counts and the first keys (all of them, hundreds, would bury the question)
+        parts = []
         for title, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),
             ("wrong shapes", mismatched),
         ):
             if keys:
-                shown = ", ".join(keys[:12]) + (
-                    f", … ({len(keys) - 12} more)" if len(keys) > 12 else ""
-                )
-                lines.append(f"  {title} ({len(keys)}): {shown}")
-        lines.append("  Is config.json the one that belongs to these weights?")
-        raise CheckpointError("\n".join(lines))
+                more = f", … ({len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{title} ({len(keys)}): {', '.join(keys[:3])}{more}")
+        raise CheckpointError(
+            f"checkpoint does not match the model configuration: {'; '.join(parts)}. "
+            "Is config.json the one that belongs to these weights?"
+        )
     model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
@@ -554,7 +582,10 @@ def load_model(
         )
         if config.pruned_heads:
             model.prune_heads({layer: list(heads) for layer, heads in config.pruned_heads.items()})
-    load_state_dict_into(model, state_dict, unknown, assign=True)
+    try:
+        load_state_dict_into(model, state_dict, unknown, assign=True)
+    except CheckpointError as error:  # name what the user gave
+        raise CheckpointError(f"{resolved.name}: {error}") from error
     model.float()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

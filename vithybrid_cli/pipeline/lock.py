@@ -122,8 +122,18 @@ class OutputLock:
     def acquire(self) -> None:
         if self.target.directory:
             os.makedirs(self.target.path, exist_ok=True)
-        if os.environ.get("VITHYBRID_LOCK", "flock") == "file" or not self._flock():
-            self._exclusive_file()
+        try:
+            if os.environ.get("VITHYBRID_LOCK", "flock") == "file" or not self._flock():
+                self._exclusive_file()
+        except OSError as error:
+            if error.filename is None or os.fspath(error.filename) != self.path:
+                raise
+            # The lock file is ours, not the user's: name their output, and where it failed.
+            folder = (
+                self.target.path if self.target.directory else os.path.dirname(self.target.path)
+            )
+            message = f"{error.strerror} (cannot create files in {folder or '.'})"
+            raise type(error)(error.errno, message, self.target.path) from error
 
     def _flock(self) -> bool:
         """Take the lock with flock; False where flock does not work here (nothing taken)."""

@@ -110,6 +110,47 @@ class Runner:
             )
         self.batch_size = self.options.batch_size or auto_batch_size(self.device, self.input_size)
         self.workers = self.options.workers or max(2, os.cpu_count() or 1)
+        self.batch_size = self.batch_size_that_fits()
+
+    def batch_size_that_fits(self) -> int:
+        """The batch size, checked against the memory there is (runtime.batch_memory_bytes):
+        an automatic one lowered to fit. ValueError, naming what fits, for an image size that
+        does not fit one image or a batch size given that does not fit."""
+        from .backends import compute_dtype
+        from .runtime import GIB, available_memory, batch_memory_bytes, largest_side
+
+        available = available_memory(self.device)  # the weights are loaded: not counted again
+        if available is None:
+            return self.batch_size
+        config, (width, height) = self.model.config, self.input_size
+        itemsize = compute_dtype(self.model).itemsize
+
+        def need(batch: int, size: tuple[int, int] = (width, height)) -> int:
+            return batch_memory_bytes(
+                config, size, batch, itemsize, queued=2 * batch + self.workers,
+                attention_maps=self.options.output_attentions,
+            )  # fmt: skip
+
+        there = f"{available / GIB:.1f} GB is available"
+        if need(1) > available:
+            side = largest_side(
+                lambda s: need(1, (s, s)) <= available, config.stride, max(width, height)
+            )
+            fits = f"at most --image-size {side}x{side} fits" if side else "no image size fits"
+            raise ValueError(
+                f"image size {width}x{height} needs about {need(1) / GIB:.1f} GB for one image and "
+                f"{there}: {fits}"
+            )
+        fits = 1 + (available - need(1)) // (need(2) - need(1))
+        if self.batch_size <= fits:
+            return self.batch_size
+        if self.options.batch_size:
+            raise ValueError(
+                f"--batch-size {self.batch_size} at {width}x{height} needs about "
+                f"{need(self.batch_size) / GIB:.1f} GB and {there}: --batch-size {fits} fits"
+            )
+        logger.info("batch size %d lowered to %d to fit in memory", self.batch_size, fits)
+        return fits
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Where and how a run executes: device, dtype (the one parser), CPU allocator tuning, torchrun.
+"""Where and how a run executes: device, dtype (the one parser), CPU allocator tuning, torchrun,
+and the memory a batch needs against the memory there is (checked before a run).
 
 The API and the CLI both resolve devices and dtypes here, so `"bf16"` means the same everywhere.
 """
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
+    from ..model.config import ViTHybridConfig
     from ..model.model import ViTHybrid
 
 logger = logging.getLogger(__name__)
@@ -220,3 +223,96 @@ def cache_root() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]) / "vithybrid"
     return Path.home() / ".cache" / "vithybrid"
+
+
+# ---------------------------------------------------------------------------- memory
+
+GIB = 1 << 30
+
+
+def batch_memory_bytes(
+    config: ViTHybridConfig,
+    image_size: tuple[int, int],
+    batch_size: int,
+    dtype_bytes: int,
+    *,
+    queued: int = 0,
+    attention_maps: bool = False,
+    parameters: int = 0,
+) -> int:
+    """The most memory a forward pass of `batch_size` images at `image_size` (width, height)
+    holds at once, in bytes: an estimate that errs high, to refuse a run that cannot fit before
+    it starts (a 20000x20000 input needs tens of GB and would be killed half-way, silently).
+
+    Counted: the weights (`parameters`, 0 when they are loaded already), the largest of the
+    backbone's steps (a bottleneck block's input, output, residual and 1/4-width middles, at its
+    stage's resolution; the stem before its pool), the transformer's (residual stream, fused qkv,
+    MLP hidden over (H/stride)*(W/stride) tokens, and with `attention_maps` the heads' TxT
+    scores and probabilities; the fused kernel holds no TxT matrix), and `queued` preprocessed
+    float32 images waiting for the model.
+    """
+    width, height = image_size
+    pixels = width * height
+
+    def area(stride: int) -> int:
+        return -(-width // stride) * -(-height // stride)
+
+    backbone = config.backbone_config
+    steps = [backbone.embedding_size * (area(2) + area(4))]  # the stem's conv and its pool
+    channels, stride = backbone.embedding_size, 4
+    for plan in backbone.stage_plan():
+        before, stride = area(stride), stride * plan.stride
+        after, middle = area(stride), max(8, plan.width // 4)
+        steps.append(channels * before + (2 * plan.width + 2 * middle) * after)
+        channels = plan.width
+    tokens = area(config.stride) + 1
+    hidden = config.hidden_size
+    layer = tokens * (2 * hidden + max(3 * hidden, config.intermediate_size))
+    if attention_maps:
+        layer += 2 * config.num_attention_heads * tokens * tokens
+    activations = batch_size * (3 * pixels + max(*steps, layer))
+    # 2.5: the convolutions' and norms' workspace beside their inputs and outputs (measured)
+    return int(2.5 * activations * dtype_bytes) + 4 * 3 * pixels * queued + parameters * dtype_bytes
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a run may still take on `device`: what CUDA reports free, or on the CPU Linux's
+    MemAvailable (under a cgroup limit, the room left below it); None where unknown (MPS, other
+    systems). VITHYBRID_AVAILABLE_MEMORY (bytes) overrides it."""
+    if os.environ.get("VITHYBRID_AVAILABLE_MEMORY"):
+        return int(float(os.environ["VITHYBRID_AVAILABLE_MEMORY"]))
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    found = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    try:  # cgroup v2: a container's limit, which the OOM killer enforces, not MemAvailable
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max" and found is not None:
+            found = min(found, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def largest_side(fits: Callable[[int], bool], step: int, upper: int) -> int | None:
+    """The largest multiple of `step` up to `upper` for which `fits(side)` holds (it holds for
+    every smaller side too), or None."""
+    low, high = 0, upper // step
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle * step):
+            low = middle
+        else:
+            high = middle - 1
+    return low * step or None
