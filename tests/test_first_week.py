@@ -250,3 +250,17 @@ def test_a_batch_that_cannot_fit_is_lowered_or_refused(tiny, photos, monkeypatch
     result = cli("classify", photos[0], "-m", tiny, "--image-size", "256", "--dtype", "float32",
                  "--interpolate-pos-encoding", "--workers", 2, "--batch-size", 8)  # fmt: skip
     assert_clean_error(result, "--batch-size 8 at 256x256", "--batch-size 3 fits")
+
+
+@pytest.mark.parametrize("name", ["labels.csv", "labels.parquet", "vectors.npy", "labels.jsonl"])
+def test_ray_engine_refuses_an_output_that_names_one_file(tmp_path, name):
+    # item 5: -o labels.csv made a folder named labels.csv
+    result = cli("classify", tmp_path, "--engine", "ray", "-o", tmp_path / name)
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith("error: --engine ray writes a folder of parts, not one ")
+    assert f"-o {tmp_path / Path(name).stem}/" in line
+    assert not (tmp_path / name).exists()
+    (tmp_path / name).mkdir()  # a folder of that name from an earlier run: taken as one
+    again = cli("classify", tmp_path / name, "--engine", "ray", "-o", tmp_path / name, "--strict")
+    assert "--strict is the local engine's" in again.output

@@ -93,6 +93,23 @@ def ray_branch(
     run_command(lambda: ray_run(kind, common, named, output, engine, task), debug)
 
 
+def refuse_file_name(output: str) -> None:
+    """-o labels.csv names one file, but the Ray engine writes a folder of parts: refused, unless
+    such a folder is already there (a run to resume)."""
+    import os
+
+    from ..io.outputs import format_from_path
+
+    fmt = format_from_path(output.rstrip("/"))
+    if fmt is None or output.endswith("/") or os.path.isdir(output):
+        return
+    stem = os.path.splitext(output.rstrip("/"))[0] or "out"
+    raise UserError(
+        f"--engine ray writes a folder of parts, not one {fmt} file: give -o {stem}/ "
+        f"(a folder or bucket URL; -f picks parquet or jsonl parts)"
+    )
+
+
 def ray_run(
     kind: str,
     common: Common,
@@ -111,6 +128,7 @@ def ray_run(
     inputs = Inputs(**named, exclude=own_outputs(output))  # no inputs, a missing extra: one line
     if not output or output == "-":
         raise UserError("--engine ray writes a folder of parts: give --output DIR or a bucket URL")
+    refuse_file_name(output)
     if common.strict:
         raise UserError("--strict is the local engine's: on Ray a failed input is a row")
     fmt = part_format(engine.format)
