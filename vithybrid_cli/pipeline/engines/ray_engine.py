@@ -28,6 +28,7 @@ import math
 import os
 import pickle
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -309,13 +310,82 @@ def ray_session(quiet: bool = False) -> Iterator[None]:
     level = logging.WARNING if quiet else logging.INFO
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=level)
+        connect(address, level)
     else:
         ray.init(include_dashboard=False, logging_level=level)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+TOKEN_FIX = "copy ~/.ray/auth_token from the head node or set RAY_AUTH_TOKEN (docs/guides/ray.md)"
+
+
+def connect(address: str, level: int) -> None:
+    """ray.init on the cluster at `address`. Where it cannot connect, one ConnectionError that
+    names the likely cause: nothing listening, or Ray's token authentication (Ray 2.52+) refusing
+    this machine. Ray itself retries for ~20 s and then names neither, so both are asked first."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    where = f"cannot connect to the Ray cluster at {address} (RAY_ADDRESS)"
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    if token_mode and not has_token():  # Ray would refuse to start (its client aborts)
+        raise ConnectionError(f"{where}: RAY_AUTH_MODE=token, but this machine has no token: "
+                              f"{TOKEN_FIX}")  # fmt: skip
+    refused = (
+        f"{where}: it refused this machine's token: {TOKEN_FIX}"
+        if token_mode
+        else f"{where}: it asks for a token: set RAY_AUTH_MODE=token, and {TOKEN_FIX}"
+    )
+    answer = gcs_answer(address)
+    if answer == "silent":
+        raise ConnectionError(f"{where}: nothing answers there (is `ray start --head` running?)")
+    if answer == "refused":
+        raise ConnectionError(refused)
+    try:
+        ray.init(address=address, logging_level=level)
+    except AuthenticationError:
+        raise ConnectionError(refused) from None
+    except ConnectionError as error:
+        if "InvalidAuthToken" in str(error.__cause__):  # what the probe could not tell
+            raise ConnectionError(refused) from None
+        raise ConnectionError(f"{where}: {error}") from None
+
+
+def has_token() -> bool:
+    """Whether Ray finds a token here: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    try:  # Ray's own loader (private API: where it is gone, ray.init says what it finds)
+        from ray._raylet import AuthenticationTokenLoader
+
+        return AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def gcs_answer(address: str) -> str:
+    """How the cluster's GCS at HOST:PORT `address` answers this process: "silent" (no TCP
+    connection), "refused" (Ray's InvalidAuthToken: missing or wrong token), "ok", or "unknown"
+    (another address form, another error). Milliseconds, where ray.init takes ~20 s to fail."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return "unknown"  # "auto", ray://, http://: left to ray.init
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+            pass
+    except OSError:
+        return "silent"
+    try:  # Ray's own GCS client, with this process's token (private API: any failure is unknown)
+        from ray._raylet import InnerGcsClient
+        from ray.exceptions import AuthenticationError
+
+        InnerGcsClient.standalone(address, None, 10_000)
+    except AuthenticationError:
+        return "refused"
+    except Exception:  # noqa: BLE001 - ray.init tries again and says what it finds
+        return "unknown"
+    return "ok"
 
 
 def actor_threads(concurrency: int) -> int:
