@@ -147,7 +147,8 @@ def run_on_ray(
         plan = RayPlan(
             dest=output, fmt=fmt, kind=probe.kind, settings=probe.settings, resume=engine.resume,
             concurrency=engine.concurrency, num_gpus=engine.num_gpus,
-            batch_size=batch, rows_per_part=rows_per_part(probe.kind, shape),
+            batch_size=batch,
+            rows_per_part=rows_per_part(probe.kind, shape, batch, engine.concurrency),
             metadata=metadata, progress=not common.quiet,
         )  # fmt: skip
         config, size = probe.model.preprocess_config, options["image_size"]

@@ -5,7 +5,9 @@
       -> map_batches(Decoder): decode and preprocess in CPU tasks, on any node
       -> map_batches(Classifier | Embedder): the model in an actor pool (--concurrency,
          --num-gpus); the same tasks as the local engine (vithybrid_cli/ray.py)
-      -> PartsSink: Parquet or JSONL parts in DEST (a local folder or a bucket URL)
+      -> PartsSink: Parquet or JSONL parts in DEST (a local folder or a bucket URL), each
+         written as soon as its rows are in (rows_per_part: 32 batches of each actor), so an
+         interrupted run keeps its finished parts and a resume redoes about a part or two
 
 Every input ends up in DEST exactly once even when a worker dies: Ray retries the task (an actor
 is restarted and its batch rerun), and a part is named by its run and its write task, so a
@@ -17,6 +19,9 @@ dtype, image size, task options), as the journal header records them. `--resume`
 paths already in the parts and skips them, after checking those settings; a run without it
 removes the parts (and only them) first. Readers skip files starting with `_` or `.`, so
 pyarrow.dataset, DuckDB and pandas read DEST as one table.
+
+RAY_ADDRESS names a running cluster; `connect` turns the ways joining it fails (nothing there,
+Ray's token authentication refusing this machine) into one line naming the cause.
 """
 
 from __future__ import annotations
@@ -48,12 +53,21 @@ SETTINGS_FILE = PARTS_SETTINGS
 VERSION = 1
 PART = re.compile(r"part-(\d+)-(\d+)\.(parquet|jsonl)")
 FORMATS = ("parquet", "jsonl")
-RECORD_ROWS_PER_PART = 16_384
-EMBEDDING_BYTES_PER_PART = 64 << 20
+# A part is written once all its rows are in, so an interrupted run keeps its finished parts and
+# loses the rows of the part still filling (and of those being written): PART_BATCHES batches of
+# every model actor per part bound that loss by time (batch sizes follow the device's speed), not
+# by the run's size. 256 rows on one CPU actor at batch 8; 8,192 with 8 GPU actors at batch 32.
+PART_BATCHES = 32
+MAX_ROWS_PER_PART = 16_384
+EMBEDDING_BYTES_PER_PART = 64 << 20  # vectors in one part at most (--tokens: ~40 rows)
 # CPUs a decode task asks of Ray beside CPU model actors (which ask 1): any other figure keeps
 # the two maps apart (see build_dataset); half lets two decode tasks share a core, as decoding
 # waits on reads and the actors' threads leave cores idle between batches.
 DECODE_CPUS = 0.5
+# CPUs a write task asks of Ray. With Ray's default, 1, the writes could wait while decode tasks
+# and the model actors held every CPU (Ray Data's budget backpressured them), up to the run's end;
+# a part takes milliseconds to write, mostly waiting on storage.
+WRITE_CPUS = 0.1
 
 
 # ---------------------------------------------------------------------------- the destination
@@ -261,7 +275,7 @@ class RayPlan:
     concurrency: int = 1  # model actors
     num_gpus: float = 0.0  # per model actor
     batch_size: int = 8
-    rows_per_part: int = RECORD_ROWS_PER_PART
+    rows_per_part: int = PART_BATCHES * 8  # rows_per_part(): the batch size, the actors
     metadata: dict[str, str] = field(default_factory=dict)  # Parquet key-value metadata
     progress: bool = True
 
@@ -273,11 +287,15 @@ class RayOutcome:
     parts: int = 0
 
 
-def rows_per_part(kind: str, row_shape: tuple[int, ...] | None = None) -> int:
-    """Rows per part: ~16k records, or ~64 MB of vectors."""
-    if kind == "records" or not row_shape:
-        return RECORD_ROWS_PER_PART
-    return max(1, EMBEDDING_BYTES_PER_PART // (4 * math.prod(row_shape)))
+def rows_per_part(
+    kind: str, row_shape: tuple[int, ...] | None = None, batch_size: int = 8, concurrency: int = 1
+) -> int:
+    """Rows per part: PART_BATCHES batches of each of the `concurrency` model actors, at most
+    MAX_ROWS_PER_PART rows and, for embeddings of `row_shape`, EMBEDDING_BYTES_PER_PART."""
+    rows = min(MAX_ROWS_PER_PART, PART_BATCHES * batch_size * concurrency)
+    if kind != "records" and row_shape:
+        rows = min(rows, EMBEDDING_BYTES_PER_PART // (4 * math.prod(row_shape)))
+    return max(1, rows)
 
 
 def input_rows(inputs: Iterable[Any], done: set[str]) -> list[dict[str, Any]]:
@@ -456,7 +474,7 @@ def run_on_ray(
         if not plan.num_gpus:
             options.setdefault("threads", actor_threads(plan.concurrency))
         dataset = build_dataset(rows, decoder, model_step, options, plan)
-        dataset.write_datasink(sink)
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
     failed = sum(len(stats.errors) for stats in sink.stats)
     summary = Summary(
         succeeded=sum(stats.rows for stats in sink.stats) - failed,
