@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +25,14 @@ from batchkit import (
     TIMEOUT,
     block_with_fifo,
     child_env,
+    default_sigint,
     make_images,
     png_bytes,
+    restore_image,
     unblock_fifo,
     write_list,
 )
+from batchkit import wait_for as wait_while_running
 from typer.testing import CliRunner
 
 from vithybrid_cli.cli import app
@@ -230,6 +234,52 @@ def test_jsonl_parts_resume_adds_only_new_inputs(local_ray, tiny, folder, tmp_pa
     result = cli("classify", "--files-from", tmp_path / "b.txt", "-o", dest, "--resume", *changed)
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].endswith("was written with --top-k 2, not 3")
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_keeps_its_finished_parts_and_resume_does_the_rest(
+    local_ray, tiny, tmp_path
+):
+    """Ctrl-C (SIGINT to the command, which runs its own local Ray) once a part is written: the
+    finished parts stay, whole; --resume labels only the inputs in none of them. (Parts of 16,384
+    rows kept nothing of a run below that: issue 27.)"""
+    paths = make_images(tmp_path / "images", 40)
+    block_with_fifo(paths[-1])  # the run cannot finish before the test interrupts it
+    listed = write_list(tmp_path / "list.txt", paths)  # a folder walk would skip the FIFO
+    dest = tmp_path / "parts"
+    args = ["classify", "--files-from", listed, "-o", dest, "--engine", "ray", "--model", tiny,
+            "--dtype", "float32", "--batch-size", 1]  # fmt: skip
+    temp = tempfile.mkdtemp(prefix="vhri", dir="/tmp")  # the command's Ray: its files, processes
+    env = child_env(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as handle:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "vithybrid_cli", *map(str, args)], env=env, stdout=handle,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=default_sigint,
+        )  # fmt: skip
+    try:
+        wait_while_running(lambda: list(dest.glob("part-*.parquet")), run, "a finished part")
+        os.kill(run.pid, signal.SIGINT)
+        run.wait(timeout=TIMEOUT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        print(log.read_text()[-5000:])  # shown when the test fails
+    assert run.returncode == 130
+    kept = read_parts(dest)  # every part whole (readable), each path once
+    assert 0 < len(kept) < len(paths) and paths[-1] not in kept
+
+    restore_image(paths[-1], 39)
+    result = cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"{len(paths) - len(kept)} labeled, 0 failed" in result.output
+    rows = read_parts(dest)
+    assert sorted(rows) == sorted(paths)  # each once
+    assert all(rows[path] == row for path, row in kept.items())  # the kept parts as they were
 
 
 @pytest.mark.slow
@@ -476,3 +526,4 @@ def fifo_opened(path: str) -> bool:
     except OSError:  # no reader yet
         return False
     return True
+
