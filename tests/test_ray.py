@@ -527,3 +527,67 @@ def fifo_opened(path: str) -> bool:
         return False
     return True
 
+
+@pytest.mark.slow
+def test_the_guides_two_machine_recipe_with_token_authentication(tiny, tmp_path):
+    """docs/guides/ray.md "Two machines" as written, each machine a HOME of its own (its own
+    ~/.ray) on loopback: a token generated on the head and copied to the second node, where the
+    command then runs. A machine without the token gets one line naming it, at once. (Ray
+    2.52+ turns token authentication on; without the token set-up the second node could not
+    join, and the command waited 20 s to say only that it could not connect: issue 27.)"""
+    pytest.importorskip("ray")
+    homes = {name: tmp_path / f"home-{name}" for name in ("head", "node", "other")}
+    for home in homes.values():
+        home.mkdir()
+    base = child_env(PYTHONPATH=os.pathsep.join(sys.path))
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        base.pop(name, None)
+
+    def on(machine: str, *command: object, **env: str) -> subprocess.CompletedProcess:
+        full = dict(base, HOME=str(homes[machine]), **env)
+        command = [str(arg) for arg in command]
+        return subprocess.run(command, capture_output=True, text=True, env=full, timeout=TIMEOUT)
+
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    vithybrid = [sys.executable, "-m", "vithybrid_cli"]
+    # Ray makes 127.0.0.1 the machine's own address: the head takes another loopback address,
+    # and the second node the one it reaches the head from (127.0.0.1): all stays on loopback.
+    temp, port, head_ip = tempfile.mkdtemp(prefix="vhrt", dir="/tmp"), free_port(), "127.0.0.2"
+    address = f"{head_ip}:{port}"
+    common = ["--num-cpus", 1, "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
+    try:
+        generated = on("head", *ray_cli, "get-auth-token", "--generate")
+        assert generated.returncode == 0, generated.stderr
+        started = on("head", *ray_cli, "start", "--head", "--port", port,
+                     "--node-ip-address", head_ip, "--include-dashboard", "false",
+                     "--temp-dir", temp, "--dashboard-agent-listen-port", free_port(), *common,
+                     RAY_AUTH_MODE="token")  # fmt: skip
+        assert started.returncode == 0, started.stderr[-3000:]
+        (homes["node"] / ".ray").mkdir()
+        shutil.copy(homes["head"] / ".ray" / "auth_token", homes["node"] / ".ray" / "auth_token")
+        joined = on("node", *ray_cli, "start", "--address", address,
+                    "--dashboard-agent-listen-port", free_port(), *common,
+                    RAY_AUTH_MODE="token")  # fmt: skip
+        assert joined.returncode == 0, joined.stderr[-3000:]
+
+        paths = make_images(tmp_path / "images", 8)
+        args = ["classify", tmp_path / "images", "-o", tmp_path / "parts", "--engine", "ray",
+                "--model", tiny, "--dtype", "float32", "--batch-size", 4, "-q"]  # fmt: skip
+        result = on("node", *vithybrid, *args, RAY_ADDRESS=address, RAY_AUTH_MODE="token")
+        assert result.returncode == 0, result.stderr[-5000:]
+        assert sorted(read_parts(tmp_path / "parts")) == sorted(paths)
+
+        where = f"error: cannot connect to the Ray cluster at {address} (RAY_ADDRESS): "
+        fix = "copy ~/.ray/auth_token from the head node or set RAY_AUTH_TOKEN (docs/guides/ray.md)"
+        token = {"RAY_AUTH_MODE": "token"}
+        for env, line in [
+            ({}, f"it asks for a token: set RAY_AUTH_MODE=token, and {fix}"),
+            (token, f"RAY_AUTH_MODE=token, but this machine has no token: {fix}"),
+            ({**token, "RAY_AUTH_TOKEN": "0" * 32}, f"it refused this machine's token: {fix}"),
+        ]:
+            refused = on("other", *vithybrid, *args, RAY_ADDRESS=address, **env)
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert refused.stderr.strip().splitlines()[-1] == where + line
+    finally:
+        stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)
