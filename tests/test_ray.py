@@ -455,10 +455,12 @@ def two_nodes(tmp_path):
     env = child_env(RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path))
     common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start"]
-    head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.1",
+    # Ray makes 127.0.0.1 the machine's own address: the head takes another loopback address,
+    # the second node the one it reaches the head from (127.0.0.1): all traffic on loopback.
+    head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.2",
             "--include-dashboard", "false", "--temp-dir", temp,
             "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
-    second = [*ray_cli, "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+    second = [*ray_cli, "--address", f"127.0.0.2:{port}",
               "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
     try:
         for command in (head, second):
@@ -467,9 +469,10 @@ def two_nodes(tmp_path):
                 command, env=env, capture_output=True, text=True, timeout=TIMEOUT
             )
             assert started.returncode == 0, started.stderr[-3000:]
-        yield f"127.0.0.1:{port}", temp
+        yield f"127.0.0.2:{port}", temp
     finally:
         stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def stop(marker: str) -> None:
