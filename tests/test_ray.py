@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -529,6 +530,22 @@ def fifo_opened(path: str) -> bool:
     except OSError:  # no reader yet
         return False
     return True
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_at_once():
+    """RAY_ADDRESS pointing at no cluster: one line, without Ray's 20 s of retries."""
+    pytest.importorskip("ray")
+    from vithybrid_cli.pipeline.engines.ray_engine import connect
+
+    address = f"127.0.0.1:{free_port()}"  # closed: nothing listens
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as raised:
+        connect(address, logging.WARNING)
+    assert str(raised.value) == (
+        f"cannot connect to the Ray cluster at {address} (RAY_ADDRESS): nothing answers there "
+        "(is `ray start --head` running?)"
+    )
+    assert time.monotonic() - started < 15  # ray.init alone retries for 20 s
 
 
 @pytest.mark.slow
