@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +26,14 @@ from batchkit import (
     TIMEOUT,
     block_with_fifo,
     child_env,
+    default_sigint,
     make_images,
     png_bytes,
+    restore_image,
     unblock_fifo,
     write_list,
 )
+from batchkit import wait_for as wait_while_running
 from typer.testing import CliRunner
 
 from vithybrid_cli.cli import app
@@ -233,6 +238,52 @@ def test_jsonl_parts_resume_adds_only_new_inputs(local_ray, tiny, folder, tmp_pa
 
 
 @pytest.mark.slow
+def test_an_interrupted_run_keeps_its_finished_parts_and_resume_does_the_rest(
+    local_ray, tiny, tmp_path
+):
+    """Ctrl-C (SIGINT to the command, which runs its own local Ray) once a part is written: the
+    finished parts stay, whole; --resume labels only the inputs in none of them. (Parts of 16,384
+    rows kept nothing of a run below that: issue 27.)"""
+    paths = make_images(tmp_path / "images", 40)
+    block_with_fifo(paths[-1])  # the run cannot finish before the test interrupts it
+    listed = write_list(tmp_path / "list.txt", paths)  # a folder walk would skip the FIFO
+    dest = tmp_path / "parts"
+    args = ["classify", "--files-from", listed, "-o", dest, "--engine", "ray", "--model", tiny,
+            "--dtype", "float32", "--batch-size", 1]  # fmt: skip
+    temp = tempfile.mkdtemp(prefix="vhri", dir="/tmp")  # the command's Ray: its files, processes
+    env = child_env(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as handle:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "vithybrid_cli", *map(str, args)], env=env, stdout=handle,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=default_sigint,
+        )  # fmt: skip
+    try:
+        wait_while_running(lambda: list(dest.glob("part-*.parquet")), run, "a finished part")
+        os.kill(run.pid, signal.SIGINT)
+        run.wait(timeout=TIMEOUT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        print(log.read_text()[-5000:])  # shown when the test fails
+    assert run.returncode == 130
+    kept = read_parts(dest)  # every part whole (readable), each path once
+    assert 0 < len(kept) < len(paths) and paths[-1] not in kept
+
+    restore_image(paths[-1], 39)
+    result = cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"{len(paths) - len(kept)} labeled, 0 failed" in result.output
+    rows = read_parts(dest)
+    assert sorted(rows) == sorted(paths)  # each once
+    assert all(rows[path] == row for path, row in kept.items())  # the kept parts as they were
+
+
+@pytest.mark.slow
 def test_a_fitted_head_on_ray_matches_the_local_engine(local_ray, tiny, tmp_path):
     from vithybrid_cli import fit_head, load_model, save_head
 
@@ -392,9 +443,9 @@ def test_the_engine_plans_its_run_on_cpu_before_any_work(tiny, tmp_path, kind):
 
     from vithybrid_cli.io.outputs import json_safe
     from vithybrid_cli.pipeline.engines.ray_engine import (
-        RECORD_ROWS_PER_PART,
         RayPlan,
         plan_ray_run,
+        rows_per_part,
     )
     from vithybrid_cli.pipeline.runtime import resolve_dtype
     from vithybrid_cli.ray import Classifier, Decoder, Embedder
@@ -416,12 +467,12 @@ def test_the_engine_plans_its_run_on_cpu_before_any_work(tiny, tmp_path, kind):
     assert plan.batch_size >= 1 and plan.settings["model"]
     if kind == "records":
         assert plan.metadata == {"vithybrid.top_k": "3"}
-        assert plan.rows_per_part == RECORD_ROWS_PER_PART
+        assert plan.rows_per_part == rows_per_part(kind, None, plan.batch_size, 2) == 32 * 2 * 8
     else:
         assert plan.metadata["vithybrid.row_shape"] == "32"
         settings = json.loads(plan.metadata["vithybrid.settings"])
         assert settings == json.loads(json.dumps(json_safe(plan.settings)))
-        assert plan.rows_per_part == (64 << 20) // (4 * 32)
+        assert plan.rows_per_part == rows_per_part(kind, (32,), plan.batch_size, 2) == 512
     assert not (tmp_path / "out").exists()  # the plan writes nothing
 
 
@@ -494,10 +545,12 @@ def two_nodes(tmp_path):
     env = child_env(RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path))
     common = ["--num-cpus", "1", "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start"]
-    head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.1",
+    # Ray makes 127.0.0.1 the machine's own address: the head takes another loopback address,
+    # the second node the one it reaches the head from (127.0.0.1): all traffic on loopback.
+    head = [*ray_cli, "--head", "--port", port, "--node-ip-address", "127.0.0.2",
             "--include-dashboard", "false", "--temp-dir", temp,
             "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
-    second = [*ray_cli, "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+    second = [*ray_cli, "--address", f"127.0.0.2:{port}",
               "--dashboard-agent-listen-port", free_port(), *common]  # fmt: skip
     try:
         for command in (head, second):
@@ -506,9 +559,10 @@ def two_nodes(tmp_path):
                 command, env=env, capture_output=True, text=True, timeout=TIMEOUT
             )
             assert started.returncode == 0, started.stderr[-3000:]
-        yield f"127.0.0.1:{port}", temp
+        yield f"127.0.0.2:{port}", temp
     finally:
         stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def stop(marker: str) -> None:
@@ -565,3 +619,102 @@ def fifo_opened(path: str) -> bool:
     except OSError:  # no reader yet
         return False
     return True
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_at_once():
+    """RAY_ADDRESS pointing at no cluster: one line, without Ray's 20 s of retries."""
+    pytest.importorskip("ray")
+    from vithybrid_cli.pipeline.engines.ray_engine import connect
+
+    address = f"127.0.0.1:{free_port()}"  # closed: nothing listens
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as raised:
+        connect(address, logging.WARNING)
+    assert str(raised.value) == (
+        f"cannot connect to the Ray cluster at {address} (RAY_ADDRESS): nothing answers there "
+        "(is `ray start --head` running?)"
+    )
+    assert time.monotonic() - started < 15  # ray.init alone retries for 20 s
+
+
+def test_a_cluster_out_of_reach_removes_no_earlier_parts(tiny, tmp_path, monkeypatch):
+    """Without --resume a run replaces the folder's parts, but only once it has a cluster: an
+    unreachable RAY_ADDRESS leaves an earlier run's parts as they were."""
+    pytest.importorskip("ray")
+    photos = tmp_path / "photos"
+    make_images(photos, 2)
+    dest = tmp_path / "parts"
+    dest.mkdir()
+    earlier = dest / "part-0000-000000.parquet"
+    earlier.write_bytes(b"an earlier run's rows")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens
+    result = cli("classify", photos, "-o", dest, "--engine", "ray", "--model", tiny,
+                 "--dtype", "float32")  # fmt: skip
+    assert result.exit_code == 2
+    assert "nothing answers there" in result.output
+    assert earlier.read_bytes() == b"an earlier run's rows"
+
+
+@pytest.mark.slow
+def test_the_guides_two_machine_recipe_with_token_authentication(tiny, tmp_path):
+    """docs/guides/ray.md "Two machines" as written, each machine a HOME of its own (its own
+    ~/.ray) on loopback: a token generated on the head and copied to the second node, where the
+    command then runs. A machine without the token gets one line naming it, at once. (Ray
+    2.52+ turns token authentication on; without the token set-up the second node could not
+    join, and the command waited 20 s to say only that it could not connect: issue 27.)"""
+    pytest.importorskip("ray")
+    homes = {name: tmp_path / f"home-{name}" for name in ("head", "node", "other")}
+    for home in homes.values():
+        home.mkdir()
+    base = child_env(PYTHONPATH=os.pathsep.join(sys.path))
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        base.pop(name, None)
+
+    def on(machine: str, *command: object, **env: str) -> subprocess.CompletedProcess:
+        full = dict(base, HOME=str(homes[machine]), **env)
+        command = [str(arg) for arg in command]
+        return subprocess.run(command, capture_output=True, text=True, env=full, timeout=TIMEOUT)
+
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    vithybrid = [sys.executable, "-m", "vithybrid_cli"]
+    # Ray makes 127.0.0.1 the machine's own address: the head takes another loopback address,
+    # and the second node the one it reaches the head from (127.0.0.1): all stays on loopback.
+    temp, port, head_ip = tempfile.mkdtemp(prefix="vhrt", dir="/tmp"), free_port(), "127.0.0.2"
+    address = f"{head_ip}:{port}"
+    common = ["--num-cpus", 1, "--object-store-memory", OBJECT_STORE, "--disable-usage-stats"]
+    try:
+        generated = on("head", *ray_cli, "get-auth-token", "--generate")
+        assert generated.returncode == 0, generated.stderr
+        started = on("head", *ray_cli, "start", "--head", "--port", port,
+                     "--node-ip-address", head_ip, "--include-dashboard", "false",
+                     "--temp-dir", temp, "--dashboard-agent-listen-port", free_port(), *common,
+                     RAY_AUTH_MODE="token")  # fmt: skip
+        assert started.returncode == 0, started.stderr[-3000:]
+        (homes["node"] / ".ray").mkdir()
+        shutil.copy(homes["head"] / ".ray" / "auth_token", homes["node"] / ".ray" / "auth_token")
+        joined = on("node", *ray_cli, "start", "--address", address,
+                    "--dashboard-agent-listen-port", free_port(), *common,
+                    RAY_AUTH_MODE="token")  # fmt: skip
+        assert joined.returncode == 0, joined.stderr[-3000:]
+
+        paths = make_images(tmp_path / "images", 8)
+        args = ["classify", tmp_path / "images", "-o", tmp_path / "parts", "--engine", "ray",
+                "--model", tiny, "--dtype", "float32", "--batch-size", 4, "-q"]  # fmt: skip
+        result = on("node", *vithybrid, *args, RAY_ADDRESS=address, RAY_AUTH_MODE="token")
+        assert result.returncode == 0, result.stderr[-5000:]
+        assert sorted(read_parts(tmp_path / "parts")) == sorted(paths)
+
+        where = f"error: cannot connect to the Ray cluster at {address} (RAY_ADDRESS): "
+        fix = "copy ~/.ray/auth_token from the head node or set RAY_AUTH_TOKEN (docs/guides/ray.md)"
+        token = {"RAY_AUTH_MODE": "token"}
+        for env, line in [
+            ({}, f"it asks for a token: set RAY_AUTH_MODE=token, and {fix}"),
+            (token, f"RAY_AUTH_MODE=token, but this machine has no token: {fix}"),
+            ({**token, "RAY_AUTH_TOKEN": "0" * 32}, f"it refused this machine's token: {fix}"),
+        ]:
+            refused = on("other", *vithybrid, *args, RAY_ADDRESS=address, **env)
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert refused.stderr.strip().splitlines()[-1] == where + line
+    finally:
+        stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)

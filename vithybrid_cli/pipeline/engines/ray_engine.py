@@ -8,7 +8,9 @@ machine's CPU: settings, concrete dtype, batch size, Parquet metadata); run_ray 
       -> map_batches(Decoder): decode and preprocess in CPU tasks, on any node
       -> map_batches(Classifier | Embedder): the model in an actor pool (--concurrency,
          --num-gpus); the same tasks as the local engine (vithybrid_cli/ray.py)
-      -> PartsSink: Parquet or JSONL parts in DEST (a local folder or a bucket URL)
+      -> PartsSink: Parquet or JSONL parts in DEST (a local folder or a bucket URL), each
+         written as soon as its rows are in (rows_per_part: 32 batches of each actor), so an
+         interrupted run keeps its finished parts and a resume redoes about a part or two
 
 Every input ends up in DEST exactly once even when a worker dies: Ray retries the task (an actor
 is restarted and its batch rerun), and a part is named by its run and its write task, so a
@@ -20,6 +22,9 @@ dtype, image size, task options), as the journal header records them. `--resume`
 paths already in the parts and skips them, after checking those settings; a run without it
 removes the parts (and only them) first. Readers skip files starting with `_` or `.`, so
 pyarrow.dataset, DuckDB and pandas read DEST as one table.
+
+RAY_ADDRESS names a running cluster; `connect` turns the ways joining it fails (nothing there,
+Ray's token authentication refusing this machine) into one line naming the cause.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import math
 import os
 import pickle
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -50,12 +56,21 @@ SETTINGS_FILE = PARTS_SETTINGS
 VERSION = 1
 PART = re.compile(r"part-(\d+)-(\d+)\.(parquet|jsonl)")
 FORMATS = ("parquet", "jsonl")
-RECORD_ROWS_PER_PART = 16_384
-EMBEDDING_BYTES_PER_PART = 64 << 20
+# A part is written once all its rows are in, so an interrupted run keeps its finished parts and
+# loses the rows of the part still filling (and of those being written): PART_BATCHES batches of
+# every model actor per part bound that loss by time (batch sizes follow the device's speed), not
+# by the run's size. 256 rows on one CPU actor at batch 8; 8,192 with 8 GPU actors at batch 32.
+PART_BATCHES = 32
+MAX_ROWS_PER_PART = 16_384
+EMBEDDING_BYTES_PER_PART = 64 << 20  # vectors in one part at most (--tokens: ~40 rows)
 # CPUs a decode task asks of Ray beside CPU model actors (which ask 1): any other figure keeps
 # the two maps apart (see build_dataset); half lets two decode tasks share a core, as decoding
 # waits on reads and the actors' threads leave cores idle between batches.
 DECODE_CPUS = 0.5
+# CPUs a write task asks of Ray. With Ray's default, 1, the writes could wait while decode tasks
+# and the model actors held every CPU (Ray Data's budget backpressured them), up to the run's end;
+# a part takes milliseconds to write, mostly waiting on storage.
+WRITE_CPUS = 0.1
 
 
 # ---------------------------------------------------------------------------- the destination
@@ -263,7 +278,7 @@ class RayPlan:
     concurrency: int = 1  # model actors
     num_gpus: float = 0.0  # per model actor
     batch_size: int = 8
-    rows_per_part: int = RECORD_ROWS_PER_PART
+    rows_per_part: int = PART_BATCHES * 8  # rows_per_part(): the batch size, the actors
     metadata: dict[str, str] = field(default_factory=dict)  # Parquet key-value metadata
     progress: bool = True
 
@@ -275,11 +290,15 @@ class RayOutcome:
     parts: int = 0
 
 
-def rows_per_part(kind: str, row_shape: tuple[int, ...] | None = None) -> int:
-    """Rows per part: ~16k records, or ~64 MB of vectors."""
-    if kind == "records" or not row_shape:
-        return RECORD_ROWS_PER_PART
-    return max(1, EMBEDDING_BYTES_PER_PART // (4 * math.prod(row_shape)))
+def rows_per_part(
+    kind: str, row_shape: tuple[int, ...] | None = None, batch_size: int = 8, concurrency: int = 1
+) -> int:
+    """Rows per part: PART_BATCHES batches of each of the `concurrency` model actors, at most
+    MAX_ROWS_PER_PART rows and, for embeddings of `row_shape`, EMBEDDING_BYTES_PER_PART."""
+    rows = min(MAX_ROWS_PER_PART, PART_BATCHES * batch_size * concurrency)
+    if kind != "records" and row_shape:
+        rows = min(rows, EMBEDDING_BYTES_PER_PART // (4 * math.prod(row_shape)))
+    return max(1, rows)
 
 
 def input_rows(inputs: Iterable[Any], done: set[str]) -> list[dict[str, Any]]:
@@ -312,13 +331,82 @@ def ray_session(quiet: bool = False) -> Iterator[None]:
     level = logging.WARNING if quiet else logging.INFO
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=level)
+        connect(address, level)
     else:
         ray.init(include_dashboard=False, logging_level=level)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+TOKEN_FIX = "copy ~/.ray/auth_token from the head node or set RAY_AUTH_TOKEN (docs/guides/ray.md)"
+
+
+def connect(address: str, level: int) -> None:
+    """ray.init on the cluster at `address`. Where it cannot connect, one ConnectionError that
+    names the likely cause: nothing listening, or Ray's token authentication (Ray 2.52+) refusing
+    this machine. Ray itself retries for ~20 s and then names neither, so both are asked first."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    where = f"cannot connect to the Ray cluster at {address} (RAY_ADDRESS)"
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    if token_mode and not has_token():  # Ray would refuse to start (its client aborts)
+        raise ConnectionError(f"{where}: RAY_AUTH_MODE=token, but this machine has no token: "
+                              f"{TOKEN_FIX}")  # fmt: skip
+    refused = (
+        f"{where}: it refused this machine's token: {TOKEN_FIX}"
+        if token_mode
+        else f"{where}: it asks for a token: set RAY_AUTH_MODE=token, and {TOKEN_FIX}"
+    )
+    answer = gcs_answer(address)
+    if answer == "silent":
+        raise ConnectionError(f"{where}: nothing answers there (is `ray start --head` running?)")
+    if answer == "refused":
+        raise ConnectionError(refused)
+    try:
+        ray.init(address=address, logging_level=level)
+    except AuthenticationError:
+        raise ConnectionError(refused) from None
+    except ConnectionError as error:
+        if "InvalidAuthToken" in str(error.__cause__):  # what the probe could not tell
+            raise ConnectionError(refused) from None
+        raise ConnectionError(f"{where}: {error}") from None
+
+
+def has_token() -> bool:
+    """Whether Ray finds a token here: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    try:  # Ray's own loader (private API: where it is gone, ray.init says what it finds)
+        from ray._raylet import AuthenticationTokenLoader
+
+        return AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def gcs_answer(address: str) -> str:
+    """How the cluster's GCS at HOST:PORT `address` answers this process: "silent" (no TCP
+    connection), "refused" (Ray's InvalidAuthToken: missing or wrong token), "ok", or "unknown"
+    (another address form, another error). Milliseconds, where ray.init takes ~20 s to fail."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return "unknown"  # "auto", ray://, http://: left to ray.init
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+            pass
+    except OSError:
+        return "silent"
+    try:  # Ray's own GCS client, with this process's token (private API: any failure is unknown)
+        from ray._raylet import InnerGcsClient
+        from ray.exceptions import AuthenticationError
+
+        InnerGcsClient.standalone(address, None, 10_000)
+    except AuthenticationError:
+        return "refused"
+    except Exception:  # noqa: BLE001 - ray.init tries again and says what it finds
+        return "unknown"
+    return "ok"
 
 
 def actor_threads(concurrency: int) -> int:
@@ -421,7 +509,8 @@ def plan_ray_run(
         metadata[SETTINGS_KEY.decode()] = json.dumps(json_safe(probe.settings), sort_keys=True)
     plan = replace(
         where, kind=probe.kind, settings=probe.settings, batch_size=batch,
-        rows_per_part=rows_per_part(probe.kind, shape), metadata=metadata,
+        rows_per_part=rows_per_part(probe.kind, shape, batch, where.concurrency),
+        metadata=metadata,
     )  # fmt: skip
     decoder = decoder_class(config=probe.model.preprocess_config, image_size=options["image_size"])
     if "head" in task:
@@ -437,20 +526,24 @@ def run_ray(inputs: Iterable[Any], run: RayRun) -> RayOutcome:
     plan = run.plan
     started = time.perf_counter()
     destination = Destination(plan.dest)
-    done, run_number = destination.prepare(plan.fmt, plan.settings, plan.resume)
-    rows = input_rows(inputs, done)
-    if not rows:
-        return RayOutcome(Summary(elapsed=time.perf_counter() - started), [])
-    sink = PartsSink(
-        destination, plan.fmt, plan.kind, run_number, plan.rows_per_part, plan.metadata
-    )
+    if plan.resume:  # nothing is removed: a run with nothing left to do starts no Ray
+        done, run_number = destination.prepare(plan.fmt, plan.settings, plan.resume)
+        rows = input_rows(inputs, done)
+        if not rows:
+            return RayOutcome(Summary(elapsed=time.perf_counter() - started), [])
     with ray_session(quiet=not plan.progress):
+        if not plan.resume:  # connected first: a cluster out of reach removes no earlier parts
+            done, run_number = destination.prepare(plan.fmt, plan.settings, plan.resume)
+            rows = input_rows(inputs, done)
+        sink = PartsSink(
+            destination, plan.fmt, plan.kind, run_number, plan.rows_per_part, plan.metadata
+        )
         ray.data.DataContext.get_current().enable_progress_bars = plan.progress
         options = dict(run.model_options)
         if not plan.num_gpus:
             options.setdefault("threads", actor_threads(plan.concurrency))
         dataset = build_dataset(rows, run.decoder, run.model_step, options, plan)
-        dataset.write_datasink(sink)
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
     failed = sum(len(stats.errors) for stats in sink.stats)
     summary = Summary(
         succeeded=sum(stats.rows for stats in sink.stats) - failed,
