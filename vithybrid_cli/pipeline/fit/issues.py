@@ -3,13 +3,19 @@
 Pure numpy on the embeddings and labels a fit already holds (the logistic regression is
 solver.py's, at the C the fit chose):
 
-    label    out-of-fold probabilities (stratified k-fold over every labeled example), ranked the
-             confident-learning way (Northcutt et al. 2021): per class j the threshold t_j is
-             the mean out-of-fold probability of j over the examples labeled j; an example is
-             flagged when its given label's probability is below t_given and another class k
-             reaches its own threshold (p_k >= t_k: the confident joint's off-diagonal); the
-             suggestion is the most probable such k. Most likely wrong first, by the normalized
-             margin p_given - max_{k != given} p_k; `score` is its negative,
+    label    out-of-fold probabilities (stratified k-fold over every labeled example), then
+             confident learning (Northcutt et al. 2021): per class j the threshold t_j is the
+             mean out-of-fold probability of j over the examples labeled j; an example's
+             confident class is its most probable class among those with p_k >= t_k; counting
+             given x confident classes is the confident joint, scaled so each row sums to its
+             label's count: C[i][j] estimates how many examples labeled i are truly j. Flagged:
+             for each off-diagonal cell, the C[i][j] examples labeled i with the largest
+             p_j - p_i (pruning by noise rate), which are also among the sum_{j != i} C[i][j]
+             examples labeled i with the lowest p_i (pruning by class), and whose most probable
+             class is not i. (cleanlab's find_label_issues(filter_by="both"); its default prunes
+             by noise rate alone.) `suggested` is the most probable class of the cells that
+             picked it. Most likely wrong first, by the normalized margin
+             p_given - max_{k != given} p_k; `score` is its negative,
              max_{k != given} p_k - p_given (in [-1, 1]; higher: more likely wrong).
     outlier  far from every class: the cosine similarity of its standardized embedding to the
              nearest class centroid is an extreme low outlier among all examples' similarities:
@@ -85,23 +91,68 @@ def out_of_fold_probabilities(
     return probabilities
 
 
-def label_issues(probabilities: np.ndarray, targets: np.ndarray) -> list[Issue]:
-    """The confident-learning flags (module docstring), most likely wrong first."""
-    n, num_classes = probabilities.shape
-    rows = np.arange(n)
+def confident_joint(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(K, K) counts [given][confident]: each example's confident class is its most probable
+    class among those reaching their threshold t_j (the mean probability of j over the examples
+    labeled j); examples with none are not counted."""
+    num_classes = probabilities.shape[1]
     thresholds = np.array([
         probabilities[targets == j, j].mean() if (targets == j).any() else 1.0
         for j in range(num_classes)
     ])  # fmt: skip
+    above = probabilities >= thresholds
+    confident = np.where(above, probabilities, -np.inf).argmax(axis=1)
+    counted = above.any(axis=1)
+    joint = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(joint, (targets[counted], confident[counted]), 1)
+    return joint
+
+
+def calibrated_counts(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+    """The confident joint scaled so each row sums to that label's count, rounded keeping the
+    row totals (largest remainders): how many examples of each given label are truly each
+    class."""
+    rows = joint.sum(axis=1, keepdims=True)
+    scaled = np.where(rows > 0, joint / np.maximum(rows, 1) * label_counts[:, None], 0.0)
+    scaled[rows[:, 0] == 0] = np.diag(label_counts)[rows[:, 0] == 0]  # no evidence: all clean
+    counts = np.floor(scaled).astype(np.int64)
+    for k in range(len(counts)):
+        short = int(label_counts[k] - counts[k].sum())
+        if short > 0:
+            counts[k, np.argsort(-(scaled[k] - counts[k]), kind="stable")[:short]] += 1
+    return counts
+
+
+def label_issues(probabilities: np.ndarray, targets: np.ndarray) -> list[Issue]:
+    """The confident-learning flags (module docstring), most likely wrong first."""
+    n, num_classes = probabilities.shape
+    rows = np.arange(n)
+    label_counts = np.bincount(targets, minlength=num_classes)
+    counts = calibrated_counts(confident_joint(probabilities, targets), label_counts)
+    by_noise = np.zeros(n, dtype=bool)  # prune by noise rate
+    by_class = np.zeros(n, dtype=bool)  # prune by class
+    suggested = np.full(n, -1)
+    best = np.full(n, -np.inf)
+    for k in range(num_classes):
+        members = np.flatnonzero(targets == k)
+        if len(members) <= 1:  # a class is never emptied
+            continue
+        for j in range(num_classes):
+            if j == k or counts[k, j] <= 0:
+                continue
+            margin = probabilities[members, j] - probabilities[members, k]
+            picked = members[np.argsort(-margin, kind="stable")[: counts[k, j]]]
+            by_noise[picked] = True
+            better = probabilities[picked, j] > best[picked]
+            suggested[picked[better]], best[picked[better]] = j, probabilities[picked[better], j]
+        noisy = int(label_counts[k] - counts[k, k])
+        if noisy > 0:
+            by_class[members[np.argsort(probabilities[members, k], kind="stable")[:noisy]]] = True
     given = probabilities[rows, targets]
-    confident = probabilities >= thresholds  # class k reaches its own threshold
-    confident[rows, targets] = False
-    flagged = (given < thresholds[targets]) & confident.any(axis=1)
+    flagged = by_noise & by_class & (probabilities.argmax(axis=1) != targets)
     others = probabilities.copy()
     others[rows, targets] = -np.inf
     margin = given - others.max(axis=1)  # the normalized margin
-    candidates = np.where(confident, probabilities, -np.inf)
-    suggested = candidates.argmax(axis=1)
     issues = [
         Issue(int(i), "label", int(targets[i]), int(suggested[i]), float(-margin[i]))
         for i in np.flatnonzero(flagged)
