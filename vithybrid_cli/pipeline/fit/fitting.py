@@ -97,6 +97,8 @@ class FitReport:
             "warnings": self.warnings,
             "embedded": self.embedded,
             "cached": self.cached,
+            "corrected": self.corrected,
+            "issues": None if self.issues is None else len(self.issues),
             "seconds": self.seconds,
         }
 
