@@ -42,6 +42,7 @@ from .options import (
     BatchSize,
     CacheDir,
     Compile,
+    CorrectionsFile,
     Debug,
     Device,
     DeviceOpt,
@@ -61,6 +62,7 @@ from .options import (
     ImageSize,
     InfoHead,
     Interpolate,
+    IssuesFile,
     LabelsFrom,
     MaxDownload,
     Method,
@@ -418,6 +420,33 @@ def refuse_torchrun() -> None:
         )
 
 
+def read_fit_corrections(corrections: str | None, issues: str | None) -> dict | None:
+    """fit's corrections (path -> label or None), read now; and the --issues target checked:
+    a file there that is not an issues file is refused, not replaced. One line, exit 2."""
+    from ..io.issues import check_issues_target
+
+    if issues is not None:
+        check_issues_target(issues)
+    if corrections is None:
+        return None
+    from ..io.corrections import read_corrections
+
+    return read_corrections(corrections)
+
+
+def write_fit_issues(report: Any, path: str, quiet: bool) -> None:
+    """fit --issues: the JSONL (io/issues.py), and one line saying what it holds."""
+    from collections import Counter
+
+    from ..io.issues import write_issues
+
+    write_issues(path, report.issues)
+    if not quiet:
+        kinds = Counter(issue["kind"] for issue in report.issues)
+        held = ", ".join(f"{kinds[kind]} {kind}" for kind in ("label", "outlier", "leak"))
+        stderr.print(f"{len(report.issues)} issues ({held}); wrote {path}", soft_wrap=True)
+
+
 @app.command()
 def fit(
     data: FitData = None,
@@ -430,6 +459,8 @@ def fit(
     format: FitFormatOpt = FitFormat.table,
     pool: HeadPool = Pool.cls,
     seed: Seed = 0,
+    issues: IssuesFile = None,
+    corrections: CorrectionsFile = None,
     model: ModelOpt = DEFAULT_MODEL_ID,
     revision: Revision = None,
     device: DeviceOpt = Device.auto,
@@ -465,8 +496,9 @@ def fit(
             raise UserError("no training data: give DATA (one folder per label) or --labels-from")
         refuse_torchrun()
         page_path(report_page, "--report")
-        ensure_parent(output)
-        with holding_outputs(None, output):  # before the model loads
+        corrected = read_fit_corrections(corrections, issues)  # bad files: before any work
+        ensure_parent(output, issues)
+        with holding_outputs(None, output, issues):  # before the model loads
             loaded = common.load()
             with ProgressBar("embedding", not quiet) as progress:
                 report = fit_head(
@@ -475,9 +507,12 @@ def fit(
                     interpolate_pos_encoding=interpolate_pos_encoding,
                     cache_dir=cache or default_cache_dir(output), seed=seed,
                     batch_size=batch_size, workers=workers, progress=progress,
+                    corrections=corrected, find_issues=issues is not None,
                 )  # fmt: skip
             save_head(report.head, output)
             report_fit(report, output, format is FitFormat.json, quiet)
+            if issues is not None:
+                write_fit_issues(report, issues, quiet)
             if report_page:
                 write_fit_report(report, report_page, output, workers, quiet)
         return 0

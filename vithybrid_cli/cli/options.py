@@ -259,3 +259,19 @@ FitFormatOpt = Annotated[
 ]
 HeadPool = Annotated[Pool, typer.Option(help="Which embedding the head reads (as embed --pool).")]
 Seed = Annotated[int, typer.Option(help="Seed of the validation split.")]
+IssuesFile = Annotated[
+    str | None,
+    typer.Option(
+        "--issues",
+        help="Also write the labels that are probably wrong, outliers and train/validation "
+        "near copies (JSONL, most likely first).",
+    ),
+]
+CorrectionsFile = Annotated[
+    str | None,
+    typer.Option(
+        "--corrections",
+        help="A corrections file (JSONL of path,label; `vithybrid review` writes one): its "
+        "labels win over the folders; an empty label drops the photo.",
+    ),
+]

@@ -2,7 +2,9 @@
 
 From a FitReport (pipeline/fit/fitting.py): per-class precision and recall, the confusion matrix as
 a heatmap, and the validation images, the misclassified first, each with its true and predicted
-label; the images left out of the fit are listed with their errors.
+label; the images left out of the fit are listed with their errors. With `fit --issues`, an
+Issues view first: every flagged example (pipeline/fit/issues.py), most likely first, each tile
+with given → suggested, its kind and score.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def write_fit_page(
 ) -> GalleryReport:
     """Thumbnails of `report`'s validation images beside `output`, then the page itself."""
     started = time.perf_counter()
-    paths = [path for path, _, _ in report.validation]
+    issues = getattr(report, "issues", None) or []
+    paths = list(dict.fromkeys([path for path, _, _ in report.validation]
+                               + [issue["path"] for issue in issues]))  # fmt: skip
     thumbs, stats, folder = thumbnails_beside(output, paths, thumbnails or ThumbnailOptions())
     page_dir = Path(output).parent
     tiles, wrong = [], []
@@ -41,6 +45,9 @@ def write_fit_page(
     # the most confident mistakes first: those are the labels worth checking
     wrong.sort(key=lambda i: (tiles[i].group, -(tiles[i].top_k[0][1]), i))
     by_truth = sorted(range(len(tiles)), key=lambda i: (report.validation[i][1], i))
+    flagged = list(range(len(tiles), len(tiles) + len(issues)))
+    tiles += [pictured(issue_tile(issue), thumbs.get(issue["path"]), page_dir, folder)
+              for issue in issues]  # fmt: skip
     views = [
         View(
             "Misclassified",
@@ -50,10 +57,14 @@ def write_fit_page(
         ),  # fmt: skip
         View("All validation", by_truth, "Every validation image, by its true label."),
     ]
+    if issues:
+        note = ("Labels probably wrong (given → suggested), outliers and train/validation near "
+                "copies, most likely first; fix them in a corrections file and refit.")  # fmt: skip
+        views.insert(0, View("Issues", flagged, note, grouped=False))
     page = Page(
         title=f"Fitted head {head_path}".strip(),
         subtitle=_subtitle(report),
-        facts=_facts(report, len(wrong)),
+        facts=_facts(report, len(wrong)) + ([("issues", f"{len(issues):,}")] if issues else []),
         charts=[heatmap("Confusion matrix (validation)", report.labels, report.labels,
                         report.confusion, "true", "predicted")] if report.confusion else [],
         tables=_tables(report),
@@ -64,13 +75,24 @@ def write_fit_page(
     return GalleryReport(
         output=output,
         thumbnails=str(folder),
-        rows=len(tiles),
+        rows=len(report.validation),
         labels=len(report.labels),
         failed=len(report.errors),
         abstained=0,
         stats=stats,
         seconds=time.perf_counter() - started,
     )
+
+
+def issue_tile(issue: dict) -> Tile:
+    """A flagged example's tile: given → suggested as its title, kind and score below."""
+    given, suggested = issue["label"], issue["suggested"]
+    title = f"{given} → {suggested}" if suggested else given
+    detail = f"{issue['kind']} · {issue['score']:.3f}"
+    if issue.get("copy_of"):
+        detail += f" · copy of {issue['copy_of']}"
+    return Tile(issue["path"], group=issue["kind"], title=title, detail=detail,
+                kind="wrong" if issue["kind"] == "label" else "")  # fmt: skip
 
 
 def _facts(report: Any, wrong: int) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
     DATA/invoice/*.jpg, DATA/receipt/*.jpg, ...   (or a CSV/JSONL of path,label)
       -> Examples: (path, label) pairs, plus the files that could not be read and warnings
+      -> corrections applied (a person's later word on a label wins over the folder)
       -> stratified, seeded train/validation split (indices per class)
 
 Per-image failures are collected, not raised; data that cannot make a head raises FitError.
@@ -13,7 +14,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,3 +161,39 @@ def stratified_split(
         val.extend(members[:count])
         train.extend(members[count:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def apply_corrections(
+    corrections: Mapping[str, str | None], *found: Examples | None
+) -> tuple[list[Examples | None], int]:
+    """`found` with `corrections` applied (relabeled; dropped where the label is None), and how
+    many corrections matched no example.
+
+    Matching: a correction's path is as its source wrote it, relative to where that command ran
+    or absolute; it matches the example whose os.path.abspath is that of the text, or of the
+    text unescaped (io.outputs.recorded_text: names written with \\xNN escapes).
+    """
+    from ...io.outputs import recorded_text
+
+    wanted: dict[str, tuple[str, str | None]] = {}  # absolute path -> (the text, its label)
+    for text, label in corrections.items():
+        for name in (text, recorded_text(text)):
+            wanted[os.path.abspath(name)] = (text, label)
+    matched: set[str] = set()
+    corrected: list[Examples | None] = []
+    for examples in found:
+        if examples is None:
+            corrected.append(None)
+            continue
+        items = []
+        for example in examples.items:
+            key = os.path.abspath(example.path)
+            if key not in wanted:
+                items.append(example)
+                continue
+            text, label = wanted[key]
+            matched.add(text)
+            if label is not None:
+                items.append(Example(example.path, label))
+        corrected.append(Examples(items, examples.errors, examples.warnings))
+    return corrected, len(set(corrections) - matched)

@@ -6,10 +6,11 @@
       -> standardize -> multinomial logistic regression, L2 (scikit-learn's C), full-batch L-BFGS
       -> C picked on the validation split from a small grid unless given
       -> a Head plus a FitReport (accuracy, per-class precision/recall/F1, confusion matrix)
+      -> asked, the labels that are probably wrong, outliers and leaks (issues.py)
 
 The parts live beside this module: examples.py (collecting, the split), cache.py (the embedding
-cache, embedding), solver.py (the regression, C, metrics); fit_head, its steps (one function
-each) and its FitReport are here.
+cache, embedding), solver.py (the regression, C, metrics), issues.py (the labels probably
+wrong); fit_head, its steps (one function each) and its FitReport are here.
 The library returns data; the CLI renders it. Per-image failures are collected, not raised.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from .examples import (
     Example,
     Examples,
     FitError,
+    apply_corrections,
     collect_folder,
     collect_labels_file,
     stratified_split,
@@ -64,6 +66,10 @@ class FitReport:
     seconds: float = 0.0
     # each validation image: (path, true label, [(label, probability), ...] best first)
     validation: list[tuple[str, str, list[tuple[str, float]]]] = field(default_factory=list)
+    # with find_issues: {"path", "label", "suggested", "score", "kind"[, "copy_of"]}, see
+    # issues.py; None: not asked
+    issues: list[dict] | None = None
+    corrected: int = 0  # examples whose label a correction changed or that it dropped
 
     def to_dict(self) -> dict:
         """JSON-ready (for --format json); the head itself is described, not included."""
@@ -91,6 +97,8 @@ class FitReport:
             "warnings": self.warnings,
             "embedded": self.embedded,
             "cached": self.cached,
+            "corrected": self.corrected,
+            "issues": None if self.issues is None else len(self.issues),
             "seconds": self.seconds,
         }
 
@@ -114,6 +122,8 @@ def fit_head(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    corrections: Mapping[str, str | None] | None = None,
+    find_issues: bool = False,
 ) -> FitReport:
     """Fit a head of your labels on `model`'s pooled embeddings; see the module docstring.
 
@@ -122,12 +132,15 @@ def fit_head(
     `seed`. `c` (scikit-learn's inverse regularization) is chosen on the validation split from
     C_GRID when None. With `cache_dir`, embeddings are read from and added to that cache.
     `progress(done, total)` is called as images are embedded. Raises FitError for unusable data.
+    `corrections` (io/corrections.py's read_corrections) relabel or drop examples before the
+    fit (examples.apply_corrections); `find_issues` fills FitReport.issues (issues.py).
     """
     from ..runner import RunOptions
 
     started = time.perf_counter()
     check_options(model, pool, val_fraction, c)
     found, val_found = collect_examples(data, labels_from, val, cache_dir)
+    found, val_found, corrected = correct_examples(found, val_found, corrections)
     options = RunOptions(
         batch_size=batch_size,
         workers=workers,
@@ -190,6 +203,8 @@ def fit_head(
         cached=len(paths) - embedded,
         seconds=time.perf_counter() - started,
         validation=scores.validation,
+        issues=issue_records(split, labels, chosen, seed) if find_issues else None,
+        corrected=corrected,
     )
 
 
@@ -228,6 +243,23 @@ def collect_examples(
         raise FitError("no training data: give a folder of label folders, or --labels-from FILE")
     val_found = collect_folder(os.fspath(val), exclude) if val is not None else None
     return found, val_found
+
+
+def correct_examples(
+    found: Examples, val_found: Examples | None, corrections: Mapping[str, str | None] | None
+) -> tuple[Examples, Examples | None, int]:
+    """(found, val_found) with `corrections` applied, and how many examples they changed; the
+    corrections that match no example are said once, in a warning."""
+    if not corrections:
+        return found, val_found, 0
+    everything = found.items + (val_found.items if val_found else [])
+    before = {example.path: example.label for example in everything}
+    (found, val_found), unmatched = apply_corrections(corrections, found, val_found)
+    everything = found.items + (val_found.items if val_found else [])
+    after = {example.path: example.label for example in everything}
+    if unmatched:
+        found.warnings.append(f"{unmatched} correction(s) match no example of this fit: ignored")
+    return found, val_found, sum(after.get(path) != label for path, label in before.items())
 
 
 def open_cache(
@@ -280,6 +312,7 @@ class Split:
     val_x: np.ndarray
     val_y: np.ndarray
     val_paths: list[str]
+    train_paths: list[str] = field(default_factory=list)
 
 
 def split_examples(
@@ -297,8 +330,9 @@ def split_examples(
     if val_found is None:
         train_at, val_at = stratified_split(targets, val_fraction, seed)
         val_paths = [train_examples[i].path for i in val_at]
+        train_paths = [train_examples[i].path for i in train_at]
         train_x, train_y = features[train_at], targets[train_at]
-        return Split(train_x, train_y, features[val_at], targets[val_at], val_paths)
+        return Split(train_x, train_y, features[val_at], targets[val_at], val_paths, train_paths)
     unknown = sorted({e.label for e in val_found.items} - set(labels))
     if unknown:
         raise FitError(f"validation labels not among the training labels: {', '.join(unknown)}")
@@ -309,7 +343,8 @@ def split_examples(
         else np.zeros((0, features.shape[1]))
     )
     val_y = np.array([index[e.label] for e in kept], dtype=np.int64)
-    return Split(features, targets, val_x, val_y, [e.path for e in kept])
+    train_paths = [e.path for e in train_examples]
+    return Split(features, targets, val_x, val_y, [e.path for e in kept], train_paths)
 
 
 @dataclass
@@ -346,3 +381,27 @@ def evaluate(
         ranked = [(labels[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:5]]
         scores.validation.append((path, labels[truth], ranked))
     return scores
+
+
+def issue_records(split: Split, labels: list[str], c: float, seed: int) -> list[dict]:
+    """issues.find_issues over every labeled example (training and validation), as records."""
+    from .issues import find_issues
+
+    features = np.concatenate([split.train_x, split.val_x])
+    targets = np.concatenate([split.train_y, split.val_y])
+    paths = split.train_paths + split.val_paths
+    train_at = np.arange(len(split.train_y))
+    val_at = np.arange(len(split.train_y), len(targets))
+    records = []
+    for issue in find_issues(features, targets, len(labels), c, train_at, val_at, seed):
+        record = {
+            "path": paths[issue.index],
+            "label": labels[issue.label],
+            "suggested": None if issue.suggested is None else labels[issue.suggested],
+            "score": round(issue.score, 6),
+            "kind": issue.kind,
+        }
+        if issue.copy_of is not None:
+            record["copy_of"] = paths[issue.copy_of]
+        records.append(record)
+    return records
