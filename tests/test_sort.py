@@ -297,6 +297,16 @@ def test_a_move_across_file_systems_is_refused_before_anything_moves(album, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_move_of_a_relative_symlink_is_refused(album, tmp_path):
+    (album / "a" / "link.jpg").symlink_to("cat.jpg")
+    results = write_results(tmp_path / "r.jsonl", [
+        record(str(album / "b" / "cat.jpg"), "cat"), record(str(album / "a" / "link.jpg"), "cat"),
+    ])  # fmt: skip
+    result = cli("sort", results, "--into", tmp_path / "out", "--move")
+    assert_clean_error(result, f"{album / 'a' / 'link.jpg'} is a symlink with a relative target")
+    assert (album / "b" / "cat.jpg").exists() and not (tmp_path / "out").exists()
+
+
 def test_results_that_are_not_a_classify_output_are_one_line(tmp_path):
     for name, text in [("notes.txt", "hello"), ("x.jsonl", '{"a": 1}\n'), ("y.csv", "a,b\n")]:
         (tmp_path / name).write_text(text)

@@ -233,9 +233,15 @@ def device_of(path: str) -> int:
 
 def _check_same_file_system(into: str, sources: list[str]) -> None:
     """A move is a rename: across file systems it would fail (EXDEV) after some moves were made,
-    so every source is checked before the first one moves."""
+    so every source is checked before the first one moves (and a relative symlink, which a move
+    would break)."""
     target = device_of(into)
     for source in sources:
+        if os.path.islink(source) and not os.path.isabs(os.readlink(source)):
+            raise SortError(
+                f"--move: {source} is a symlink with a relative target: moved, it would point "
+                "elsewhere; use --copy or --link"
+            )
         if device_of(source) != target:
             raise SortError(
                 f"--move: {source} is on another file system than {into}: a move there would "
