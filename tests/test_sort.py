@@ -316,6 +316,7 @@ def test_results_that_are_not_a_classify_output_are_one_line(tmp_path):
     assert_clean_error(cli("sort", tmp_path / "x.jsonl"), "--into DIR")
     both = cli("sort", tmp_path / "x.jsonl", "--into", tmp_path / "o", "--link", "--move")
     assert_clean_error(both, "one of --link, --copy, --move")
+    assert_clean_error(cli("sort", "--undo", tmp_path / "m.jsonl", "--into", "x"), "takes no")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 

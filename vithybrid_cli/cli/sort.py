@@ -82,8 +82,11 @@ def sort(
 
     def body() -> int:
         if undo is not None:
-            if results is not None or into is not None or link or copy or move:
-                raise UserError("--undo MANIFEST takes no RESULTS, --into or mode")
+            given = results is not None or into is not None or min_score is not None
+            if given or root is not None or link or copy or move:
+                raise UserError(
+                    "--undo MANIFEST takes no RESULTS, --into, mode, --min-score or --root"
+                )
             return undo_sort(undo, quiet)
         if results is None or into is None:
             raise UserError("give RESULTS and --into DIR (or --undo MANIFEST)")
