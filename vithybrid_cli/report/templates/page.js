@@ -365,8 +365,8 @@
       edit.typed ? el("span", { class: found.length ? "match" : "nomatch",
         text: found.length ? `Enter: ${found[0]}${found.length > 1 ? ` (+${found.length - 1})` : ""}` : "no such label" }) : null);
     const progress = el("div", { class: "progress", text: `${EDIT.reviewed.size} of ${DATA.tiles.length} reviewed` });
-    panel.replaceChildren(el("div", { class: "keys" }, ...keys), typed, progress,
-      message ? el("div", { class: "message", text: message }) : null);
+    panel.replaceChildren(el("div", { class: "keys" }, ...keys), typed, progress);
+    if (message) panel.append(el("div", { class: "message", text: message }));
   }
 
   async function decide(index, label) {
