@@ -6,7 +6,8 @@ charts, tables, tiles and the views that order them) and `write_page` fills the 
 in report/templates/ with it. The records travel as JSON inside the page and the browser draws
 everything from them (templates/page.js): charts as plain SVG, tiles a page at a time with lazy
 thumbnails, so a page of 100,000 records holds a few hundred <img> at once. Nothing is fetched
-from anywhere but the page's own folder: no CDN, no web font.
+from anywhere but the page's own folder: no CDN, no web font. The same page, served by
+`vithybrid review` (review.py) with `Page.edit` set, is in edit mode: its tiles take labels.
 """
 
 from __future__ import annotations
