@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,7 +21,8 @@ from test_cli import assert_clean_error, cli, script_path, subprocess_env
 from test_report import CHROMIUM, CHROMIUM_FLAGS, top, write_records
 
 from vithybrid_cli.io.corrections import read_correction_lines, read_corrections
-from vithybrid_cli.report.review import create_app, open_session, render_page, review_page
+from vithybrid_cli.report.page import render_page
+from vithybrid_cli.report.review import create_app, open_session, own_hosts, review_page, url_of
 
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
@@ -217,6 +219,32 @@ def test_a_port_in_use_is_one_line(photos, tmp_path):
     assert_clean_error(result, f"--port {port}", "in use")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "fixes.jsonl").exists()
+
+
+def test_a_corrections_file_that_is_not_one_is_one_line(photos, tmp_path):
+    output = tmp_path / "fixes.jsonl"
+    output.write_text("not json\n")
+    result = cli("review", photos / "labels.jsonl", "-o", output, "--no-browser")
+    assert_clean_error(result, "fixes.jsonl:1", "not a corrections line")
+    assert output.read_text() == "not json\n"
+
+
+def test_without_the_review_extra_the_hint_is_one_line(photos, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn fails
+    result = cli("review", photos / "labels.jsonl", "-o", tmp_path / "fixes.jsonl", "--no-browser")
+    assert_clean_error(result, 'pip install "vithybrid[review]"', "uvicorn")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_server_on_every_address_answers_any_host_name_with_the_token(photos, tmp_path):
+    assert own_hosts("0.0.0.0", 8000) is None
+    assert url_of("0.0.0.0", 8000, TOKEN) == f"http://127.0.0.1:8000/?token={TOKEN}"
+    assert "localhost:8000" in own_hosts("127.0.0.1", 8000)
+    session = session_of(photos, tmp_path / "fixes.jsonl")
+    with TestClient(create_app(session, TOKEN, None)) as client:
+        headers = {"Host": "my-machine.lan:8000"}
+        assert client.get("/api/labels", headers={**headers, **bearer()}).status_code == 200
+        assert client.get("/api/labels", headers=headers).status_code == 401
 
 
 class Server:

@@ -71,8 +71,8 @@ def review(
 
         from ..extras import require
         from ..io.corrections import read_correction_lines
+        from ..report import review as server
         from ..report.gallery import thumbnail_folder
-        from ..report.review import create_app, listen, new_token, open_session, own_hosts, serve
 
         require("starlette", "review")
         require("uvicorn", "review")
@@ -88,21 +88,20 @@ def review(
             with open(labels_from, encoding="utf-8") as handle:
                 extra += [line.strip() for line in handle if line.strip()]
         try:
-            sock = listen(host, port)
+            sock = server.listen(host, port)
         except OSError as error:
             raise UserError(f"--host {host} --port {port}: {error.strerror or error}") from None
         with sock:
-            base = Path(source.rstrip("/"))
-            bases = [Path(root), base.parent] if root else [base.parent]
+            base = Path(source) if os.path.isdir(source) else Path(source).parent
+            bases = [Path(root), base] if root else [base]
             with ProgressBar("thumbnails", not quiet) as progress:
                 folder = thumbnail_folder(output)
-                session = open_session(source, output, extra_labels=extra, bases=bases,
-                                       folder=folder, progress=progress)  # fmt: skip
+                session = server.open_session(source, output, extra_labels=extra, bases=bases,
+                                              folder=folder, progress=progress)  # fmt: skip
             bound = sock.getsockname()[1]
-            token = new_token()
-            app_ = create_app(session, token, own_hosts(host, bound))
-            name = f"[{host}]" if ":" in host else host
-            url = f"http://{name}:{bound}/?token={token}"
+            token = server.new_token()
+            app_ = server.create_app(session, token, server.own_hosts(host, bound))
+            url = server.url_of(host, bound, token)
             reviewed = sum(item.path in session.current for item in session.items)
             if not quiet:
                 stderr.print(
@@ -117,7 +116,7 @@ def review(
                 import webbrowser
 
                 webbrowser.open(url)
-            serve(app_, sock)
+            server.serve(app_, sock)
         decisions = len(read_correction_lines(output)) if os.path.exists(output) else 0
         stderr.print(f"stopped: {counted(decisions, 'decision')} in {output}", soft_wrap=True)
         return 0

@@ -213,20 +213,20 @@ def review_page(session: Session, token: str) -> Page:
 # ---------------------------------------------------------------------------- the server
 
 
-def create_app(session: Session, token: str, hosts: Iterable[str]) -> Any:
+def create_app(session: Session, token: str, hosts: Iterable[str] | None) -> Any:
     """The Starlette app serving `session`; `hosts`: the Host headers it answers (its own
-    address: 127.0.0.1:PORT, localhost:PORT)."""
+    address: 127.0.0.1:PORT, localhost:PORT; None: any, for a server on every address)."""
     require("uvicorn", "review")
     applications = require("starlette.applications", "review", "starlette")
     responses = require("starlette.responses", "review", "starlette")
     routing = require("starlette.routing", "review", "starlette")
     JSONResponse, Response = responses.JSONResponse, responses.Response
-    allowed = set(hosts)
+    allowed = None if hosts is None else set(hosts)
 
     def refused(request: Any, *, bearer: bool) -> Any:
         """A response refusing `request`, or None when it may go on."""
         host = request.headers.get("host", "")
-        if host not in allowed:
+        if allowed is not None and host not in allowed:
             return JSONResponse({"error": f"host {host!r} not allowed"}, 403)
         origin = request.headers.get("origin")
         if origin is not None and origin != f"{request.url.scheme}://{host}":
@@ -318,13 +318,25 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def own_hosts(host: str, port: int) -> list[str]:
-    """The Host headers a browser sends to this server."""
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def own_hosts(host: str, port: int) -> list[str] | None:
+    """The Host headers a browser sends to this server (None: any name may reach a server on
+    every address; the token still guards it)."""
+    if host in WILDCARDS:
+        return None
     name = f"[{host}]" if ":" in host else host
     hosts = [f"{name}:{port}"]
     if host in ("127.0.0.1", "::1", "localhost"):
         hosts += [f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"]
     return hosts
+
+
+def url_of(host: str, port: int, token: str) -> str:
+    """The page's URL, with the token (a server on every address: by 127.0.0.1)."""
+    name = "127.0.0.1" if host in WILDCARDS else f"[{host}]" if ":" in host else host
+    return f"http://{name}:{port}/?token={token}"
 
 
 def serve(app: Any, sock: socket.socket) -> None:

@@ -411,7 +411,7 @@
     if (key === "Enter") {
       event.preventDefault();
       const label = edit.typed ? matching(edit.typed)[0] : DATA.tiles[index].title;
-      if (edit.typed && !label) return;
+      if (!label) { drawEdit(edit.typed ? "no such label" : "no label to accept: type one"); return; }
       edit.typed = "";
       decide(index, label);
       move(1);
