@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -245,6 +246,41 @@ def test_a_server_on_every_address_answers_any_host_name_with_the_token(photos, 
         headers = {"Host": "my-machine.lan:8000"}
         assert client.get("/api/labels", headers={**headers, **bearer()}).status_code == 200
         assert client.get("/api/labels", headers=headers).status_code == 401
+
+
+def test_the_command_opens_the_browser_and_says_what_is_on_disk_when_stopped(
+    photos, tmp_path, monkeypatch
+):
+    opened, served = [], []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+
+    def serve(app, sock):  # a decision, then Ctrl-C
+        assert sock.getsockname()[0] == "127.0.0.1"
+        with TestClient(app, base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+            token = opened[0].split("token=")[1]
+            body = {"path": "photos/dog.jpg", "label": "cat"}
+            served.append(client.post("/api/labels", json=body, headers=bearer(token)))
+
+    monkeypatch.setattr("vithybrid_cli.report.review.serve", serve)
+    monkeypatch.chdir(photos.parent)  # relative paths: found from SOURCE's folder
+    output = tmp_path / "fixes.jsonl"
+    result = cli("review", photos / "labels.jsonl", "-o", output)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == opened[0]
+    assert served[0].status_code == 200
+    assert "3 photos (0 reviewed), 3 labels" in result.stderr and "not found" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"stopped: 1 decision in {output}"
+    # elsewhere, its images are not found: a warning, and the decisions so far still count
+    monkeypatch.setattr("vithybrid_cli.report.review.serve", lambda app, sock: None)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(photos / "labels.jsonl", elsewhere)
+    monkeypatch.chdir(tmp_path)
+    moved = cli("review", elsewhere / "labels.jsonl", "-o", output, "--no-browser")
+    assert moved.exit_code == 0, moved.stderr
+    assert "3 photos (1 reviewed)" in moved.stderr
+    assert "warning: 3 images not found" in moved.stderr and "--root DIR" in moved.stderr
+    assert moved.stderr.strip().splitlines()[-1] == f"stopped: 1 decision in {output}"
 
 
 class Server:

@@ -110,6 +110,12 @@ def review(
                     "Ctrl-C stops",
                     soft_wrap=True,
                 )
+            if session.not_found:
+                stderr.print(
+                    f"[yellow]warning:[/yellow] {counted(session.not_found, 'image')} not found: "
+                    "run review from the folder classify ran in, or pass --root DIR",
+                    soft_wrap=True,
+                )
             stdout.print(url, soft_wrap=True, markup=False, highlight=False)
             stdout.file.flush()  # a script reading the URL from a pipe gets it now
             if not no_browser:

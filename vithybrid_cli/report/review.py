@@ -62,6 +62,7 @@ class Session:
     labels: list[str]
     thumbs: dict[str, Thumbnail]
     folder: Path
+    not_found: int = 0  # local images found nowhere (relative paths from another folder)
     current: dict[str, str | None] = field(default_factory=dict)  # path -> last correction
     decisions: int = 0  # lines in the corrections file
     index: dict[str, int] = field(default_factory=dict)  # path -> its (first) item
@@ -162,9 +163,9 @@ def open_session(
         raise NotResults(f"{source}: no photo to review (every record failed, or none)")
     labels = label_set(items, extra_labels)
     lines = read_correction_lines(corrections) if os.path.exists(corrections) else []
-    thumbs, _ = make_thumbnails((item.path for item in items), folder, bases=bases,
-                                progress=progress)  # fmt: skip
-    session = Session(source, corrections, items, labels, thumbs, folder)
+    thumbs, stats = make_thumbnails((item.path for item in items), folder, bases=bases,
+                                    progress=progress)  # fmt: skip
+    session = Session(source, corrections, items, labels, thumbs, folder, stats.not_found)
     session.decisions = len(lines)
     for line in lines:
         if line.path in session.index:
