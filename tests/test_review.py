@@ -432,3 +432,21 @@ def test_keys_in_the_browser_write_corrections_that_a_restart_shows(photos, tmp_
         page.close()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_static_report_keeps_no_edit_bar_and_enter_opens_the_viewer(photos, tmp_path, browser):
+    from vithybrid_cli.report.gallery import build_gallery
+
+    launched, expect = browser
+    target = tmp_path / "report.html"
+    build_gallery(str(photos / "labels.jsonl"), str(target))
+    page = launched.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(target.as_uri())
+    page.wait_for_selector("#groups .tile")
+    assert not page.locator("#edit").is_visible()
+    assert "connect-src" not in page.content()  # a static page talks to no server
+    page.locator("#groups .tile").first.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#viewer")).to_be_visible()
+    page.close()

@@ -217,7 +217,6 @@ def review_page(session: Session, token: str) -> Page:
 def create_app(session: Session, token: str, hosts: Iterable[str] | None) -> Any:
     """The Starlette app serving `session`; `hosts`: the Host headers it answers (its own
     address: 127.0.0.1:PORT, localhost:PORT; None: any, for a server on every address)."""
-    require("uvicorn", "review")
     applications = require("starlette.applications", "review", "starlette")
     responses = require("starlette.responses", "review", "starlette")
     routing = require("starlette.routing", "review", "starlette")

@@ -171,7 +171,8 @@
         el("div", { class: "name", text: name })));
     node.addEventListener("click", () => openViewer(index));
     // in edit mode Enter accepts the label (the edit keys, below); a click still opens the view
-    node.addEventListener("keydown", (event) => { if (event.key === "Enter" && !EDIT) openViewer(index); });
+    // (its default action would press the viewer's close button, focused by then)
+    node.addEventListener("keydown", (event) => { if (event.key === "Enter" && !EDIT) { event.preventDefault(); openViewer(index); } });
     return node;
   }
 
