@@ -450,3 +450,21 @@ def test_a_static_report_keeps_no_edit_bar_and_enter_opens_the_viewer(photos, tm
     page.keyboard.press("Enter")
     expect(page.locator("#viewer")).to_be_visible()
     page.close()
+
+
+def test_labels_and_labels_from_add_to_the_label_set(photos, tmp_path, monkeypatch):
+    apps = []
+    monkeypatch.setattr("vithybrid_cli.report.review.serve", lambda app, sock: apps.append(app))
+    more = tmp_path / "more.txt"
+    more.write_text("owl\n\ncat\n")
+    output = tmp_path / "fixes.jsonl"
+    result = cli("review", photos / "labels.jsonl", "-o", output, "--no-browser",
+                 "--labels", "zebra, owl", "--labels-from", more)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    token = result.stdout.strip().split("token=")[1]
+    with TestClient(apps[0], base_url=result.stdout.strip().split("/?")[0]) as client:
+        labels = client.get("/api/labels", headers=bearer(token)).json()["labels"]
+    assert labels == ["cat", "dog", "mug", "zebra", "owl"]
+    missing = cli("review", photos / "labels.jsonl", "-o", output, "--no-browser",
+                  "--labels-from", tmp_path / "nowhere.txt")  # fmt: skip
+    assert_clean_error(missing, "nowhere.txt")

@@ -83,10 +83,7 @@ def review(
             raise UserError(f"-o {output!r}: a folder, not a corrections file")
         if root is not None and not os.path.isdir(root):
             raise UserError(f"--root {root!r}: no such folder")
-        extra = [label.strip() for label in (labels or "").split(",") if label.strip()]
-        if labels_from is not None:
-            with open(labels_from, encoding="utf-8") as handle:
-                extra += [line.strip() for line in handle if line.strip()]
+        extra = more_labels(labels, labels_from)
         try:
             sock = server.listen(host, port)
         except OSError as error:
@@ -128,3 +125,12 @@ def review(
         return 0
 
     run_command(body, debug)
+
+
+def more_labels(labels: str | None, labels_from: str | None) -> list[str]:
+    """--labels a,b,c and --labels-from FILE (one a line), in that order."""
+    extra = [label.strip() for label in (labels or "").split(",") if label.strip()]
+    if labels_from is not None:
+        with open(labels_from, encoding="utf-8") as handle:
+            extra += [line.strip() for line in handle if line.strip()]
+    return extra
