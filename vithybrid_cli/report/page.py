@@ -6,7 +6,8 @@ charts, tables, tiles and the views that order them) and `write_page` fills the 
 in report/templates/ with it. The records travel as JSON inside the page and the browser draws
 everything from them (templates/page.js): charts as plain SVG, tiles a page at a time with lazy
 thumbnails, so a page of 100,000 records holds a few hundred <img> at once. Nothing is fetched
-from anywhere but the page's own folder: no CDN, no web font.
+from anywhere but the page's own folder: no CDN, no web font. The same page, served by
+`vithybrid review` (review.py) with `Page.edit` set, is in edit mode: its tiles take labels.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class Page:
     tables: list[dict[str, Any]] = field(default_factory=list)
     views: list[View] = field(default_factory=list)
     tiles: list[Tile] = field(default_factory=list)
+    # edit mode (report/review.py serves the page): the label set, the API's token, which tiles
+    # were reviewed; page.js then sends each label decision to the server. None: a static page.
+    edit: dict[str, Any] | None = None
+
+
+# A static page loads nothing but its own folder's files; a served page in edit mode also talks
+# to its own server (connect-src 'self': the label API).
+CSP = ("default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; "
+       "script-src 'unsafe-inline'")  # fmt: skip
+EDIT_CSP = CSP + "; connect-src 'self'"
 
 
 def bar_chart(title: str, items: list[tuple[str, int]], *, filters: bool = True) -> dict:
@@ -109,6 +120,8 @@ def page_json(page: Page) -> str:
         "views": [asdict(view) for view in page.views],
         "tiles": [_tile_json(tile) for tile in page.tiles],
     }
+    if page.edit is not None:
+        data["edit"] = page.edit
     # ASCII: lone surrogates (undecodable file names) and U+2028 travel as escapes. Scores are
     # finite or None by now (results.py): allow_nan=False only guards that.
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
@@ -126,14 +139,20 @@ def _tile_json(tile: Tile) -> dict[str, Any]:
     }
 
 
-def write_page(page: Page, target: str | os.PathLike[str]) -> None:
-    """Write `page` to the HTML file `target` (atomically), styles and script inlined."""
-    text = Template(template("page.html")).substitute(
+def render_page(page: Page) -> str:
+    """`page` as one HTML document, styles and script inlined."""
+    return Template(template("page.html")).substitute(
         title=html.escape(page.title),
+        csp=EDIT_CSP if page.edit is not None else CSP,
         style=template("page.css"),
         script=template("page.js"),
         data=page_json(page),
     )
+
+
+def write_page(page: Page, target: str | os.PathLike[str]) -> None:
+    """Write `page` to the HTML file `target` (atomically)."""
+    text = render_page(page)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target, "w", newline="\n") as file:
         file.write(text)

@@ -1,5 +1,6 @@
 // Draws the page from the JSON in #data: facts, SVG charts, tables, and the tiles of the
-// chosen view, a page at a time. No library, nothing fetched: it opens from file://.
+// chosen view, a page at a time. No library, nothing fetched: it opens from file://. With
+// DATA.edit (a page served by `vithybrid review`) the tiles take label decisions: edit mode.
 "use strict";
 (function () {
   const DATA = JSON.parse(document.getElementById("data").textContent);
@@ -7,6 +8,8 @@
   const PAGE_SIZES = [100, 250, 500];
   const BARS_SHOWN = 30;
   const state = { view: 0, page: 0, pageSize: PAGE_SIZES[1], filter: "", shown: [] };
+  // edit mode (a served page: vithybrid review): the label set and who was reviewed
+  const EDIT = DATA.edit ? { ...DATA.edit, reviewed: new Set(DATA.edit.reviewed) } : null;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -157,14 +160,19 @@
       picture = el("div", { class: "placeholder", text: tile.error || tile.reason || "no image" });
     }
     const label = tile.title === undefined ? (tile.error ? "failed" : null) : tile.title;
-    const node = el("figure", { class: `tile ${tile.kind || ""}`, tabindex: "0", "data-index": index, title: tile.path },
+    let kind = tile.kind || "";
+    if (EDIT && EDIT.reviewed.has(index)) kind += " reviewed";
+    if (EDIT && (tile.title ?? null) !== (EDIT.original[index] ?? null)) kind += " changed";
+    const node = el("figure", { class: `tile ${kind}`, tabindex: "0", "data-index": index, title: tile.path },
       el("div", { class: "thumb" }, picture),
       el("figcaption", {},
         label === null ? null : el("div", { class: "label", text: label }),
         tile.detail ? el("div", { class: "detail", text: tile.detail }) : null,
         el("div", { class: "name", text: name })));
     node.addEventListener("click", () => openViewer(index));
-    node.addEventListener("keydown", (event) => { if (event.key === "Enter") openViewer(index); });
+    // in edit mode Enter accepts the label (the edit keys, below); a click still opens the view
+    // (its default action would press the viewer's close button, focused by then)
+    node.addEventListener("keydown", (event) => { if (event.key === "Enter" && !EDIT) { event.preventDefault(); openViewer(index); } });
     return node;
   }
 
@@ -308,11 +316,135 @@
     openViewer = (index) => { dialog.dataset.index = index; open(index); };
   }
 
+  // ---------------------------------------------------------------- edit mode (vithybrid review)
+  // Number keys 1-9 or typing (type-ahead over the label set) then Enter give the focused tile a
+  // label; Enter alone accepts the label shown; arrows move. Each decision is POSTed to the
+  // server, which has it on disk before it answers: the tile changes only then.
+
+  const edit = { typed: "", busy: 0 };
+
+  function focusTile(index) {
+    const at = state.shown.indexOf(index);
+    if (at < 0) return;
+    const page = Math.floor(at / state.pageSize);
+    if (page !== state.page) { state.page = page; render(); }
+    const node = document.querySelector(`#groups .tile[data-index="${index}"]`);
+    if (node) { node.focus({ preventScroll: true }); node.scrollIntoView({ block: "nearest" }); }
+    state.focus = index;
+  }
+
+  function move(step) {
+    const at = state.shown.indexOf(state.focus);
+    const to = Math.min(Math.max(at + step, 0), state.shown.length - 1);
+    if (to >= 0) focusTile(state.shown[to]);
+  }
+
+  function perRow() {
+    const node = document.querySelector(`#groups .tile[data-index="${state.focus}"]`);
+    if (!node) return 1;
+    const tiles = [...node.parentNode.children];
+    return Math.max(1, tiles.filter((tile) => tile.offsetTop === tiles[0].offsetTop).length);
+  }
+
+  function matching(typed) {
+    const needle = typed.toLowerCase();
+    if (!needle) return [];
+    const starts = EDIT.labels.filter((label) => label.toLowerCase().startsWith(needle));
+    const within = EDIT.labels.filter((label) => !label.toLowerCase().startsWith(needle) && label.toLowerCase().includes(needle));
+    return starts.concat(within);
+  }
+
+  function drawEdit(message) {
+    const panel = document.getElementById("edit");
+    panel.hidden = false;
+    const keys = EDIT.labels.slice(0, EDIT.keys).map((label, i) =>
+      el("button", { class: "key", "data-label": label, onclick: () => decide(state.focus, label) },
+        el("kbd", { text: String(i + 1) }), " " + label));
+    const found = matching(edit.typed);
+    const typed = el("div", { class: "typed" },
+      el("span", { class: "prompt", text: edit.typed ? `typed: ${edit.typed}` : "type a label…" }),
+      edit.typed ? el("span", { class: found.length ? "match" : "nomatch",
+        text: found.length ? `Enter: ${found[0]}${found.length > 1 ? ` (+${found.length - 1})` : ""}` : "no such label" }) : null);
+    const progress = el("div", { class: "progress", text: `${EDIT.reviewed.size} of ${DATA.tiles.length} reviewed` });
+    panel.replaceChildren(el("div", { class: "keys" }, ...keys), typed, progress);
+    if (message) panel.append(el("div", { class: "message", text: message }));
+  }
+
+  async function decide(index, label) {
+    if (index === undefined || index === null || !label) return;
+    const tile = DATA.tiles[index];
+    edit.busy += 1;
+    let message = "";
+    try {
+      const answer = await fetch(EDIT.api, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${EDIT.token}` },
+        body: JSON.stringify({ path: tile.path, label }),
+      });
+      const body = await answer.json();
+      if (!answer.ok) throw new Error(body.error || answer.statusText);
+      tile.title = body.label;
+      EDIT.reviewed.add(index);
+      const node = document.querySelector(`#groups .tile[data-index="${index}"]`);
+      if (node) {
+        const fresh = tileNode(index);
+        const focused = document.activeElement === node;
+        node.replaceWith(fresh);
+        if (focused) fresh.focus({ preventScroll: true });
+      }
+    } catch (error) {
+      message = `not saved: ${error.message}`;
+    } finally {
+      edit.busy -= 1;
+    }
+    drawEdit(message);
+  }
+
+  function editKey(event) {
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (target.closest && target.closest("input, select, textarea, dialog")) return;
+    if (document.getElementById("viewer").open) return;
+    const key = event.key;
+    const arrows = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -perRow(), ArrowDown: perRow() };
+    if (key in arrows) { event.preventDefault(); move(arrows[key]); return; }
+    const index = state.focus;
+    if (key === "Enter") {
+      event.preventDefault();
+      const label = edit.typed ? matching(edit.typed)[0] : DATA.tiles[index].title;
+      if (!label) { drawEdit(edit.typed ? "no such label" : "no label to accept: type one"); return; }
+      edit.typed = "";
+      decide(index, label);
+      move(1);
+    } else if (key === "Escape") {
+      edit.typed = ""; drawEdit();
+    } else if (key === "Backspace") {
+      event.preventDefault(); edit.typed = edit.typed.slice(0, -1); drawEdit();
+    } else if (!edit.typed && /^[1-9]$/.test(key) && Number(key) <= EDIT.keys) {
+      event.preventDefault();
+      decide(index, EDIT.labels[Number(key) - 1]);
+      move(1);
+    } else if (key.length === 1 && (edit.typed || key !== " ")) {
+      event.preventDefault(); edit.typed += key; drawEdit();
+    }
+  }
+
+  function setUpEdit() {
+    document.addEventListener("focusin", (event) => {
+      const node = event.target.closest && event.target.closest("#groups .tile");
+      if (node) state.focus = Number(node.dataset.index);
+    });
+    document.addEventListener("keydown", editKey);
+    drawEdit();
+    focusTile(EDIT.start);
+  }
+
   drawHeader();
   drawCharts();
   drawTables();
   drawViews();
   setUpViewer();
   render();
-  window.vithybridPage = { data: DATA, state, renderGroups, setFilter };
+  if (EDIT) setUpEdit();
+  window.vithybridPage = { data: DATA, state, renderGroups, setFilter, edit: EDIT };
 })();
