@@ -59,6 +59,23 @@ def read_issues(path: str | os.PathLike) -> list[dict]:
     return issues
 
 
+def is_issues_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a .jsonl/.ndjson file whose first record has an issue's fields (`review`
+    tells an issues file from a classify output by this)."""
+    name = os.fspath(path)
+    if not name.lower().endswith((".jsonl", ".ndjson")) or not os.path.isfile(name):
+        return False
+    with open(name, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    record = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    return False
+                return isinstance(record, dict) and set(FIELDS) <= set(record)
+    return False
+
+
 def check_issues_target(path: str | os.PathLike) -> None:
     """Refuse (IssuesError) to replace an existing file that is not an issues file."""
     if os.path.isfile(path) and os.path.getsize(path) > 0:

@@ -19,7 +19,6 @@ client names: no request reads or writes any other file.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -31,11 +30,11 @@ from typing import Any
 
 from ..extras import require
 from ..io.corrections import Correction, append_correction, now, read_correction_lines
+from ..io.issues import IssuesError, is_issues_file, read_issues
 from ..io.results import NotResults, read_results
 from .page import Page, Tile, View, render_page
 from .thumbnails import Thumbnail, make_thumbnails
 
-ISSUE_FIELDS = {"path", "label", "suggested", "score", "kind"}
 NUMBER_KEYS = 9  # labels 1..9 have a number key
 
 
@@ -99,35 +98,19 @@ def read_source(source: str) -> list[Item]:
 
 
 def _read_issues(source: str) -> list[Item] | None:
-    """The records of an issues file, or None when `source` is not one (judged by its first
-    record's fields)."""
-    if not source.lower().endswith((".jsonl", ".ndjson")) or not os.path.isfile(source):
+    """The records of an issues file (io/issues.py), or None when `source` is not one."""
+    if not is_issues_file(source):
         return None
-    items = []
-    with open(source, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if items:
-                    raise NotResults(
-                        f"{source}: line {number} is not an issue (bad JSON)"
-                    ) from None
-                return None
-            if not isinstance(record, dict) or not record.keys() >= ISSUE_FIELDS:
-                if items:
-                    raise NotResults(f"{source}: line {number} is not an issue (needs "
-                                     f"{', '.join(sorted(ISSUE_FIELDS))})")  # fmt: skip
-                return None
-            score = record["score"]
-            items.append(Item(
-                str(record["path"]), _text(record["label"]),
-                float(score) if isinstance(score, int | float) else None,
-                suggested=_text(record["suggested"]), kind=str(record["kind"] or ""),
-            ))  # fmt: skip
-    return items or None
+    try:
+        records = read_issues(source)
+    except IssuesError as error:
+        raise NotResults(str(error)) from None
+    return [
+        Item(str(record["path"]), _text(record["label"]),
+             float(record["score"]) if isinstance(record["score"], int | float) else None,
+             suggested=_text(record["suggested"]), kind=str(record["kind"] or ""))
+        for record in records
+    ] or None  # fmt: skip
 
 
 def _text(value: Any) -> str | None:
