@@ -50,8 +50,8 @@ NearCopy = Annotated[
         "--near-copy",
         min=-1.0,
         max=1.0,
-        help="Cosine (as the head reads embeddings) from which two photos are near copies: "
-        "never both picked.",
+        help="Cosine similarity from which two photos are near copies (as duplicates' "
+        "--threshold): never both picked.",
     ),
 ]
 PicksPage = Annotated[
@@ -89,6 +89,8 @@ def suggest(
     """What to label next: the photos the head is least sure of, no two alike, most useful first."""
 
     def body() -> int:
+        import numpy as np
+
         from ..io.outputs import safe_text
         from ..model.head import load_head
         from ..search.suggest import suggest as pick
@@ -122,8 +124,8 @@ def suggest(
         ensure_parent(output, report)
         if len(vectors) == 0:
             raise UserError("no photo of the pool could be embedded: nothing to suggest")
-        features = (vectors.array - fitted.mean) / fitted.std  # as the head reads them
-        picks = pick(features, fitted.probabilities(vectors.array), count, near_copy=near_copy)
+        array = np.asarray(vectors.array, np.float32)
+        picks = pick(array, fitted.probabilities(array), count, near_copy=near_copy)
         records = [
             {
                 "path": safe_text(vectors.paths[p.row]),

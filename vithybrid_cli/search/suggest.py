@@ -8,8 +8,10 @@ one kind of photo. A candidate within the near-copy cosine of a picked photo is 
 (two crops of one photograph teach the head once). When the candidates run out (all near
 copies), the next most uncertain photos join them.
 
-Likeness is the cosine of the embeddings as the head reads them (standardized by the head's
-mean and std), so it measures what the head can tell apart.
+Likeness is the cosine of the pooled embeddings, as `duplicates` and `similar` compare them
+(so --near-copy means what duplicates' --threshold means). The benchmark
+(benchmarks/bench_suggest.py) tried the head's standardized space too: its k-center picks did
+no better than random labels, the raw embeddings' did better at every N.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 # Candidates per pick: the k-center chooses among the top CANDIDATES * N most uncertain photos.
 CANDIDATES = 4
-# Cosine (in the head's standardized space) from which two photos count as near copies.
+# Cosine from which two photos count as near copies: duplicates' default threshold.
 NEAR_COPY = 0.9
 
 
@@ -65,7 +67,7 @@ def suggest(
     near_copy: float = NEAR_COPY,
 ) -> list[Pick]:
     """Up to `n` rows to label, most useful first (see the module docstring). `features` (N, D):
-    the embeddings as the head reads them; `probabilities` (N, C): the head's."""
+    the pooled embeddings; `probabilities` (N, C): the head's."""
     if n < 1:
         raise ValueError(f"-n {n}: suggest at least one photo")
     margin, best, second = margins(probabilities)
