@@ -135,7 +135,7 @@ def main() -> None:
     classes = int(targets.max()) + 1
     order = rng.permutation(len(targets))
     pool, test = order[:POOL], order[POOL:]
-    print(f"{len(targets)} digits embedded ({features.shape[1]}-d) in "
+    print(f"{len(targets)} digits embedded ({features.shape[1]}-d; cached after the first run) in "
           f"{time.perf_counter() - started:.1f} s; pool {len(pool)}, test {len(test)}")  # fmt: skip
 
     methods = ("random", "suggest", "margin", "k-center", "suggest (head space)")
