@@ -241,6 +241,11 @@ def test_vectors_of_other_weights_are_refused(make_checkpoint_dir, head_file, po
     assert_one_line(cli("suggest", out, "--head", head_file), "another model")
 
 
+def test_output_must_be_jsonl(head_file, pool_vectors):
+    assert_one_line(cli("suggest", pool_vectors, "--head", head_file, "-o", "next.csv"),
+                    "next.csv", ".jsonl")  # fmt: skip
+
+
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_n_must_be_positive(head_file, pool_vectors, count):
     assert_one_line(cli("suggest", pool_vectors, "--head", head_file, "-n", count), count)

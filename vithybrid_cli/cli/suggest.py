@@ -89,18 +89,17 @@ def suggest(
     """What to label next: the photos the head is least sure of, no two alike, most useful first."""
 
     def body() -> int:
-        import numpy as np
-
-        from ..io.outputs import safe_text
+        from ..io.outputs import format_from_path, safe_text
         from ..model.head import load_head
-        from ..search.suggest import suggest as pick
-        from ..search.suggest import why
+        from ..search.suggest import suggest_for_head, why
         from ..search.vectors import is_vectors_file, read_vectors
         from .pages import page_path
 
         if count < 1:
             raise UserError(f"-n {count}: suggest at least one photo")
         page_path(report, "--report")
+        if output and output != "-" and format_from_path(output) != "jsonl":
+            raise UserError(f"--output {output!r}: the picks are JSON Lines (a .jsonl file)")
         fitted = load_head(head)  # before the model: a bad head file fails fast (one line)
         specs = pool or []
         common = Common(
@@ -115,7 +114,7 @@ def suggest(
             if len(specs) > 1 or files_from:
                 raise UserError("give one vectors file (or photos), not several")
             vectors = read_vectors(specs[0])  # a bad file fails before the model loads
-            check_vectors(vectors, fitted, common, head)
+            check_vectors(vectors, fitted, common, head, model_given=model is not None)
             bases = [os.path.dirname(os.path.normpath(specs[0])) or "."]
         else:
             inputs = Inputs(pool, files_from, max_download_mb)
@@ -124,8 +123,7 @@ def suggest(
         ensure_parent(output, report)
         if len(vectors) == 0:
             raise UserError("no photo of the pool could be embedded: nothing to suggest")
-        array = np.asarray(vectors.array, np.float32)
-        picks = pick(array, fitted.probabilities(array), count, near_copy=near_copy)
+        picks = suggest_for_head(fitted, vectors.array, count, near_copy=near_copy)
         records = [
             {
                 "path": safe_text(vectors.paths[p.row]),
@@ -137,7 +135,8 @@ def suggest(
         ]
         write_jsonl(records, output)
         if not quiet:
-            near = f" (the rest are near copies at {near_copy:g})" if len(picks) < count else ""
+            fewer = len(picks) < min(count, len(vectors))
+            near = f" (the rest are near copies at {near_copy:g})" if fewer else ""
             to = f" to {output}" if output and output != "-" else ""
             stderr.print(
                 f"suggested {counted(len(picks), 'photo')} of {len(vectors):,}{near}{to}",
@@ -164,7 +163,9 @@ def embed_for_head(common: Common, inputs: Inputs, head: Any, source: str) -> tu
     return embed_images(common, inputs, embed_task(head.pool), "embedded", check)
 
 
-def check_vectors(vectors: Any, head: Any, common: Common, source: str) -> None:
+def check_vectors(
+    vectors: Any, head: Any, common: Common, source: str, model_given: bool = False
+) -> None:
     """VectorsError (one line) unless `vectors` were made as the head reads embeddings: the
     head's pool, unnormalized, at its image size, by the weights it was fitted on."""
     from ..io.outputs import safe_text
@@ -190,9 +191,9 @@ def check_vectors(vectors: Any, head: Any, common: Common, source: str) -> None:
                 f"{key} {value!r}: embed with the head's settings"
             )
     # the weights: the file records the weights files' hash, the head the loaded values';
-    # the model the file was written by tells both (its files, and its values)
-    common.model = recorded.get("model") or common.model
-    common.revision = recorded.get("revision")
+    # the model the file was written by (or --model) tells both: its files, and its values
+    if not model_given and recorded.get("model"):
+        common.model, common.revision = recorded["model"], recorded.get("revision")
     loaded = common.load()
     runner = common.runner(loaded)
     check_settings(vectors, {**recorded, **subset(job_settings(runner, embed_task(head.pool)))})

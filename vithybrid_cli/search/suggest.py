@@ -17,8 +17,12 @@ no better than random labels, the raw embeddings' did better at every N.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..model.head import Head
 
 # Candidates per pick: the k-center chooses among the top CANDIDATES * N most uncertain photos.
 CANDIDATES = 4
@@ -101,6 +105,15 @@ def suggest(
         taken[row] = True
         closest = np.maximum(closest, unit @ unit[row])
     return picks
+
+
+def suggest_for_head(
+    head: Head, embeddings: np.ndarray, n: int, near_copy: float = NEAR_COPY
+) -> list[Pick]:
+    """`suggest` for `head` over (N, D) pooled `embeddings` (an array, or an `embed` file's
+    rows read on demand: read once here)."""
+    embeddings = np.asarray(embeddings, np.float32)
+    return suggest(embeddings, head.probabilities(embeddings), n, near_copy=near_copy)
 
 
 def why(pick: Pick, labels: list[str]) -> str:
