@@ -1,6 +1,7 @@
 """The `vithybrid` Typer app: the app object, its --version callback, and `main` (the script's
 entry point, with its fast exit). The command modules (commands.py, report.py, search.py,
-sort.py, review.py) register their commands on this app; cli/__init__.py imports them all.
+sort.py, review.py, suggest.py) register their commands on this app; cli/__init__.py imports them
+all.
 
 Nothing here imports torch: `vithybrid --help` stays instant.
 """

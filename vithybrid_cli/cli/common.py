@@ -147,6 +147,29 @@ class Common:
         return summary
 
 
+def embed_images(
+    common: Common,
+    inputs: Inputs,
+    task: Any,
+    verb: str,
+    check: Callable[[Any, Any], None] | None = None,
+) -> tuple[Any, Any]:
+    """(the vectors of the inputs that succeeded, with the run's settings; the run's summary),
+    embedded by run_job as `embed` does; `check(model, runner)` first, when given (e.g. that a
+    head reads this model's embeddings)."""
+    from ..pipeline.job import job_settings
+    from ..pipeline.journal import SingleProcess
+    from ..search.vectors import CollectVectors
+
+    loaded = common.load()
+    runner = common.runner(loaded)
+    if check is not None:
+        check(loaded, runner)
+    collected = CollectVectors()
+    summary = common.run(verb, inputs, runner, task, collected, SingleProcess())
+    return collected.vectors(settings=job_settings(runner, task)), summary
+
+
 @dataclass
 class Inputs:
     """What the user named, as a fresh lazy stream per call (see inputs.iter_inputs)."""

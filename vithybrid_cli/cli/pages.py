@@ -1,5 +1,5 @@
 """The pages the commands write beside their work, shared by several commands: the page path
-check, the summary line, and fit --report, duplicates --report and
+check, the summary line, and fit --report, duplicates --report, suggest --report and
 attention-map --index (the pages themselves are built in vithybrid_cli/report/).
 """
 
@@ -107,3 +107,22 @@ def write_attention_index(
         page = str(Path(directory) / "index.html")
         done = write_index(items, page, title="Attention maps", thumbnails=options)
     summarize(done, "inputs", quiet)
+
+
+def write_suggest_report(records: list[dict[str, Any]], path: str, pool: int,
+                         bases: list[str], workers: int | None, quiet: bool) -> None:  # fmt: skip
+    """suggest --report: the page of the photos to label next (report/suggest_page.py)."""
+    from pathlib import Path
+
+    from ..report.gallery import ThumbnailOptions
+    from ..report.suggest_page import write_suggest_page
+
+    with ProgressBar("thumbnails", not quiet) as progress:
+        options = ThumbnailOptions(workers=workers, progress=progress)
+        done = write_suggest_page(
+            records, path, title=f"To label next: {len(records)} of {pool:,} photos", pool=pool,
+            bases=[Path(base) for base in bases], thumbnails=options,
+        )  # fmt: skip
+    summarize(done, "photos to label", quiet,
+              "run suggest from the folder embed ran in (relative paths start there)"
+              if bases else None)  # fmt: skip

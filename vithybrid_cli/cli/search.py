@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..model.config import DEFAULT_MODEL_ID
 from .app import app
-from .common import Common, Inputs, ensure_parent, run_command
+from .common import Common, Inputs, embed_images, ensure_parent, run_command
 from .options import (
     Backend,
     BackendOpt,
@@ -166,20 +166,6 @@ def write_records(records: list[dict[str, Any]], fmt: str, output: str | None) -
         writer.abort()
         raise
     writer.close()
-
-
-def embed_images(common: Common, inputs: Inputs, task: Any, verb: str) -> tuple[Any, Any]:
-    """(the vectors of the inputs that succeeded, with the run's settings; the run's summary),
-    embedded by run_job as `embed` does."""
-    from ..pipeline.job import job_settings
-    from ..pipeline.journal import SingleProcess
-    from ..search.vectors import CollectVectors
-
-    loaded = common.load()
-    runner = common.runner(loaded)
-    collected = CollectVectors()
-    summary = common.run(verb, inputs, runner, task, collected, SingleProcess())
-    return collected.vectors(settings=job_settings(runner, task)), summary
 
 
 # ---------------------------------------------------------------------------- duplicates
