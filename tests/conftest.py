@@ -26,6 +26,8 @@ import torch
 # (Subprocesses that tests start inherit them too.)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# a Ray the tests start (the CLI's own, ray.init) listens and talks on loopback only
+os.environ.setdefault("VITHYBRID_RAY_NODE_IP", "127.0.0.2")
 if "huggingface_hub.constants" in sys.modules:  # imported earlier, e.g. by a pytest plugin
     offline = os.environ["HF_HUB_OFFLINE"].upper() in {"1", "ON", "YES", "TRUE"}
     sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = offline

@@ -96,15 +96,24 @@ def local_ray():
     ray = pytest.importorskip("ray")
     temp = tempfile.mkdtemp(prefix="vhray", dir="/tmp")  # Ray's socket paths must stay short
     # workers inherit the environment Ray starts with: --backend openvino's cache in the test's
-    previous = os.environ.get("VITHYBRID_CACHE")
+    saved = {name: os.environ.get(name) for name in ("VITHYBRID_CACHE", "RAY_AUTH_MODE")}
     os.environ["VITHYBRID_CACHE"] = os.path.join(temp, "vithybrid-cache")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE, _temp_dir=temp)
+    # no token written to the real ~/.ray (Ray 2.60 turns token auth on for a new local Ray)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE,
+        _temp_dir=temp,
+        _node_ip_address=os.environ["VITHYBRID_RAY_NODE_IP"],
+    )  # loopback: conftest.py
     yield ray
     ray.shutdown()
-    if previous is None:
-        del os.environ["VITHYBRID_CACHE"]
-    else:
-        os.environ["VITHYBRID_CACHE"] = previous
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # ---------------------------------------------------------------------------- one machine
@@ -637,7 +646,8 @@ def test_a_ray_address_where_nothing_answers_is_one_line_at_once():
     assert time.monotonic() - started < 15  # ray.init alone retries for 20 s
 
 
-def test_a_cluster_out_of_reach_removes_no_earlier_parts(tiny, tmp_path, monkeypatch):
+@pytest.mark.slow  # a process of its own
+def test_a_cluster_out_of_reach_removes_no_earlier_parts(tiny, tmp_path):
     """Without --resume a run replaces the folder's parts, but only once it has a cluster: an
     unreachable RAY_ADDRESS leaves an earlier run's parts as they were."""
     pytest.importorskip("ray")
@@ -647,11 +657,14 @@ def test_a_cluster_out_of_reach_removes_no_earlier_parts(tiny, tmp_path, monkeyp
     dest.mkdir()
     earlier = dest / "part-0000-000000.parquet"
     earlier.write_bytes(b"an earlier run's rows")
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens
-    result = cli("classify", photos, "-o", dest, "--engine", "ray", "--model", tiny,
-                 "--dtype", "float32")  # fmt: skip
-    assert result.exit_code == 2
-    assert "nothing answers there" in result.output
+    # a process of its own: a Ray this process runs (local_ray) would be used instead
+    env = child_env(RAY_ADDRESS=f"127.0.0.1:{free_port()}", PYTHONPATH=os.pathsep.join(sys.path))
+    command = [sys.executable, "-m", "vithybrid_cli", "classify", photos, "-o", dest,
+               "--engine", "ray", "--model", tiny, "--dtype", "float32"]  # fmt: skip
+    result = subprocess.run([str(arg) for arg in command], env=env, capture_output=True,
+                            text=True, timeout=TIMEOUT)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "nothing answers there" in result.stderr
     assert earlier.read_bytes() == b"an earlier run's rows"
 
 

@@ -333,7 +333,11 @@ def ray_session(quiet: bool = False) -> Iterator[None]:
     if address:
         connect(address, level)
     else:
-        ray.init(include_dashboard=False, logging_level=level)
+        # The local Ray's address: Ray's choice (the machine's own) unless VITHYBRID_RAY_NODE_IP
+        # says (127.0.0.2 keeps it all on loopback; Ray swaps 127.0.0.1 for the machine's).
+        node_ip = os.environ.get("VITHYBRID_RAY_NODE_IP")
+        where = {"_node_ip_address": node_ip} if node_ip else {}
+        ray.init(include_dashboard=False, logging_level=level, **where)
     try:
         yield
     finally:
