@@ -275,3 +275,24 @@ CorrectionsFile = Annotated[
         "labels win over the folders; an empty label drops the photo.",
     ),
 ]
+
+
+Root = Annotated[
+    str | None,
+    typer.Option(
+        "--root",
+        help="Where relative paths in the results start: the folder the run that wrote them ran "
+        "in (default: the current folder, then the results file's folder).",
+        metavar="DIR",
+        show_default=False,
+    ),
+]
+
+
+def root_folder(root: str | None) -> str | None:
+    """--root checked before any work: a folder, or UserError (one line)."""
+    import os
+
+    if root is not None and not os.path.isdir(root):
+        raise UserError(f"--root {root!r}: no such folder")
+    return root

@@ -9,7 +9,7 @@ import typer
 
 from .app import app
 from .common import run_command
-from .options import Debug, Quiet, UserError, Workers
+from .options import Debug, Quiet, Root, Workers, root_folder
 from .pages import page_path, summarize
 from .render import ProgressBar
 
@@ -44,15 +44,7 @@ def report(
     thumb_format: Annotated[
         ThumbFormat, typer.Option(help="Thumbnail format.", case_sensitive=False)
     ] = ThumbFormat.webp,
-    root: Annotated[
-        str | None,
-        typer.Option(
-            help="Where relative paths in RESULTS start: the folder classify ran in (default: "
-            "the current folder, then RESULTS' folder).",
-            metavar="DIR",
-            show_default=False,
-        ),
-    ] = None,
+    root: Root = None,
     workers: Workers = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -60,14 +52,12 @@ def report(
     """Write a gallery page of a classify run: thumbnails by label, the least certain, failures."""
 
     def body() -> int:
-        import os
         from pathlib import Path
 
         from ..report.gallery import ThumbnailOptions, build_gallery
 
         target = page_path(output or str(Path(results.rstrip("/")).with_suffix(".html")))
-        if root is not None and not os.path.isdir(root):
-            raise UserError(f"--root {root!r}: no such folder")
+        root_folder(root)
         with ProgressBar("thumbnails", not quiet) as progress:
             options = ThumbnailOptions(thumb_size, thumb_format.value, workers, progress)
             done = build_gallery(results, target, title=title, thumbnails=options, root=root)

@@ -9,7 +9,7 @@ import typer
 
 from .app import app
 from .common import run_command
-from .options import Debug, Quiet, UserError
+from .options import Debug, Quiet, Root, UserError, root_folder
 from .render import ProgressBar, counted, stderr, stdout
 
 
@@ -50,15 +50,7 @@ def review(
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Print the URL, open no browser.")
     ] = False,
-    root: Annotated[
-        str | None,
-        typer.Option(
-            help="Where relative paths in SOURCE start (default: the current folder, then "
-            "SOURCE's folder).",
-            metavar="DIR",
-            show_default=False,
-        ),
-    ] = None,
+    root: Root = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -81,8 +73,7 @@ def review(
             raise UserError(f"-o {output!r}: the folder {str(parent)!r} does not exist")
         if Path(output).is_dir():
             raise UserError(f"-o {output!r}: a folder, not a corrections file")
-        if root is not None and not os.path.isdir(root):
-            raise UserError(f"--root {root!r}: no such folder")
+        root_folder(root)
         extra = more_labels(labels, labels_from)
         try:
             sock = server.listen(host, port)

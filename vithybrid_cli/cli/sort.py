@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from .app import app
 from .common import run_command
-from .options import Debug, Quiet, UserError
+from .options import Debug, Quiet, Root, UserError, root_folder
 from .render import counted, stderr
 
 SHOWN = 10  # per-photo lines shown before "... and N more"
@@ -57,15 +57,7 @@ def sort(
             metavar="S",
         ),
     ] = None,  # fmt: skip
-    root: Annotated[
-        str | None,
-        typer.Option(
-            help="Where relative paths in RESULTS start: the folder classify ran in (default: "
-            "the current folder, then RESULTS' folder).",
-            metavar="DIR",
-            show_default=False,
-        ),
-    ] = None,
+    root: Root = None,
     undo: Annotated[
         str | None,
         typer.Option(
@@ -100,12 +92,10 @@ def sort(
 
 def sort_photos(results: str, into: str, mode: str, min_score: float | None, root: str | None,
                 quiet: bool) -> int:  # fmt: skip
-    import os
 
     from ..io.sorting import sort_results
 
-    if root is not None and not os.path.isdir(root):
-        raise UserError(f"--root {root!r}: no such folder")
+    root_folder(root)
     done = sort_results(results, into, mode=mode, min_score=min_score, root=root)
     for path, why in done.errors[:SHOWN]:
         stderr.print(f"[red]error:[/red] {escape(path)}: {escape(why)}", soft_wrap=True)
