@@ -72,7 +72,7 @@ def collect_folder(root: str, exclude: Sequence[str] = ()) -> Examples:
         if entry.name == UNSURE:
             unsure = sum(isinstance(item, InputItem) for item in iter_inputs([entry.path]))
             found.warnings.append(
-                f"left out {UNSURE}/ ({unsure} photos): sort's unsure ones; "
+                f"left out {UNSURE}/ ({unsure} photo{'s' * (unsure != 1)}): sort's unsure ones; "
                 "move them into label folders to train on them"
             )
             continue
