@@ -120,6 +120,35 @@ def test_sort_copies_and_abstentions_go_to_unsure(classified, tiny_checkpoint, t
         assert copy.read_bytes() == (photos / Path(name).name).read_bytes()
 
 
+def test_fit_reads_a_sorted_folder_and_leaves_out_unsure(tiny_checkpoint, tmp_path):
+    """sort --min-score puts the low scores into _unsure/; fit trains on the label folders only
+    and says what it left out."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    records = []
+    for i, image in enumerate(checkpoints.photographs(6)):
+        for crop in range(2):  # two crops of each photograph
+            name = f"p{i}-{crop}.jpg"
+            image.convert("RGB").crop((crop * 20, 0, crop * 20 + 200, 200)).save(photos / name)
+            label, score = ("cat", "dog", "cat", "dog", "cat", "dog")[i], 0.9 - 0.7 * (i >= 4)
+            records.append(record(f"photos/{name}", label, score))
+    results = write_results(tmp_path / "labels.jsonl", records)
+    sorted_dir = tmp_path / "sorted"
+    result = cli("sort", results, "--into", sorted_dir, "--min-score", "0.5")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(path.name for path in sorted_dir.iterdir()) == ["_unsure", "cat", "dog"]
+
+    fit = cli("fit", sorted_dir, "-o", tmp_path / "head.safetensors", "--model", tiny_checkpoint,
+              "--image-size", "128", "--interpolate-pos-encoding", "-f", "json")  # fmt: skip
+    assert fit.exit_code == 0, fit.stderr
+    report = json.loads(fit.stdout)
+    assert report["labels"] == ["cat", "dog"]
+    assert sum(row["train"] + row["validation"] for row in report["per_class"]) == 8
+    left_out = "left out _unsure/ (4 photos): sort's unsure ones; move them into label folders"
+    assert any(left_out in warning for warning in report["warnings"]), report["warnings"]
+    assert left_out in fit.stderr
+
+
 def test_installed_script_sorts_by_move_and_undoes_it(classified, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...data.inputs import iter_inputs
 from ...data.items import InputItem, WalkNotes, display_path
+from ...io.sorting import UNSURE
 
 
 class FitError(ValueError):
@@ -43,7 +44,10 @@ class Examples:
 
 
 def collect_folder(root: str, exclude: Sequence[str] = ()) -> Examples:
-    """ImageFolder convention: one subfolder per label, images anywhere below it."""
+    """ImageFolder convention: one subfolder per label, images anywhere below it.
+
+    A top-level `_unsure` folder is left out: `vithybrid sort` puts the photos it was unsure of
+    there, and they are not a label until a person moves them into one."""
     if not os.path.exists(root):
         raise FitError(f"{display_path(root)}: no such folder")
     if not os.path.isdir(root):
@@ -64,6 +68,13 @@ def collect_folder(root: str, exclude: Sequence[str] = ()) -> Examples:
             loose += entry.is_file()
             continue
         if os.path.realpath(entry.path) in excluded:
+            continue
+        if entry.name == UNSURE:
+            unsure = sum(isinstance(item, InputItem) for item in iter_inputs([entry.path]))
+            found.warnings.append(
+                f"left out {UNSURE}/ ({unsure} photo{'s' * (unsure != 1)}): sort's unsure ones; "
+                "move them into label folders to train on them"
+            )
             continue
         before = len(found.items)
         for item in iter_inputs([entry.path], notes=notes):
