@@ -150,6 +150,7 @@ def test_bfloat16_agrees_within_bf16_rounding(tiny_checkpoint, torch_model, pixe
     assert not torch.equal(got, want)  # it did run in bf16
 
 
+@pytest.mark.slow  # two conversions of its own
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf16")
 def test_a_bfloat16_model_after_a_float32_one_in_one_process_is_right(
     tiny_checkpoint, torch_model, pixels, tmp_path, monkeypatch
