@@ -567,3 +567,23 @@ def test_against_bad_input_is_one_line_before_any_work(tmp_path):
         assert not out.exists() and not (tmp_path / "page.html").exists()
     for kept in (collection, mean, plain, tmp_path / "list.txt"):
         assert kept.exists()  # nothing deleted
+
+
+def test_against_loads_the_collections_kept_index(tmp_path, monkeypatch):
+    pytest.importorskip("usearch")
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((400, 16))
+    collection = vectors_file(tmp_path / "c.npy", base, [f"{i}.jpg" for i in range(400)])
+    new_file = vectors_file(tmp_path / "new.npy", base[[7]] * 3, ["n.jpg"])
+    args = ["duplicates", new_file, "--against", collection, "--index", "approximate"]
+    first = cli(*args, "-f", "jsonl")
+    assert first.exit_code == 0, first.output
+    saved = read_vectors(str(collection)).saved_index()
+    kept = saved.stat().st_mtime_ns
+    again = cli(*args, "-f", "jsonl")
+    assert again.exit_code == 0, again.output
+    assert jsonl(again.stdout) == jsonl(first.stdout)
+    assert [(r["path"], r["match"]) for r in jsonl(first.stdout)] == [("n.jpg", "7.jpg")]
+    assert "approximate search of 400 vectors" in again.stderr
+    assert saved.stat().st_mtime_ns == kept  # loaded, not built again

@@ -123,14 +123,15 @@ def asked_explicitly(context: Any) -> Recorded:
     )
 
 
-def asked_differences(recorded: dict[str, Any], asked: Recorded) -> list[str]:
-    """How the options given explicitly differ from the settings recorded with a collection
-    (what can be told without loading a model; the weights are compared once it is loaded)."""
+def asked_differences(recorded: dict[str, Any], asked: Recorded, model: bool) -> list[str]:
+    """How the options given explicitly differ from the settings recorded with a collection,
+    as far as they can be told without loading a model; with `model`, the model's name too
+    (new images: left to the check once it is loaded, which compares the weights)."""
     from ..pipeline.journal import describe_differences
     from .options import parse_image_size
 
     given: dict[str, Any] = {}
-    if asked.model is not None:
+    if model and asked.model is not None:
         given["model"] = asked.model
     for key, value in (("dtype", asked.dtype), ("backend", asked.backend), ("pool", asked.pool)):
         if value is not None:
@@ -195,12 +196,13 @@ def find_against(run: AgainstRun) -> tuple[list[dict[str, Any]], int]:
 
         require("usearch", "search")
     collection = read_collection(run.collection)
-    differences = asked_differences(collection.settings or {}, run.asked)
+    specs, status = run.sources or [], 0
+    vectors_only = bool(specs) and all(is_vectors_file(spec) for spec in specs)
+    differences = asked_differences(collection.settings or {}, run.asked, vectors_only)
     if differences:
         where = safe_text(collection.source)
         raise VectorsError(f"{where} was written {'; '.join(differences)}")
-    specs, status = run.sources or [], 0
-    if specs and all(is_vectors_file(spec) for spec in specs):
+    if vectors_only:
         if run.files_from:
             raise UserError("give vectors files or images (--files-from), not both")
         new, bases = new_from_files(specs, collection)
