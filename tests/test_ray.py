@@ -1,5 +1,6 @@
 """classify|embed --engine ray: the same rows as the local engine, on a local Ray (2 CPUs) and on
 a two-node cluster on loopback, with a worker killed mid-run; resume; the settings check.
+duplicates --engine ray: the local run's groups, on both.
 
 Every Ray instance here is this module's own: `ray.init` in this process (stopped by
 `ray.shutdown()`), or `ray start` processes with their own temp folder, stopped by their pids.

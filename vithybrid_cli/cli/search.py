@@ -129,7 +129,7 @@ AgainstOpt = Annotated[
     str | None,
     typer.Option(
         "--against",
-        help="A collection's vectors (an `embed` output, as --in of `similar`): list each of "
+        help="A collection's vectors (an `embed` output, as `similar` searches): list each of "
         "SOURCES with a near copy there, and the near copies among SOURCES, one match a line; "
         "images are embedded as the collection was.",
         metavar="COLLECTION",
@@ -219,8 +219,7 @@ def duplicates(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Find exact and near-duplicate images: groups whose every pair is >= --threshold; with
-    --against, which of them already have a near copy in a collection."""
+    """Find exact and near-duplicate images: groups whose every pair is >= --threshold."""
     if against is not None:  # cli/against.py
         settings = AgainstRun(
             sources=sources, files_from=files_from, max_download_mb=max_download_mb,
