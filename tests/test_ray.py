@@ -1,5 +1,6 @@
 """classify|embed --engine ray: the same rows as the local engine, on a local Ray (2 CPUs) and on
 a two-node cluster on loopback, with a worker killed mid-run; resume; the settings check.
+duplicates --engine ray: the local run's groups, on both.
 
 Every Ray instance here is this module's own: `ray.init` in this process (stopped by
 `ray.shutdown()`), or `ray start` processes with their own temp folder, stopped by their pids.
@@ -731,3 +732,55 @@ def test_the_guides_two_machine_recipe_with_token_authentication(tiny, tmp_path)
     finally:
         stop(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- duplicates
+
+
+def planted_vectors(folder: Path, rows: int = 3000, width: int = 32) -> tuple[Path, int]:
+    """A vectors file of `rows` random vectors, every 20th followed by 1 to 3 near copies
+    (cosine ~0.99, well apart from the threshold 0.9); (its path, the groups planted)."""
+    rng = np.random.default_rng(11)
+    array = rng.standard_normal((rows, width)).astype(np.float32)
+    planted = 0
+    for start in range(0, rows - 4, 20):
+        copies = 1 + planted % 3
+        array[start + 1 : start + 1 + copies] = array[start] + 0.1 * rng.standard_normal(
+            (copies, width)
+        )
+        planted += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "v.npy", array)
+    (folder / "v.paths.txt").write_text("".join(f"{row}.jpg\n" for row in range(rows)))
+    return folder / "v.npy", planted
+
+
+def test_duplicates_on_ray_gives_the_local_groups(local_ray, tmp_path):
+    """Queries sharded over Ray actors sharing the vectors: the local run's groups."""
+    vectors, planted = planted_vectors(tmp_path)
+    local = cli("duplicates", vectors, "--index", "exact", "-f", "jsonl")
+    assert local.exit_code == 0, local.output
+    sharded = cli("duplicates", vectors, "--index", "exact", "--engine", "ray", "-f", "jsonl")
+    assert sharded.exit_code == 0, sharded.output
+    groups = [json.loads(line) for line in local.stdout.splitlines()]
+    assert len(groups) == planted
+    assert [json.loads(line) for line in sharded.stdout.splitlines()] == groups
+
+
+@pytest.mark.slow
+def test_duplicates_on_two_nodes_gives_the_local_groups(two_nodes, tmp_path):
+    address, temp = two_nodes
+    vectors, planted = planted_vectors(tmp_path, rows=2000)
+    env = child_env(
+        RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(sys.path)
+    )
+    command = [sys.executable, "-m", "vithybrid_cli", "duplicates", str(vectors), "-f", "jsonl"]
+    local = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert local.returncode == 0, local.stderr
+    sharded = subprocess.run(
+        [*command, "--engine", "ray"], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    groups = [json.loads(line) for line in local.stdout.splitlines()]
+    assert len(groups) == planted
+    assert [json.loads(line) for line in sharded.stdout.splitlines()] == groups

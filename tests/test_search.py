@@ -461,3 +461,129 @@ def test_an_approximate_index_of_a_vectors_file_is_kept_for_the_next_run(tmp_pat
     np.save(tmp_path / "v.npy", array[::-1].copy())  # written again: another key, no stale graph
     os.utime(tmp_path / "v.npy", ns=(1, 1))
     assert read_vectors(str(tmp_path / "v.npy")).saved_index() != saved
+
+
+# ---------------------------------------------------------------------------- --against
+
+
+def vectors_file(path: Path, array: np.ndarray, names: list[str], settings=None) -> Path:
+    np.save(path, array.astype(np.float32))
+    path.with_suffix(".paths.txt").write_text("".join(f"{name}\n" for name in names))
+    if settings is not None:
+        path.with_suffix(".settings.json").write_text(json.dumps(settings))
+    return path
+
+
+def test_against_lists_new_items_in_the_collection_and_among_themselves(tmp_path):
+    rng = np.random.default_rng(5)
+    home = tmp_path / "collection"
+    home.mkdir()
+    base = rng.standard_normal((300, 16))
+    collection = vectors_file(home / "c.npy", base, [f"{i}.jpg" for i in range(300)])
+    (home / "5.jpg").write_bytes(b"the same bytes")
+    arrivals = tmp_path / "arrivals"
+    arrivals.mkdir()
+    (arrivals / "n0.jpg").write_bytes(b"the same bytes")  # a byte copy of 5.jpg
+    alone = rng.standard_normal(16)
+    new = np.stack([base[5] * 2, alone, alone + 0.01 * rng.standard_normal(16), -base[9]])
+    names = ["n0.jpg", "n1.jpg", "n2.jpg", "n3.jpg"]
+    new_file = vectors_file(arrivals / "new.npy", new, names)
+    result = cli("duplicates", new_file, "--against", collection, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    records = jsonl(result.stdout)
+    assert [{k: r[k] for k in ("path", "match", "in", "exact")} for r in records] == [
+        {"path": "n0.jpg", "match": "5.jpg", "in": "collection", "exact": True},
+        {"path": "n1.jpg", "match": "n2.jpg", "in": "new", "exact": False},
+    ]
+    assert records[0]["score"] == pytest.approx(1.0, abs=1e-6)
+    unit = new / np.linalg.norm(new, axis=1, keepdims=True)
+    assert records[1]["score"] == pytest.approx(float(unit[1] @ unit[2]), abs=1e-5)
+    assert "1 of 4 new items with a near copy in" in result.stderr
+    assert "1 near-copy pair among them" in result.stderr
+    # nothing found: still exit 0, and no line
+    lonely = vectors_file(arrivals / "lonely.npy", new[3:], ["n3.jpg"])
+    result = cli("duplicates", lonely, "--against", collection, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == ""
+    table = cli("duplicates", new_file, "--against", collection, "-f", "table")
+    assert table.exit_code == 0 and "n2.jpg" in table.stdout and "collection" in table.stdout
+
+
+def test_against_embeds_new_photos_as_the_collection_was(tiny_checkpoint, photo_dir, tmp_path):
+    vectors = tmp_path / "v.npy"
+    embed_vectors(tiny_checkpoint, photo_dir, vectors)
+    arrivals = tmp_path / "arrivals"
+    arrivals.mkdir()
+    shutil.copyfile(photo_dir / "photo2.jpg", arrivals / "again.jpg")
+    result = cli("duplicates", arrivals, "--against", vectors, "-t", "0.999", "-f", "jsonl")
+    assert result.exit_code == 0, result.output  # no --model, --dtype: the recorded ones
+    [record] = jsonl(result.stdout)
+    assert record["path"] == str(arrivals / "again.jpg")
+    assert record["match"] == str(photo_dir / "photo2.jpg")
+    assert (record["in"], record["exact"]) == ("collection", True)
+    assert record["score"] == pytest.approx(1.0, abs=1e-5)
+    # a setting given explicitly that the collection was not embedded with: one line, exit 2
+    result = cli("duplicates", arrivals, "--against", vectors, "--pool", "mean")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {vectors} was written with --pool cls, not mean"
+
+
+def test_against_bad_input_is_one_line_before_any_work(tmp_path):
+    rng = np.random.default_rng(6)
+    settings = {"command": "embed", "pool": "cls", "model": "m", "dtype": "float32"}
+    collection = vectors_file(
+        tmp_path / "c.npy", rng.standard_normal((20, 8)), list("abcdefghij" * 2), settings
+    )
+    mean = vectors_file(
+        tmp_path / "mean.npy", rng.standard_normal((2, 8)), ["x", "y"], {**settings, "pool": "mean"}
+    )
+    plain = vectors_file(tmp_path / "new.npy", rng.standard_normal((2, 8)), ["x", "y"])
+    (tmp_path / "list.txt").write_text("a\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    out = tmp_path / "out.jsonl"
+    cases = [
+        ((mean, "--against", collection), f"error: {collection} was written with --pool cls, "
+         f"not mean (as {mean} was)"),
+        ((plain, "--against", collection, "--pool", "mean"),
+         f"error: {collection} was written with --pool cls, not mean"),
+        ((plain, "--against", tmp_path / "missing.npy"),
+         f"error: {tmp_path / 'missing.npy'}: no such file"),
+        ((plain, "--against", tmp_path / "list.txt"),
+         f"error: {tmp_path / 'list.txt'}: not a vectors file (.npy, .npz or .parquet)"),
+        ((plain, "--against", photos), f"error: {photos}: a folder, not vectors: --against takes "
+         "an `embed` output (.npy with its .paths.txt, .npz, .parquet, or the Ray engine's "
+         "folder of parts)"),
+        ((plain, "--against", collection, "--keep", "first"), "error: --keep works on groups; "
+         "--against lists matches, one a line (run `duplicates` without --against for groups)"),
+        ((plain, "--against", collection, "--report", tmp_path / "page.html"), "error: --report "
+         "works on groups; --against lists matches, one a line (run `duplicates` without "
+         "--against for groups)"),
+    ]  # fmt: skip
+    for args, line in cases:
+        result = cli("duplicates", *args, "-o", out)
+        assert result.exit_code == 2, (args, result.output)
+        assert " ".join(result.stderr.split()) == line, args
+        assert not out.exists() and not (tmp_path / "page.html").exists()
+    for kept in (collection, mean, plain, tmp_path / "list.txt"):
+        assert kept.exists()  # nothing deleted
+
+
+def test_against_loads_the_collections_kept_index(tmp_path, monkeypatch):
+    pytest.importorskip("usearch")
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((400, 16))
+    collection = vectors_file(tmp_path / "c.npy", base, [f"{i}.jpg" for i in range(400)])
+    new_file = vectors_file(tmp_path / "new.npy", base[[7]] * 3, ["n.jpg"])
+    args = ["duplicates", new_file, "--against", collection, "--index", "approximate"]
+    first = cli(*args, "-f", "jsonl")
+    assert first.exit_code == 0, first.output
+    saved = read_vectors(str(collection)).saved_index()
+    kept = saved.stat().st_mtime_ns
+    again = cli(*args, "-f", "jsonl")
+    assert again.exit_code == 0, again.output
+    assert jsonl(again.stdout) == jsonl(first.stdout)
+    assert [(r["path"], r["match"]) for r in jsonl(first.stdout)] == [("n.jpg", "7.jpg")]
+    assert "approximate search of 400 vectors" in again.stderr
+    assert saved.stat().st_mtime_ns == kept  # loaded, not built again

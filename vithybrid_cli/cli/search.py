@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.config import DEFAULT_MODEL_ID
+from .against import AgainstRun, Recorded, asked_explicitly, embed_as_recorded, find_against
 from .app import app
 from .common import Common, Inputs, embed_images, ensure_parent, run_command
 from .options import (
@@ -37,6 +38,7 @@ from .options import (
     UserError,
     Workers,
 )
+from .ray_options import Engine
 from .render import counted, stderr, stdout
 
 # The default threshold: imagededup's for CNN embeddings (min_similarity_threshold=0.9), the
@@ -123,6 +125,25 @@ GroupsPage = Annotated[
     ),
 ]
 ListOutput = Annotated[str | None, typer.Option("--output", "-o", help="A .jsonl / .json file.")]
+AgainstOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--against",
+        help="A collection's vectors (an `embed` output, as `similar` searches): list each of "
+        "SOURCES with a near copy there, and the near copies among SOURCES, one match a line; "
+        "images are embedded as the collection was.",
+        metavar="COLLECTION",
+        show_default=False,
+    ),
+]
+SearchEngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="local: this process; ray: the search sharded over Ray actors (RAY_ADDRESS, else "
+        "a local Ray for the run), the groups formed here as the local run forms them.",
+    ),
+]
 # similar: None means "as recorded with the vectors"
 RecordedModel = Annotated[
     str | None,
@@ -173,6 +194,7 @@ def write_records(records: list[dict[str, Any]], fmt: str, output: str | None) -
 
 @app.command()
 def duplicates(
+    context: typer.Context,
     sources: Sources = None,
     output: ListOutput = None,
     threshold: Threshold = DEFAULT_THRESHOLD,
@@ -192,10 +214,21 @@ def duplicates(
     interpolate_pos_encoding: Interpolate = False,
     image_size: ImageSize = None,
     report: GroupsPage = None,
+    against: AgainstOpt = None,
+    engine: SearchEngineOpt = Engine.local,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Find exact and near-duplicate images: groups whose every pair is >= --threshold."""
+    if against is not None:  # cli/against.py
+        settings = AgainstRun(
+            sources=sources, files_from=files_from, max_download_mb=max_download_mb,
+            collection=against, threshold=threshold, index=index, asked=asked_explicitly(context),
+            device=device, batch_size=batch_size, workers=workers, quiet=quiet,
+        )  # fmt: skip
+        refused = [("--keep", keep), ("--report", report), ("--engine ray", engine is Engine.ray)]
+        run_command(lambda: against_body(settings, format, output, refused), debug)
+        return
     common = Common(
         model=model, revision=revision, device=device, dtype=dtype, backend=backend,
         batch_size=batch_size, workers=workers, interpolate=interpolate_pos_encoding,
@@ -239,9 +272,12 @@ def duplicates(
         # a vectors file's approximate index is kept for the next run (search/index.py)
         saved = vectors.saved_index() if bases and method == "approximate" else None
         started = time.perf_counter()
-        groups = find_duplicates(
-            vectors.array, vectors.paths, threshold, index=method, bases=bases, saved=saved
-        )
+        if engine is Engine.ray:  # search/sharded.py: the pairs from Ray actors
+            groups = ray_duplicates(vectors, threshold, method, bases, saved, quiet)
+        else:
+            groups = find_duplicates(
+                vectors.array, vectors.paths, threshold, index=method, bases=bases, saved=saved
+            )
         elapsed = time.perf_counter() - started
         records, review = group_records(groups, vectors.paths, keep.value if keep else None, bases)
         if fmt == "table":
@@ -277,6 +313,46 @@ def duplicates(
         return status
 
     run_command(body, debug)
+
+
+def against_body(
+    run: AgainstRun, format: ListFormat | None, output: str | None, refused: list[tuple]
+) -> int:
+    """`duplicates --against`: refused usage first (`refused`: (option, given) of the options
+    that work on groups), then cli/against.py's run, then its output."""
+    from .against import render_against
+
+    for option, given in refused:
+        if given:
+            raise UserError(
+                f"{option} works on groups; --against lists matches, one a line (run "
+                "`duplicates` without --against for groups)"
+            )
+    fmt = list_format(format, output)
+    records, status = find_against(run)
+    ensure_parent(output)
+    if fmt == "table":
+        render_against(records)
+    else:
+        write_records(records, fmt, output)
+    return status
+
+
+def ray_duplicates(
+    vectors: Any, threshold: float, method: str, bases: list[str], saved: Any, quiet: bool
+) -> list[Any]:
+    """The groups of `duplicates --engine ray`: the pairs found by Ray actors, each a shard of
+    the rows (search/sharded.py), grouped here as find_duplicates groups them."""
+    from ..extras import require
+    from ..search.grouping import NEIGHBOURS, group_duplicates, same_bytes
+    from ..search.sharded import sharded_pairs
+
+    require("ray", "ray")
+    if len(vectors) < 2:
+        return []
+    k = min(NEIGHBOURS, len(vectors) - 1)
+    pairs = sharded_pairs(vectors.array, threshold, k, index=method, saved=saved, quiet=quiet)
+    return group_duplicates(pairs, threshold, same_bytes(vectors.paths, bases))
 
 
 def require_index(index: IndexChoice) -> None:
@@ -343,39 +419,21 @@ def similar(
 
     def body() -> int:
         from ..io.outputs import record_of, safe_text
-        from ..pipeline.job import job_settings
-        from ..pipeline.journal import SingleProcess
-        from ..pipeline.tasks import embed_task
         from ..search.index import nearest
-        from ..search.vectors import CollectVectors, check_settings, check_width, read_vectors
+        from ..search.vectors import read_vectors
 
         fmt = list_format(format, output)
         require_index(index)
         inputs = Inputs(queries, files_from, max_download_mb)
         vectors = read_vectors(vectors_file)  # a bad file fails before the model loads
-        recorded = vectors.settings or {}
-        interpolate = recorded_flag(interpolate_pos_encoding, recorded, "interpolate-pos-encoding")
-        size = image_size or "x".join(str(n) for n in recorded.get("image-size", [])) or None
-        common = Common(
-            model=model or recorded.get("model") or DEFAULT_MODEL_ID,
-            revision=revision if revision is not None or model else recorded.get("revision"),
-            device=device,
-            dtype=dtype or DType(recorded.get("dtype", "auto")),
-            batch_size=batch_size,
-            workers=workers,
-            interpolate=interpolate,
-            image_size=size,
+        asked = Recorded(
+            model=model, revision=revision, dtype=dtype, backend=backend, pool=pool,
+            interpolate=interpolate_pos_encoding, image_size=image_size,
+        )  # fmt: skip
+        collected, summary = embed_as_recorded(
+            vectors, inputs, asked, device=device, batch_size=batch_size, workers=workers,
             quiet=quiet,
-            backend=backend or Backend(recorded.get("backend", "torch")),
-        )
-        pool_name = pool.value if pool else recorded.get("pool", "cls")
-        task = embed_task(pool_name, bool(recorded.get("normalize", False)))
-        loaded = common.load()
-        check_width(vectors, loaded.config.hidden_size)
-        runner = common.runner(loaded)
-        check_settings(vectors, job_settings(runner, task))
-        collected = CollectVectors()
-        summary = common.run("embedded", inputs, runner, task, collected, SingleProcess())
+        )  # fmt: skip
         saved = vectors.saved_index() if index.value == "approximate" else None
         found = nearest(vectors.array, collected.vectors().array, top_k, index.value, saved)
         records, row = [], 0
@@ -397,10 +455,6 @@ def similar(
         return 1 if summary.failed else 0
 
     run_command(body, debug)
-
-
-def recorded_flag(given: bool | None, recorded: dict[str, Any], key: str) -> bool:
-    return bool(recorded.get(key, False)) if given is None else given
 
 
 def render_matches(records: list[dict[str, Any]]) -> None:
