@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .exact import normalized
+
 logger = logging.getLogger(__name__)
 
 BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
@@ -49,16 +51,6 @@ class Neighbours:
 
     scores: np.ndarray
     indices: np.ndarray
-
-
-def normalized(block: np.ndarray) -> Any:
-    """A float32 torch copy of `block` with rows of length 1 (zero rows stay zero)."""
-    import torch
-
-    rows = np.ascontiguousarray(block, dtype=np.float32)
-    if not rows.flags.writeable:  # a memory-mapped file's rows: torch wants its own copy
-        rows = rows.copy()
-    return torch.nn.functional.normalize(torch.from_numpy(rows), dim=1)
 
 
 def exact_neighbours(
