@@ -1,12 +1,12 @@
 """Nearest neighbours by cosine similarity: blocked exact products in torch, or an approximate
 index (usearch, the `search` extra) for large sets.
 
-Exact search streams the base vectors in blocks of rows (a memory-mapped .npy is read one block
-at a time), normalizes each block, multiplies it with the queries and keeps a running top-k per
-query: memory is a block of base rows, a block of queries and their top-k, whatever N is. The
-cost is N x Q dot products: for `similar` (a few queries) one pass over the file; for
-`duplicates` (every pair, `similar_pairs`) N^2 / 2, which is where the approximate index pays
-off (see benchmarks/README.md for the crossover).
+Exact search (exact.py) runs at the machine's matrix-product rate: a fast product (bfloat16
+tiles where the CPU has them) finds candidates within a proven rounding margin, and exact
+float32 scores decide. `similar` is one pass over the file, a block of rows at a time (a
+memory-mapped .npy is not copied); `duplicates` (every pair, `similar_pairs`) is N^2 / 2
+products over a bfloat16 copy of the normalized rows (half the file's size), which is where
+the approximate index pays off (see benchmarks/README.md for the crossover).
 
 Scores are cosine similarities; ties keep the lower row first, so an exact copy that comes
 first in the file is the first answer.
@@ -89,10 +89,11 @@ def similar_pairs(
     """(row, other row, cosine) with row < other for pairs of `base` rows at or above
     `threshold`, each row's at most k strongest (per block of rows: the bound on memory).
 
-    Exact: the upper triangle of the N x N products, a (block_rows, block_rows) tile at a time
-    (half the work of every row against every row); a tile's rows and columns with no score
-    at or above the threshold (nearly all of them) cost one max. Approximate: each row's k
-    nearest from the index (kept at `saved`, see ApproximateIndex), rescored exactly.
+    Exact (exact.exact_pairs): the upper triangle of the N x N products, a (block_rows,
+    block_rows) tile at a time (half the work of every row against every row), each tile row's
+    and column's k strongest; a tile's rows with no candidate (nearly all of them) cost one
+    max. Approximate: each row's k nearest from the index (kept at `saved`, see
+    ApproximateIndex), rescored exactly.
     """
 
     if index == "approximate":
