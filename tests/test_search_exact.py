@@ -126,3 +126,8 @@ def test_exact_top_k_with_fewer_rows_than_k_pads():
     assert found.indices.shape == (2, 6)  # k is at most the rows
     scores, indices = exact.exact_top_k(base[:3], base[:1], 3, block_rows=2)
     assert sorted(indices[0].tolist()) == [0, 1, 2] and np.all(np.diff(scores[0]) <= 0)
+
+
+def test_the_fast_copy_is_the_normalized_rows_rounded(fast):
+    base = clustered(300, 40, seed=2)
+    assert torch.equal(exact.unit_rows(base, fast, block_rows=64), exact.normalized(base).to(fast))

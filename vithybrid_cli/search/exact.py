@@ -108,8 +108,10 @@ def unit_rows(base: np.ndarray, dtype: Any, block_rows: int = 8192) -> Any:
     import torch
 
     units = torch.empty((len(base), base.shape[1]), dtype=dtype)
-    for start in range(0, len(base), block_rows):
-        units[start : start + block_rows] = normalized(base[start : start + block_rows])
+    for start in range(0, len(base), block_rows):  # as `normalized`, written into `units`
+        rows = as_torch(base[start : start + block_rows])
+        lengths = torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(1e-12)
+        torch.div(rows, lengths, out=units[start : start + block_rows])
     return units
 
 
