@@ -9,7 +9,8 @@ near copy of itself at cosine ~0.95 (the planted duplicates; no paths exist on d
 vectors decide). Each case runs in a fresh process that reads the file as the CLI does
 (memory-mapped), and reports wall time, peak memory (VmHWM), the recall of the planted pairs
 and, for the exact cases, the effective GFLOP/s of the search beside torch.mm's on the same
-shapes in the same precision, measured in the same process right after (`mm_gflops`, `ratio`):
+shapes in the same precision, measured in the same process just before and just after, the
+better of the two (`mm_gflops`; `ratio` = ours / torch.mm's):
 
   duplicates-exact        grouping.find_duplicates(index="exact"): N^2 / 2 x 768 x 2 flops in
                           bf16 tiles (search/exact.py); torch.mm: the same (2048, 768) x
@@ -127,6 +128,7 @@ def pass_mm_gflops(array: np.ndarray, queries: np.ndarray) -> float:
 def duplicates_case(index: str, vectors, count: int) -> dict:
     from vithybrid_cli.search.grouping import find_duplicates
 
+    before = tile_mm_gflops(count, WIDTH) if index == "exact" else 0.0
     started = time.perf_counter()
     groups = find_duplicates(vectors.array, vectors.paths, 0.9, index=index)
     seconds = time.perf_counter() - started
@@ -137,7 +139,7 @@ def duplicates_case(index: str, vectors, count: int) -> dict:
     result["false_pairs"] = len(found - expected)
     if index == "exact":
         result["gflops"] = round(count * count * WIDTH / seconds / 1e9)  # N^2 / 2 x D x 2
-        result["mm_gflops"] = round(tile_mm_gflops(count, WIDTH))
+        result["mm_gflops"] = round(max(before, tile_mm_gflops(count, WIDTH)))
     return result
 
 
@@ -145,6 +147,7 @@ def similar_case(index: str, vectors, count: int) -> dict:
     from vithybrid_cli.search.index import nearest
 
     queries = vectors.array[np.arange(1, 10 * PLANT_EVERY, PLANT_EVERY)]  # planted copies
+    before = pass_mm_gflops(vectors.array, queries) if index == "exact" else 0.0
     started = time.perf_counter()
     found = nearest(vectors.array, queries, 10, index)
     seconds = time.perf_counter() - started
@@ -152,7 +155,7 @@ def similar_case(index: str, vectors, count: int) -> dict:
     result = {"seconds": seconds, "recall": round(sum(hits) / len(hits), 4)}  # 2nd answer
     if index == "exact":
         result["gflops"] = round(2 * count * len(queries) * WIDTH / seconds / 1e9, 1)
-        result["mm_gflops"] = round(pass_mm_gflops(vectors.array, queries), 1)
+        result["mm_gflops"] = round(max(before, pass_mm_gflops(vectors.array, queries)), 1)
     return result
 
 

@@ -127,17 +127,22 @@ def exact_pairs(
     dtype = fast_dtype()
     units = unit_rows(base, dtype)
     floor = floor_below(threshold - candidate_margin(base.shape[1], dtype), dtype)
-    # above 0, a float's bits compare as integers do: an integer max is several times faster
+    # above 0, a float's bits compare as integers do (numpy has no bfloat16, but int16)
     bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32}[dtype] if floor > 0 else None
     bar = torch.tensor(floor, dtype=dtype)
     bar = bar.view(bits) if bits else bar
+    tiles: dict[tuple[int, int], Any] = {}  # the products' outputs, allocated once a shape
     for start in range(0, len(base), tile_rows):
         rows = units[start : start + tile_rows]
         firsts, seconds = [], []
         for other in range(start, len(base), tile_rows):
-            scores = torch.mm(rows, units[other : other + tile_rows].T)
-            with one_thread():
-                hit, found, columns = tile_candidates(scores, start == other, bits, bar)
+            others = units[other : other + tile_rows]
+            shape = (len(rows), len(others))
+            scores = tiles.get(shape)
+            if scores is None:
+                scores = tiles[shape] = torch.empty(shape, dtype=dtype)
+            torch.mm(rows, others.T, out=scores)
+            hit, found, columns = tile_candidates(scores, start == other, bits, bar)
             if hit is None:
                 continue
             first, second = hit[found] + start, columns + other
@@ -154,17 +159,26 @@ def exact_pairs(
 
 def tile_candidates(scores: Any, diagonal: bool, bits: Any, bar: Any) -> tuple:
     """(hit rows, their positions in the hit rows, columns) of a tile's fast scores at or
-    above `bar` (compared as integers where `bits` is set); (None, None, None) when none."""
+    above `bar`; (None, None, None) when none. Where `bits` is set, compared as integers in
+    numpy: one thread, no wait for torch's second one, and no change to torch's threads (a
+    row max of a 2048 x 2048 tile: 0.3 ms, against 2-10 ms in torch on a busy machine)."""
     import torch
 
     if diagonal:  # a row with itself is no pair; below the diagonal: seen above
         scores.diagonal().fill_(-torch.inf)
-    scores = scores.view(bits) if bits else scores
-    hit = torch.nonzero(scores.amax(dim=1) >= bar).flatten()
+    if bits is None:  # a floor at or below 0: compared as floats, in torch
+        with one_thread():
+            hit = torch.nonzero(scores.amax(dim=1) >= bar).flatten()
+            if len(hit) == 0:
+                return None, None, None
+            found, columns = torch.nonzero(scores[hit] >= bar, as_tuple=True)
+        return hit, found, columns
+    values = scores.view(bits).numpy()
+    hit = np.flatnonzero(values.max(axis=1) >= int(bar))
     if len(hit) == 0:
         return None, None, None
-    found, columns = torch.nonzero(scores[hit] >= bar, as_tuple=True)
-    return hit, found, columns
+    found, columns = np.nonzero(values[hit] >= int(bar))
+    return torch.from_numpy(hit), torch.from_numpy(found), torch.from_numpy(columns)
 
 
 @contextlib.contextmanager
