@@ -10,20 +10,24 @@ The fast pass (`fast_dtype`) multiplies in bfloat16 where the CPU does that nati
 AVX512-BF16 through torch's oneDNN: 10-20x float32's rate), else in float32. Its scores are
 only used to pick candidates, with a margin (`candidate_margin`) at least the largest error a
 fast score can have, so no pair at or above the threshold is lost. The bound, for rows x, y
-normalized in float32 (|x|, |y| <= n = 1 + g, g = D 2^-24 / (1 - D 2^-24), D the width) and a
+normalized in float32 (|x|, |y| <= n = 1 + g + 2^-23, g = D 2^-24 / (1 - D 2^-24), D the
+width: the length's sum, its square root and the division each round) and a
 fast precision of unit roundoff u (bfloat16: 8 significant bits, u = 2^-8; float32 rows
 multiplied as they are: u = 0):
 
   inputs rounded     x_i (1 + a_i), y_i (1 + b_i), |a_i|, |b_i| <= u: the product moves by
                      sum |x_i y_i| (2u + u^2) <= (2u + u^2) n^2 (Cauchy-Schwarz)
-  float32 sums       (products of bf16 numbers are exact in float32) at most g (1 + u)^2 n^2
+  float32 sums       the dot-product bound (each product's rounding included; products of
+                     bf16 numbers are exact in float32): at most g (1 + u)^2 n^2
   output rounded     torch.mm returns bfloat16: u (1 + u)^2 (1 + g) n^2 more
-  the exact score    is itself rounded to float32: 2^-24 n^2 more
+  the exact score    float64 sums (D 2^-53 n^2) rounded once to float32 (2^-24 n^2) more
 
-so a true score s >= t has a fast score >= t - m with m = n^2 ((2u + u^2) + g (1 + u)^2 +
-u (1 + u)^2 (1 + g) + 2^-24) (D = 768 in bfloat16: m = 0.0118), and the compared floor is
-rounded down to a bfloat16 number. Candidates at cosine 0.9 - 0.012 are few more than those at
-0.9: rescoring them costs little beside the tiles.
+so a pair whose exact score is s >= t has a fast score >= t - m with m = n^2 ((2u + u^2) +
+g (1 + u)^2 + u (1 + u)^2 (1 + g) + 2^-24 + D 2^-53) (D = 768 in bfloat16: m = 0.0118), and
+the compared floor is rounded down to a bfloat16 number. The bound is the worst case (every
+rounding the same way); test_search_exact.py checks it holds on real products. Candidates at
+cosine 0.9 - 0.012 are few more than those at 0.9: rescoring them costs little beside the
+tiles.
 
   exact_pairs      all pairs at or above a threshold: the upper triangle of the N x N product
                    in TILE_ROWS x TILE_ROWS tiles over one bfloat16 copy of the normalized rows
@@ -86,9 +90,11 @@ def candidate_margin(width: int, dtype: Any) -> float:
 
     unit = BFLOAT16_UNIT if dtype == torch.bfloat16 else 0.0
     g = width * FLOAT32_UNIT / (1 - width * FLOAT32_UNIT)
-    n2 = (1 + g) ** 2
+    n2 = (1 + g + 2 * FLOAT32_UNIT) ** 2
     inputs = 2 * unit + unit**2
-    return n2 * (inputs + g * (1 + unit) ** 2 + unit * (1 + unit) ** 2 * (1 + g) + FLOAT32_UNIT)
+    output = unit * (1 + unit) ** 2 * (1 + g)
+    exact = FLOAT32_UNIT + width * 2.0**-53
+    return n2 * (inputs + g * (1 + unit) ** 2 + output + exact)
 
 
 def floor_below(value: float, dtype: Any) -> float:
