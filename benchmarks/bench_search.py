@@ -7,19 +7,28 @@ layout (NAME.npy + NAME.paths.txt), built in chunks: rows near one of 2,000 clus
 (cosine ~0.6 to their neighbours, like photos of one subject), and every 50th row followed by a
 near copy of itself at cosine ~0.95 (the planted duplicates; no paths exist on disk, so only
 vectors decide). Each case runs in a fresh process that reads the file as the CLI does
-(memory-mapped), and reports wall time, peak RSS and the recall of the planted pairs:
+(memory-mapped), and reports wall time, peak memory (VmHWM), the recall of the planted pairs
+and, for the exact cases, the effective GFLOP/s of the search beside torch.mm's on the same
+shapes in the same precision, measured in the same process half just before and half just
+after, as much work as the search's (`mm_gflops`; `ratio` = ours / torch.mm's):
 
-  duplicates-exact        grouping.find_duplicates(index="exact"): blocked products, N^2
+  duplicates-exact        grouping.find_duplicates(index="exact"): N^2 / 2 x 768 x 2 flops in
+                          bf16 tiles (search/exact.py); torch.mm: the same (2048, 768) x
+                          (768, 2048) tiles in the same dtype (at most 2,000 of them)
   duplicates-approximate  the same with index="approximate" (usearch HNSW, build + N queries)
-  similar-exact           10 queries against the N vectors: one blocked pass over the file
+  similar-exact           10 queries against the N vectors: one blocked pass over the file,
+                          N x 10 x 768 x 2 flops; torch.mm: (10, 768) x the file's blocks,
+                          float32, from the same memory-mapped file
   similar-approximate     the same through a freshly built index (build included)
 
     python benchmarks/bench_search.py                             # the default grid
     python benchmarks/bench_search.py --sizes 20000 --cases duplicates-exact
     python benchmarks/bench_search.py --sizes 1000000 --cases duplicates-approximate similar-exact
 
+The million rows and the growth case (issue #28) go in MILLION SCALE below.
+
 Torch runs with the machine's cores (set OMP_NUM_THREADS to pin); the load average is printed
-with the numbers, which depend on it.
+and the CPU with the numbers, which depend on them.
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ CACHE = REPO / "benchmarks" / ".cache" / "search"
 WIDTH = 768
 CHUNK = 50_000
 PLANT_EVERY = 50
-CASES = ["duplicates-exact", "duplicates-approximate", "similar-exact", "similar-approximate"]
 
 
 def make_vectors(count: int, width: int = WIDTH) -> Path:
@@ -80,47 +88,146 @@ def planted_pairs(count: int) -> set[tuple[int, int]]:
     return pairs
 
 
+def peak_memory_mb() -> int:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def tile_mm(count: int, width: int) -> tuple[float, float]:
+    """(flops, seconds) of torch.mm on half the exact duplicates' tiles (at most 1,000), in
+    their dtype: called before and after the search, the rate is over as long as the search
+    took (a busy machine's load changes by the second)."""
+    import torch
+
+    from vithybrid_cli.search.exact import TILE_ROWS, fast_dtype
+
+    rows = min(TILE_ROWS, count)
+    first = torch.randn(rows, width).to(fast_dtype())
+    second = torch.randn(rows, width).to(fast_dtype())
+    scores = torch.mm(first, second.T)  # warm
+    blocks = -(-count // rows)
+    tiles = max(1, min(1000, blocks * (blocks + 1) // 4))
+    started = time.perf_counter()
+    for _ in range(tiles):
+        torch.mm(first, second.T, out=scores)
+    return tiles * 2 * rows * rows * width, time.perf_counter() - started
+
+
+def pass_mm(array: np.ndarray, queries: np.ndarray) -> tuple[float, float]:
+    """(flops, seconds) of torch.mm on `similar`'s pass: the queries times each block of the
+    file, float32 (before and after the search, as tile_mm)."""
+    from vithybrid_cli.search.exact import as_torch, normalized
+
+    query = normalized(queries)
+    started = time.perf_counter()
+    for start in range(0, len(array), 8192):
+        query @ as_torch(array[start : start + 8192]).T
+    return 2 * len(array) * len(queries) * array.shape[1], time.perf_counter() - started
+
+
+def rate(*measured: tuple[float, float]) -> float:
+    """GFLOP/s over (flops, seconds) measurements together."""
+    return sum(flops for flops, _ in measured) / sum(seconds for _, seconds in measured) / 1e9
+
+
+def duplicates_case(index: str, vectors, count: int) -> dict:
+    from vithybrid_cli.search.grouping import find_duplicates
+
+    before = tile_mm(count, WIDTH) if index == "exact" else None
+    started = time.perf_counter()
+    groups = find_duplicates(vectors.array, vectors.paths, 0.9, index=index)
+    seconds = time.perf_counter() - started
+    found = {(a, b) for g in groups for i, a in enumerate(g.rows) for b in g.rows[i + 1 :]}
+    expected = planted_pairs(count)
+    result = {"seconds": seconds, "groups": len(groups)}
+    result["recall"] = round(len(expected & found) / len(expected), 4)
+    result["false_pairs"] = len(found - expected)
+    if index == "exact":
+        result["gflops"] = round(count * count * WIDTH / seconds / 1e9)  # N^2 / 2 x D x 2
+        result["mm_gflops"] = round(rate(before, tile_mm(count, WIDTH)))
+    return result
+
+
+def similar_case(index: str, vectors, count: int) -> dict:
+    from vithybrid_cli.search.index import nearest
+
+    queries = vectors.array[np.arange(1, 10 * PLANT_EVERY, PLANT_EVERY)]  # planted copies
+    before = pass_mm(vectors.array, queries) if index == "exact" else None
+    started = time.perf_counter()
+    found = nearest(vectors.array, queries, 10, index)
+    seconds = time.perf_counter() - started
+    hits = [int(row[1]) == PLANT_EVERY * i for i, row in enumerate(found.indices)]
+    result = {"seconds": seconds, "recall": round(sum(hits) / len(hits), 4)}  # 2nd answer
+    if index == "exact":
+        result["gflops"] = round(2 * count * len(queries) * WIDTH / seconds / 1e9, 1)
+        result["mm_gflops"] = round(rate(before, pass_mm(vectors.array, queries)), 1)
+    return result
+
+
+# ---------------------------------------------------------------------------- MILLION SCALE
+# Issue #28, parts 2 and 3: the 1,000,000-row run (`--sizes 1000000`, the data made by
+# make_vectors like the others) and the growth case (the file grown by 1% with appended rows,
+# the kept index extended, groups equal to a rebuild's) are added here, as entries of CASES
+# ("growth-...": a function (vectors, count) -> dict with its "seconds", like the others).
+
+CASES = {
+    "duplicates-exact": lambda vectors, count: duplicates_case("exact", vectors, count),
+    "duplicates-approximate": lambda vectors, count: duplicates_case("approximate", vectors, count),
+    "similar-exact": lambda vectors, count: similar_case("exact", vectors, count),
+    "similar-approximate": lambda vectors, count: similar_case("approximate", vectors, count),
+}
+
+
 def run_case(case: str, count: int) -> dict:
-    """One case in this process (called in a fresh one by main)."""
+    """One case in this process (called in a fresh one by main): wall time (reading the file
+    and the search), peak memory, and what the case measures."""
     sys.path.insert(0, str(REPO))
     import torch
 
-    from vithybrid_cli.search.grouping import find_duplicates
-    from vithybrid_cli.search.index import nearest
     from vithybrid_cli.search.vectors import read_vectors
 
     path = make_vectors(count)
     started = time.perf_counter()
     vectors = read_vectors(str(path))
-    kind, index = case.split("-")
+    reading = time.perf_counter() - started
     result: dict = {"case": case, "vectors": count, "threads": torch.get_num_threads()}
-    if kind == "duplicates":
-        groups = find_duplicates(vectors.array, vectors.paths, 0.9, index=index)
-        found = {(a, b) for g in groups for i, a in enumerate(g.rows) for b in g.rows[i + 1 :]}
-        expected = planted_pairs(count)
-        result["groups"] = len(groups)
-        result["recall"] = round(len(expected & found) / len(expected), 4)
-        result["false_pairs"] = len(found - expected)
-    else:
-        queries = vectors.array[np.arange(1, 10 * PLANT_EVERY, PLANT_EVERY)]  # planted copies
-        found = nearest(vectors.array, queries, 10, index)
-        hits = [int(row[1]) == PLANT_EVERY * i for i, row in enumerate(found.indices)]
-        result["recall"] = round(sum(hits) / len(hits), 4)  # the original is the 2nd answer
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    measured = CASES[case](vectors, count)  # its "seconds": the search (torch.mm's come after)
+    measured["seconds"] = round(reading + measured["seconds"], 2)
+    result.update(measured)
+    if "mm_gflops" in result:
+        result["ratio"] = round(result["gflops"] / result["mm_gflops"], 2)
+    result["peak_mb"] = peak_memory_mb()
     return result
+
+
+def cpu_name() -> str:
+    """The CPU's model name, with AMX where it has it."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    return model + (" with AMX-BF16" if " amx_bf16" in info else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000, 50000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # internal: CASE N
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_case(args.one[0], int(args.one[1]))))
         return
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    print(f"{cpu_name()}, {os.cpu_count()} cores", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
     for count in args.sizes:
         make_vectors(count)  # not timed
         for case in args.cases:

@@ -1,12 +1,12 @@
 """Nearest neighbours by cosine similarity: blocked exact products in torch, or an approximate
 index (usearch, the `search` extra) for large sets.
 
-Exact search streams the base vectors in blocks of rows (a memory-mapped .npy is read one block
-at a time), normalizes each block, multiplies it with the queries and keeps a running top-k per
-query: memory is a block of base rows, a block of queries and their top-k, whatever N is. The
-cost is N x Q dot products: for `similar` (a few queries) one pass over the file; for
-`duplicates` (every pair, `similar_pairs`) N^2 / 2, which is where the approximate index pays
-off (see benchmarks/README.md for the crossover).
+Exact search (exact.py) runs at the machine's matrix-product rate: a fast product (bfloat16
+tiles where the CPU has them) finds candidates within a proven rounding margin, and exact
+float32 scores decide. `similar` is one pass over the file, a block of rows at a time (a
+memory-mapped .npy is not copied); `duplicates` (every pair, `similar_pairs`) is N^2 / 2
+products over a bfloat16 copy of the normalized rows (half the file's size), which is where
+the approximate index pays off (see benchmarks/README.md for the crossover).
 
 Scores are cosine similarities; ties keep the lower row first, so an exact copy that comes
 first in the file is the first answer.
@@ -30,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from .exact import exact_pairs, exact_top_k, normalized
+
 logger = logging.getLogger(__name__)
 
 BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
 QUERY_ROWS = 2048  # queries per product: the (QUERY_ROWS, BLOCK_ROWS) scores are 64 MiB
-PAIR_BLOCK_ROWS = 4096  # duplicates: (4096, 4096) tiles of the all-pairs products, 64 MiB
+PAIR_BLOCK_ROWS = 2048  # duplicates: (2048, 2048) tiles of the all-pairs products (exact.py)
 INDEXES = ("auto", "exact", "approximate")
 # Above this many vectors `duplicates` builds an approximate index when usearch is installed:
 # the crossover measured by benchmarks/bench_search.py (see benchmarks/README.md).
@@ -51,16 +53,6 @@ class Neighbours:
     indices: np.ndarray
 
 
-def normalized(block: np.ndarray) -> Any:
-    """A float32 torch copy of `block` with rows of length 1 (zero rows stay zero)."""
-    import torch
-
-    rows = np.ascontiguousarray(block, dtype=np.float32)
-    if not rows.flags.writeable:  # a memory-mapped file's rows: torch wants its own copy
-        rows = rows.copy()
-    return torch.nn.functional.normalize(torch.from_numpy(rows), dim=1)
-
-
 def exact_neighbours(
     base: np.ndarray,
     queries: np.ndarray,
@@ -68,24 +60,10 @@ def exact_neighbours(
     *,
     block_rows: int = BLOCK_ROWS,
 ) -> Neighbours:
-    """The k nearest base rows of each query row, by blocked exact products (see the module)."""
-    import torch
-
-    k = max(1, min(k, len(base)))
-    query = normalized(queries)
-    best_scores = torch.full((len(query), k), -torch.inf)
-    best_indices = torch.full((len(query), k), -1, dtype=torch.long)
-    for start in range(0, len(base), block_rows):
-        block = normalized(base[start : start + block_rows])
-        scores = query @ block.T
-        block_scores, block_positions = torch.topk(scores, min(k, len(block)), dim=1)
-        merged_scores = torch.cat([best_scores, block_scores], dim=1)
-        merged_indices = torch.cat([best_indices, block_positions + start], dim=1)
-        best_scores, top = torch.topk(merged_scores, k, dim=1)
-        best_indices = merged_indices.gather(1, top)
-    best_scores, best_indices = ties_by_row(best_scores, best_indices)
-    best_indices[best_scores == -torch.inf] = -1
-    return Neighbours(best_scores.numpy(), best_indices.numpy())
+    """The k nearest base rows of each query row, by blocked exact products (see the module
+    and exact.exact_top_k)."""
+    scores, indices = exact_top_k(base, queries, k, block_rows)
+    return Neighbours(scores, indices)
 
 
 def ties_by_row(scores: Any, indices: Any) -> tuple[Any, Any]:
@@ -111,12 +89,12 @@ def similar_pairs(
     """(row, other row, cosine) with row < other for pairs of `base` rows at or above
     `threshold`, each row's at most k strongest (per block of rows: the bound on memory).
 
-    Exact: the upper triangle of the N x N products, a (block_rows, block_rows) tile at a time
-    (half the work of every row against every row); a tile's rows and columns with no score
-    at or above the threshold (nearly all of them) cost one max. Approximate: each row's k
-    nearest from the index (kept at `saved`, see ApproximateIndex), rescored exactly.
+    Exact (exact.exact_pairs): the upper triangle of the N x N products, a (block_rows,
+    block_rows) tile at a time (half the work of every row against every row), each tile row's
+    and column's k strongest; a tile's rows with no candidate (nearly all of them) cost one
+    max. Approximate: each row's k nearest from the index (kept at `saved`, see
+    ApproximateIndex), rescored exactly.
     """
-    import torch
 
     if index == "approximate":
         approximate = ApproximateIndex(base, saved=saved)
@@ -124,37 +102,7 @@ def similar_pairs(
             found = approximate.search(base[start : start + QUERY_ROWS], k + 1)
             yield from neighbour_pairs(start, found, threshold)
         return
-    block_rows = block_rows or PAIR_BLOCK_ROWS
-    for start in range(0, len(base), block_rows):
-        rows = normalized(base[start : start + block_rows])
-        for other in range(start, len(base), block_rows):
-            columns = rows if other == start else normalized(base[other : other + block_rows])
-            scores = rows @ columns.T
-            if other == start:  # the diagonal tile: each pair once, no row with itself
-                below = torch.ones_like(scores, dtype=torch.bool).tril()
-                scores.masked_fill_(below, -torch.inf)
-            yield from tile_pairs(scores, start, other, threshold, k)
-            yield from ((a, b, s) for b, a, s in tile_pairs(scores.T, other, start, threshold, k))
-
-
-def tile_pairs(
-    scores: Any, first_row: int, first_column: int, threshold: float, k: int
-) -> Iterator[tuple[int, int, float]]:
-    """(row, column, score) of each tile row's k best scores at or above `threshold`."""
-    import torch
-
-    hit = torch.nonzero(scores.amax(dim=1) >= threshold).flatten()
-    if len(hit) == 0:
-        return
-    best, columns = torch.topk(scores[hit], min(k, scores.shape[1]), dim=1)
-    for row, column, score in zip(
-        hit.repeat_interleave(best.shape[1]).tolist(),
-        columns.flatten().tolist(),
-        best.flatten().tolist(),
-        strict=True,
-    ):
-        if score >= threshold:
-            yield first_row + row, first_column + column, score
+    yield from exact_pairs(base, threshold, k, block_rows or PAIR_BLOCK_ROWS)
 
 
 def neighbour_pairs(start: int, found: Neighbours, threshold: float) -> Iterator[tuple]:
