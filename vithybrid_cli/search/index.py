@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,12 @@ logger = logging.getLogger(__name__)
 BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
 QUERY_ROWS = 2048  # queries per product: the (QUERY_ROWS, BLOCK_ROWS) scores are 64 MiB
 PAIR_BLOCK_ROWS = 4096  # duplicates: (4096, 4096) tiles of the all-pairs products, 64 MiB
-INDEXES = ("auto", "exact", "approximate")
-# Above this many vectors `duplicates` builds an approximate index when usearch is installed:
-# the crossover measured by benchmarks/bench_search.py (see benchmarks/README.md).
-APPROXIMATE_FROM = 100_000
+INDEXES = ("auto", "exact", "approximate", "clustered")
+# Above this many vectors `duplicates --index auto` searches inside clusters (clustered.py):
+# measured by benchmarks/bench_search.py on 2 cores (benchmarks/README.md): at 20,000 vectors
+# exact 8.4-22 s, clustered ~5 s; at 50,000 exact ~130 s, clustered ~10 s; at 200,000
+# clustered ~40 s where exact is ~2,000 s. Below it exact is as fast and needs no sampling.
+APPROXIMATE_FROM = 20_000
 CANDIDATE_SLACK = 16  # approximate search: candidates asked beyond k, before exact rescoring
 
 
@@ -107,6 +109,8 @@ def similar_pairs(
     index: str = "exact",
     block_rows: int | None = None,
     saved: Path | None = None,
+    paths: list[str] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, int, float]]:
     """(row, other row, cosine) with row < other for pairs of `base` rows at or above
     `threshold`, each row's at most k strongest (per block of rows: the bound on memory).
@@ -115,8 +119,19 @@ def similar_pairs(
     (half the work of every row against every row); a tile's rows and columns with no score
     at or above the threshold (nearly all of them) cost one max. Approximate: each row's k
     nearest from the index (kept at `saved`, see ApproximateIndex), rescored exactly.
+    Clustered: exact search inside coarse clusters (clustered.py; every pair at or above the
+    threshold that shares a cluster, scored in float32), its index kept at `saved` and
+    extended when the file grew; `note` hears its one-line notes (rebuilt, extended, recall).
     """
     import torch
+
+    if index == "clustered":
+        from .clustered import clustered_pairs
+
+        found = clustered_pairs(base, threshold, paths=paths, saved=saved, note=note)
+        for first, second, score in found.tolist():
+            yield int(first), int(second), score
+        return
 
     if index == "approximate":
         approximate = ApproximateIndex(base, saved=saved)
@@ -245,7 +260,8 @@ def nearest(
     base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact", saved: Path | None = None
 ) -> Neighbours:
     """The k nearest rows of `base` for each query row, exactly or by an approximate index
-    (kept at `saved`, see ApproximateIndex)."""
+    (kept at `saved`, see ApproximateIndex). `clustered` is exact here: for a few queries one
+    pass over the file costs less than any index (clustered.py serves `duplicates`)."""
     if len(queries) == 0:
         return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
     if index == "approximate":
@@ -275,8 +291,9 @@ def approximate_available() -> bool:
 
 
 def choose_index(index: str, count: int) -> str:
-    """`auto`: exact up to APPROXIMATE_FROM vectors, approximate above when usearch is
-    installed; `exact` / `approximate` as asked (approximate needs the `search` extra)."""
+    """`auto`: exact up to APPROXIMATE_FROM vectors, clustered above (no extra needed, and on
+    clustered vectors it finds what HNSW misses: benchmarks/README.md); `exact` /
+    `approximate` / `clustered` as asked (approximate needs the `search` extra)."""
     if index != "auto":
         return index
-    return "approximate" if count > APPROXIMATE_FROM and approximate_available() else "exact"
+    return "clustered" if count > APPROXIMATE_FROM else "exact"
