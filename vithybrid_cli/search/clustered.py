@@ -123,14 +123,17 @@ def candidate_pairs(
     for rows in members:
         if len(rows) < 2 or rows[-1] < new_from:
             continue
-        queries = rows[rows >= new_from] if new_from else rows
         index = torch.from_numpy(rows)
-        for q in range(0, len(queries), TILE_ROWS):
-            query_rows = torch.from_numpy(queries[q : q + TILE_ROWS])
-            left = unit[query_rows]
-            for c in range(0, len(rows), TILE_ROWS):
+        gathered = unit.index_select(0, index)  # the cluster's rows, gathered once
+        first_query = int(np.searchsorted(rows, new_from))  # rows are sorted: new ones last
+        for q in range(first_query, len(rows), TILE_ROWS):
+            query_rows = index[q : q + TILE_ROWS]
+            left = gathered[q : q + TILE_ROWS]
+            # a full build compares each tile with itself and the tiles after it (a < b);
+            # an extension compares its new rows with every row of the cluster
+            for c in range(0 if new_from else q, len(rows), TILE_ROWS):
                 right_rows = index[c : c + TILE_ROWS]
-                scores = left @ unit[right_rows].T
+                scores = left @ gathered[c : c + TILE_ROWS].T
                 hit = torch.nonzero(scores >= cut)
                 if len(hit):
                     a, b = query_rows[hit[:, 0]], right_rows[hit[:, 1]]
@@ -160,24 +163,40 @@ def rescored(base: np.ndarray, pairs: np.ndarray, threshold: float) -> np.ndarra
 
 
 def sampled_recall(
-    base: np.ndarray, found: np.ndarray, threshold: float, sample: int = RECALL_SAMPLE
+    base: np.ndarray,
+    found: np.ndarray,
+    threshold: float,
+    sample: int = RECALL_SAMPLE,
+    *,
+    unit: Any = None,
+    rows_from: int = 0,
 ) -> tuple[float, int, int]:
-    """(recall, rows sampled, exact pairs among them): of the pairs at or above `threshold` that
-    exact search finds for a random sample of rows, the share that `found` (P, 3) holds."""
-    from .index import exact_neighbours
+    """(recall, rows sampled, exact pairs among them): of the pairs at or above `threshold`
+    that exact search finds for a random sample of rows (from `rows_from` on: an extension
+    checks its new rows), the share that `found` (P, 3) holds. Every row is compared with the
+    sample in bfloat16 (`unit`, the rows normalized, made here when not given), and each pair
+    above threshold - SLACK is scored again in float32: the pairs at or above the threshold
+    are exact search's."""
+    import torch
 
+    unit = normalized_bf16(base) if unit is None else unit
     rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(len(base), min(sample, len(base)), replace=False))
-    exact = exact_neighbours(base, base[rows], 65)
+    rows = rows_from + np.sort(
+        rng.choice(len(base) - rows_from, min(sample, len(base) - rows_from), replace=False)
+    )
+    queries = unit[torch.from_numpy(rows)]
+    near: list[np.ndarray] = []
+    for start in range(0, len(base), BLOCK_ROWS):
+        scores = queries @ unit[start : start + BLOCK_ROWS].T
+        hit = torch.nonzero(scores >= threshold - SLACK).numpy()
+        near.append(np.column_stack([rows[hit[:, 0]], hit[:, 1] + start]))
+    near_pairs = np.concatenate(near)
+    near_pairs = near_pairs[near_pairs[:, 0] != near_pairs[:, 1]]
+    near_pairs = np.unique(np.sort(near_pairs, axis=1), axis=0)
+    exact = rescored(base, near_pairs, threshold)[:, :2].astype(np.int64)
     have = {(int(a), int(b)) for a, b in found[:, :2].astype(np.int64).tolist()}
-    total = hit = 0
-    for row, scores, others in zip(rows.tolist(), exact.scores, exact.indices, strict=True):
-        for score, other in zip(scores.tolist(), others.tolist(), strict=True):
-            if other < 0 or other == row or score < threshold:
-                continue
-            total += 1
-            hit += (min(row, other), max(row, other)) in have
-    return (hit / total if total else 1.0), len(rows), total
+    hit_count = sum((a, b) in have for a, b in exact.tolist())
+    return (hit_count / len(exact) if len(exact) else 1.0), len(rows), len(exact)
 
 
 # ---------------------------------------------------------------------------- the kept index
@@ -315,20 +334,19 @@ def clustered_pairs(
         pairs = np.concatenate([kept.pairs, fresh]) if len(fresh) else kept.pairs
     else:
         pairs = rescored(base, candidate_pairs(unit, members, threshold), threshold)
-    del unit
     changed = old != len(base) or kept.threshold != threshold
     kept.pairs, kept.threshold = pairs, threshold
     kept.fingerprint = fingerprint(base, paths, len(base))
     if saved is not None and changed:
         kept.save(saved)
-    if check_recall:
-        say(recall_line(base, pairs, threshold))
+    if check_recall:  # an extension checks its new rows (the old ones were checked when built)
+        say(recall_line(base, pairs, threshold, unit=unit, rows_from=old))
     return pairs
 
 
-def recall_line(base: np.ndarray, pairs: np.ndarray, threshold: float) -> str:
-    recall, sampled, exact = sampled_recall(base, pairs, threshold)
+def recall_line(base: np.ndarray, pairs: np.ndarray, threshold: float, **where: Any) -> str:
+    recall, sampled, exact = sampled_recall(base, pairs, threshold, **where)
     return (
         f"recall {recall:.3f} on {sampled:,} sampled rows against exact search "
-        f"({exact:,} pairs at or above {threshold:g})"
+        f"({exact:,} pair{'' if exact == 1 else 's'} at or above {threshold:g})"
     )
