@@ -6,7 +6,8 @@ at a time), normalizes each block, multiplies it with the queries and keeps a ru
 query: memory is a block of base rows, a block of queries and their top-k, whatever N is. The
 cost is N x Q dot products: for `similar` (a few queries) one pass over the file; for
 `duplicates` (every pair, `similar_pairs`) N^2 / 2, which is where the approximate index pays
-off (see benchmarks/README.md for the crossover).
+off (see benchmarks/README.md for the crossover): `similar_pairs(index="clustered")` hands it to
+clustered.py (exact search inside coarse clusters, the default above APPROXIMATE_FROM).
 
 Scores are cosine similarities; ties keep the lower row first, so an exact copy that comes
 first in the file is the first answer.
@@ -36,10 +37,12 @@ BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
 QUERY_ROWS = 2048  # queries per product: the (QUERY_ROWS, BLOCK_ROWS) scores are 64 MiB
 PAIR_BLOCK_ROWS = 4096  # duplicates: (4096, 4096) tiles of the all-pairs products, 64 MiB
 INDEXES = ("auto", "exact", "approximate", "clustered")
-# Above this many vectors `duplicates --index auto` searches inside clusters (clustered.py):
-# measured by benchmarks/bench_search.py on 2 cores (benchmarks/README.md): at 20,000 vectors
-# exact 8.4-22 s, clustered ~5 s; at 50,000 exact ~130 s, clustered ~10 s; at 200,000
-# clustered ~40 s where exact is ~2,000 s. Below it exact is as fast and needs no sampling.
+# Above this many vectors `duplicates --index auto` searches inside clusters (clustered.py).
+# Measured on benchmarks/bench_search.py's --million data (clustered 768-d vectors, 500 planted
+# copies), 2 shared cores, load ~3.5, exact then clustered (its sampled recall check included):
+# 5,000: 0.57 / 0.96 s; 10,000: 1.82 / 2.65 s; 20,000: 3.36 / 3.23 s; 50,000: 18.8 / 6.6 s;
+# 1,000,000: ~14 h projected / 25-50 s. The crossover is near 20,000 (benchmarks/README.md);
+# a faster exact tile loop moves it up: measure again when it changes.
 APPROXIMATE_FROM = 20_000
 CANDIDATE_SLACK = 16  # approximate search: candidates asked beyond k, before exact rescoring
 
