@@ -175,3 +175,33 @@ def test_auto_picks_clustered_above_the_crossover(count, monkeypatch):
 
     monkeypatch.setattr(index, "APPROXIMATE_FROM", 100)
     assert index.choose_index("auto", count) == ("clustered" if count > 100 else "exact")
+
+
+def test_embed_resume_with_new_photos_after_the_old_extends_the_index(
+    tiny_checkpoint, photographs, tmp_path, monkeypatch
+):
+    """New photos that come after the old ones in the input land after the old rows: the next
+    duplicates extends the kept index (the guide's "A collection that grows")."""
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for number, photo in enumerate(photographs[:2]):
+        photo.save(folder / f"2024-{number}.jpg", quality=90)
+    vectors = tmp_path / "v.npy"
+    embed = ["embed", folder, "-o", vectors, "-m", tiny_checkpoint, "--dtype", "float32"]
+    assert cli(*embed).exit_code == 0
+    before = np.load(vectors)
+    monkeypatch.setattr("vithybrid_cli.search.index.APPROXIMATE_FROM", 1)  # auto: clustered
+    result = cli("duplicates", vectors, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert "extended" not in result.stderr and "rebuilt" not in result.stderr
+
+    for number, photo in enumerate(photographs[2:], 2):
+        photo.save(folder / f"2025-{number}.jpg", quality=90)
+    result = cli(*embed, "--resume")
+    assert result.exit_code == 0, result.output
+    after = np.load(vectors)
+    assert len(after) == len(photographs) and np.array_equal(after[: len(before)], before)
+    result = cli("duplicates", vectors, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert f"{vectors}: 2 rows appended since its index was kept: extended" in result.stderr
