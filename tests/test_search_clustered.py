@@ -205,3 +205,12 @@ def test_embed_resume_with_new_photos_after_the_old_extends_the_index(
     result = cli("duplicates", vectors, "-f", "jsonl")
     assert result.exit_code == 0, result.output
     assert f"{vectors}: 2 rows appended since its index was kept: extended" in result.stderr
+
+
+def test_a_low_threshold_over_dense_scenes_keeps_each_rows_best_k():
+    rows, _ = scenes(2000, scenes=4)  # 500 rows a scene, every pair in a scene at ~0.8
+    pairs = clustered.clustered_pairs(rows, 0.5, k=4, check_recall=False)
+    assert 0 < len(pairs) <= len(rows) * 5 * clustered.MAX_ASSIGN  # not the ~500,000 pairs
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    first, second = pairs[:, 0].astype(int), pairs[:, 1].astype(int)
+    assert ((unit[first] * unit[second]).sum(1) >= 0.5).all()

@@ -112,10 +112,12 @@ def members_of(assigned: np.ndarray, clusters: int) -> list[np.ndarray]:
 
 
 def candidate_pairs(
-    unit: Any, members: list[np.ndarray], threshold: float, new_from: int = 0
+    unit: Any, members: list[np.ndarray], threshold: float, new_from: int = 0, k: int = 64
 ) -> np.ndarray:
     """(P, 2) int64 row pairs (first < second) sharing a cluster whose bfloat16 score is at
-    least threshold - SLACK; with `new_from`, only pairs with a row at or past it."""
+    least threshold - SLACK; with `new_from`, only pairs with a row at or past it. A tile with
+    more than k hits per row on average (a low threshold over a dense scene) keeps each row's
+    k + 1 best: memory stays bounded, as the exact search's per-row top-k keeps it."""
     import torch
 
     found: list[np.ndarray] = []
@@ -136,6 +138,10 @@ def candidate_pairs(
                 right_rows = index[c : c + TILE_ROWS]
                 scores = left @ gathered[c : c + TILE_ROWS].T
                 hit = torch.nonzero(scores >= cut)
+                if len(hit) > (k + 1) * len(left):
+                    best, where = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+                    good = torch.nonzero(best >= cut)
+                    hit = torch.stack([good[:, 0], where[good[:, 0], good[:, 1]]], 1)
                 if len(hit):
                     a, b = query_rows[hit[:, 0]], right_rows[hit[:, 1]]
                     # a new row with an older one, or two new rows once (a < b)
@@ -290,6 +296,7 @@ def clustered_pairs(
     saved: Path | None = None,
     note: Callable[[str], None] | None = None,
     check_recall: bool = True,
+    k: int = 64,
 ) -> np.ndarray:
     """(P, 3) rows (first, second, exact float32 cosine) of the pairs of `base` at or above
     `threshold` found inside clusters (see the module), the index kept at `saved` and extended
@@ -331,10 +338,12 @@ def clustered_pairs(
             kept.assigned = np.concatenate([kept.assigned, extra])
     members = members_of(kept.assigned, len(kept.centroids))
     if old and kept.threshold == threshold:  # the old rows' pairs are kept: the new ones only
-        fresh = rescored(base, candidate_pairs(unit, members, threshold, new_from=old), threshold)
+        fresh = rescored(
+            base, candidate_pairs(unit, members, threshold, new_from=old, k=k), threshold
+        )
         pairs = np.concatenate([kept.pairs, fresh]) if len(fresh) else kept.pairs
     else:
-        pairs = rescored(base, candidate_pairs(unit, members, threshold), threshold)
+        pairs = rescored(base, candidate_pairs(unit, members, threshold, k=k), threshold)
     changed = old != len(base) or kept.threshold != threshold
     kept.pairs, kept.threshold = pairs, threshold
     kept.fingerprint = fingerprint(base, paths, len(base))

@@ -131,7 +131,7 @@ def similar_pairs(
     if index == "clustered":
         from .clustered import clustered_pairs
 
-        found = clustered_pairs(base, threshold, paths=paths, saved=saved, note=note)
+        found = clustered_pairs(base, threshold, paths=paths, saved=saved, note=note, k=k)
         for first, second, score in found.tolist():
             yield int(first), int(second), score
         return
