@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -240,5 +241,153 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not {"--million", "--million-one"} & set(sys.argv):
     main()
+
+
+# ---------------------------------------------------------------------------- a million (#28)
+# Clustered vectors the way real embeddings are: SCENES scene centres, each row within cosine
+# ~0.8 of its scene's other rows, and PLANTED random rows each copied (cosine 0.95) onto another
+# random row. Independent random vectors would make any index look perfect. Each run reports
+# wall time, peak memory (VmHWM), the recall of the planted pairs and the false pairs (found,
+# not planted: every reported pair is rescored in float32, so these would be real near copies
+# the generator made by chance), then the same file grown by 1% (the kept index extended).
+#
+#   python benchmarks/bench_search.py --million 1000000         # build + growth by 1%
+#   python benchmarks/bench_search.py --million 200000 500000
+
+SCENES = 1000
+PLANTED = 500
+SCENE_COSINE = 0.8
+COPY_COSINE = 0.95
+
+
+def scene_rows(rng: np.random.Generator, centres: np.ndarray, rows: int) -> np.ndarray:
+    """`rows` unit rows, each at cosine sqrt(SCENE_COSINE) of a random centre: two rows of one
+    scene are at cosine ~SCENE_COSINE."""
+    chosen = centres[rng.integers(0, len(centres), rows)]
+    noise = rng.standard_normal(chosen.shape).astype(np.float32)
+    noise -= (noise * chosen).sum(1, keepdims=True) * chosen
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    along = np.float32(np.sqrt(SCENE_COSINE))
+    return along * chosen + np.sqrt(1 - along**2).astype(np.float32) * noise
+
+
+def near_copy(rng: np.random.Generator, rows: np.ndarray, cosine: float) -> np.ndarray:
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    noise = rng.standard_normal(unit.shape).astype(np.float32)
+    noise -= (noise * unit).sum(1, keepdims=True) * unit
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return (cosine * unit + np.sqrt(1 - cosine**2) * noise).astype(np.float32)
+
+
+def planted_rows(count: int, planted: int = PLANTED, seed: int = 1) -> np.ndarray:
+    """(planted, 2) (original, copy) rows, original < copy, no row used twice."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(count, 2 * planted, replace=False).reshape(planted, 2)
+    return np.sort(rows, axis=1)
+
+
+def make_clustered(count: int, width: int = WIDTH, grown_from: int | None = None) -> Path:
+    """CACHE/clustered-N.npy (+ .paths.txt): scene rows with PLANTED near copies. With
+    `grown_from`, the first grown_from rows are clustered-<grown_from>.npy's, byte for byte."""
+    path = CACHE / f"clustered-{count}.npy"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((SCENES, width)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    partial = path.with_suffix(".partial.npy")
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(count, width))
+    for start in range(0, count, 1000):  # rows depend on their thousand only: a prefix repeats
+        block_rng = np.random.default_rng([0, start])
+        array[start : start + 1000] = scene_rows(block_rng, centres, min(1000, count - start))
+    base = grown_from or count
+    pairs = planted_rows(base)
+    array[pairs[:, 1]] = near_copy(rng, np.asarray(array[pairs[:, 0]]), COPY_COSINE)
+    if grown_from:  # the appended rows carry planted copies of their own
+        extra = planted_rows(count - grown_from, max(1, PLANTED // 100), seed=2) + grown_from
+        array[extra[:, 1]] = near_copy(rng, np.asarray(array[extra[:, 0]]), COPY_COSINE)
+    array.flush()
+    del array
+    with open(path.with_suffix(".paths.txt"), "w") as file:
+        file.writelines(f"photos/{i:07d}.jpg\n" for i in range(count))
+    os.replace(partial, path)
+    return path
+
+
+def expected_clustered(count: int, grown_from: int | None = None) -> set[tuple[int, int]]:
+    pairs = {tuple(p) for p in planted_rows(grown_from or count).tolist()}
+    if grown_from:
+        extra = planted_rows(count - grown_from, max(1, PLANTED // 100), seed=2) + grown_from
+        pairs |= {tuple(p) for p in extra.tolist()}
+    return pairs
+
+
+def peak_rss_mb() -> int:
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def run_million(count: int, grown_from: int | None, cache: str) -> dict:
+    """`vithybrid duplicates` (as its body runs it) over clustered-N.npy, index kept in `cache`."""
+    sys.path.insert(0, str(REPO))
+    os.environ["VITHYBRID_CACHE"] = cache
+    from vithybrid_cli.search.grouping import find_duplicates
+    from vithybrid_cli.search.vectors import read_vectors
+
+    path = Path(cache) / "collection.npy"  # one path: the grown file is the same collection
+    for suffix in (".npy", ".paths.txt"):
+        source = make_clustered(count, grown_from=grown_from).with_suffix(suffix)
+        shutil.copyfile(source, path.with_suffix(suffix))
+    os.sync()  # the copy's writes done before the clock starts
+    import torch  # noqa: F401 - as the CLI does: the search alone is timed
+
+    notes: list[str] = []
+    started = time.perf_counter()
+    vectors = read_vectors(str(path))
+    groups = find_duplicates(
+        vectors.array, vectors.paths, 0.9, index="clustered",
+        saved=vectors.saved_index("clustered"), compare_bytes=False, note=notes.append,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    found = {(a, b) for g in groups for i, a in enumerate(g.rows) for b in g.rows[i + 1 :]}
+    expected = expected_clustered(count, grown_from)
+    return {
+        "case": "duplicates-clustered" + (f" grown from {grown_from}" if grown_from else ""),
+        "vectors": count,
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "planted_recall": round(len(expected & found) / len(expected), 4),
+        "false_pairs": len(found - expected),
+        "notes": notes,
+    }
+
+
+def main_million(sizes: list[int]) -> None:
+    import tempfile
+
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    for count in sizes:
+        grown = count + count // 100
+        with tempfile.TemporaryDirectory() as cache:
+            for size, base in ((count, None), (grown, count)):  # copied to one path, not timed
+                make_clustered(size, grown_from=base)  # not timed
+                command = [sys.executable, __file__, "--million-one", str(size), str(base or 0)]
+                done = subprocess.run(
+                    command, capture_output=True, text=True, check=False,
+                    env={**os.environ, "VITHYBRID_CACHE": cache},
+                )  # fmt: skip
+                print(done.stdout.strip() or done.stderr[-2000:], flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__" and "--million" in sys.argv:
+    main_million([int(n) for n in sys.argv[sys.argv.index("--million") + 1 :]])
+elif __name__ == "__main__" and "--million-one" in sys.argv:
+    size, base = (int(n) for n in sys.argv[sys.argv.index("--million-one") + 1 :][:2])
+    print(json.dumps(run_million(size, base or None, os.environ["VITHYBRID_CACHE"])))

@@ -55,6 +55,7 @@ class IndexChoice(str, Enum):
     auto = "auto"
     exact = "exact"
     approximate = "approximate"
+    clustered = "clustered"
 
 
 class ListFormat(str, Enum):
@@ -106,8 +107,9 @@ IndexOpt = Annotated[
     IndexChoice,
     typer.Option(
         "--index",
-        help="exact: blocked products; approximate: a usearch HNSW index (the search extra); "
-        "auto: approximate above 100,000 vectors when usearch is installed.",
+        help="exact: blocked products; clustered: exact search inside coarse clusters, its "
+        "recall measured on a sample (kept and grown with a vectors file); approximate: a "
+        "usearch HNSW index (the search extra); auto: clustered above 50,000 vectors.",
     ),
 ]
 ListFormatOpt = Annotated[
@@ -265,19 +267,21 @@ def duplicates(
         if method == "exact" and len(vectors) > APPROXIMATE_FROM and not quiet:
             stderr.print(
                 f"note: exact search of {len(vectors):,} vectors grows with their square; "
-                'pip install "vithybrid[search]" for an approximate index'
+                "--index clustered searches inside clusters"
             )
         import torch  # noqa: F401 - before the clock starts: the search alone is timed
 
         # a vectors file's approximate index is kept for the next run (search/index.py)
-        saved = vectors.saved_index() if bases and method == "approximate" else None
+        kept = method in ("approximate", "clustered")
+        name = specs[0] if bases else "images"
+        saved = vectors.saved_index(method) if bases and kept else None
         started = time.perf_counter()
+        note = None if quiet else lambda line: stderr.print(f"{name}: {line}", soft_wrap=True)
         if engine is Engine.ray:  # search/sharded.py: the pairs from Ray actors
             groups = ray_duplicates(vectors, threshold, method, bases, saved, quiet)
         else:
-            groups = find_duplicates(
-                vectors.array, vectors.paths, threshold, index=method, bases=bases, saved=saved
-            )
+            groups = find_duplicates(vectors.array, vectors.paths, threshold, index=method,
+                                     bases=bases, saved=saved, note=note)  # fmt: skip
         elapsed = time.perf_counter() - started
         records, review = group_records(groups, vectors.paths, keep.value if keep else None, bases)
         if fmt == "table":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,19 +160,26 @@ def find_duplicates(
     compare_bytes: bool = True,
     bases: Sequence[str] = (),
     saved: Path | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[Group]:
     """Duplicate groups among the rows of `array` (see the module docstring): near-duplicates
     at cosine >= `threshold` by the `index` (index.choose_index), and, with `compare_bytes`,
     rows whose `paths` are local files with the same bytes (relative ones looked up in the
     current folder, then in `bases`). An approximate index is kept at `saved` (see
-    index.ApproximateIndex)."""
+    index.ApproximateIndex, or clustered.KeptIndex); `note` hears the clustered index's notes."""
     from .index import choose_index, similar_pairs
 
     if len(array) < 2:
         return []
     method = choose_index(index, len(array))
     pairs = similar_pairs(
-        array, threshold, min(neighbours, len(array) - 1), index=method, saved=saved
+        array,
+        threshold,
+        min(neighbours, len(array) - 1),
+        index=method,
+        saved=saved,
+        paths=paths,
+        note=note,
     )
     copies = same_bytes(paths, bases) if compare_bytes else []
     return group_duplicates(pairs, threshold, copies)

@@ -6,7 +6,9 @@ tiles where the CPU has them) finds candidates within a proven rounding margin, 
 float32 scores decide. `similar` is one pass over the file, a block of rows at a time (a
 memory-mapped .npy is not copied); `duplicates` (every pair, `similar_pairs`) is N^2 / 2
 products over a bfloat16 copy of the normalized rows (half the file's size), which is where
-the approximate index pays off (see benchmarks/README.md for the crossover).
+the indexes pay off (see benchmarks/README.md for the crossover): `similar_pairs(index=
+"clustered")` hands it to clustered.py (exact search inside coarse clusters, the default above
+APPROXIMATE_FROM).
 
 Scores are cosine similarities; ties keep the lower row first, so an exact copy that comes
 first in the file is the first answer.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,14 @@ logger = logging.getLogger(__name__)
 BLOCK_ROWS = 8192  # base rows per product: 8192 x 768 float32 = 24 MiB
 QUERY_ROWS = 2048  # queries per product: the (QUERY_ROWS, BLOCK_ROWS) scores are 64 MiB
 PAIR_BLOCK_ROWS = 2048  # duplicates: (2048, 2048) tiles of the all-pairs products (exact.py)
-INDEXES = ("auto", "exact", "approximate")
-# Above this many vectors `duplicates` builds an approximate index when usearch is installed:
-# the crossover measured by benchmarks/bench_search.py (see benchmarks/README.md).
-APPROXIMATE_FROM = 100_000
+INDEXES = ("auto", "exact", "approximate", "clustered")
+# Above this many vectors `duplicates --index auto` searches inside clusters (clustered.py).
+# Measured on benchmarks/bench_search.py's --million data (clustered 768-d vectors, planted
+# copies), exact (exact.py, bf16 tiles) then clustered, two rounds each, 2 shared cores of an
+# Intel Sapphire Rapids (AMX), load ~2.5: 50,000: 1.1-1.2 / 0.6-1.2 s; 100,000: 4.2-4.6 /
+# 1.1-1.9 s; 200,000: 36-37 / 1.8-7.0 s; 1,000,000: ~5 min (projected) / 38-43 s. Exact wins
+# below ~50,000 and answers without a sampled recall check; measure again when either changes.
+APPROXIMATE_FROM = 50_000
 CANDIDATE_SLACK = 16  # approximate search: candidates asked beyond k, before exact rescoring
 
 
@@ -85,6 +91,8 @@ def similar_pairs(
     index: str = "exact",
     block_rows: int | None = None,
     saved: Path | None = None,
+    paths: list[str] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, int, float]]:
     """(row, other row, cosine) with row < other for pairs of `base` rows at or above
     `threshold`, each row's at most k strongest (per block of rows: the bound on memory).
@@ -93,8 +101,19 @@ def similar_pairs(
     block_rows) tile at a time (half the work of every row against every row), each tile row's
     and column's k strongest; a tile's rows with no candidate (nearly all of them) cost one
     max. Approximate: each row's k nearest from the index (kept at `saved`, see
-    ApproximateIndex), rescored exactly.
+    ApproximateIndex), rescored exactly. Clustered: exact search inside coarse clusters
+    (clustered.py; every pair at or above the threshold that shares a cluster, scored in
+    float32), its index kept at `saved` and extended when the file grew; `note` hears its
+    one-line notes (rebuilt, extended, recall).
     """
+
+    if index == "clustered":
+        from .clustered import clustered_pairs
+
+        found = clustered_pairs(base, threshold, paths=paths, saved=saved, note=note, k=k)
+        for first, second, score in found.tolist():
+            yield int(first), int(second), score
+        return
 
     if index == "approximate":
         approximate = ApproximateIndex(base, saved=saved)
@@ -193,7 +212,8 @@ def nearest(
     base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact", saved: Path | None = None
 ) -> Neighbours:
     """The k nearest rows of `base` for each query row, exactly or by an approximate index
-    (kept at `saved`, see ApproximateIndex)."""
+    (kept at `saved`, see ApproximateIndex). `clustered` is exact here: for a few queries one
+    pass over the file costs less than any index (clustered.py serves `duplicates`)."""
     if len(queries) == 0:
         return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
     if index == "approximate":
@@ -223,8 +243,9 @@ def approximate_available() -> bool:
 
 
 def choose_index(index: str, count: int) -> str:
-    """`auto`: exact up to APPROXIMATE_FROM vectors, approximate above when usearch is
-    installed; `exact` / `approximate` as asked (approximate needs the `search` extra)."""
+    """`auto`: exact up to APPROXIMATE_FROM vectors, clustered above (no extra needed, and on
+    clustered vectors it finds what HNSW misses: benchmarks/README.md); `exact` /
+    `approximate` / `clustered` as asked (approximate needs the `search` extra)."""
     if index != "auto":
         return index
-    return "approximate" if count > APPROXIMATE_FROM and approximate_available() else "exact"
+    return "clustered" if count > APPROXIMATE_FROM else "exact"

@@ -40,8 +40,13 @@ class Vectors:
     def width(self) -> int:
         return int(self.array.shape[1])
 
-    def saved_index(self) -> Path:
-        """Where an approximate index of these vectors is kept (search.index.saved_index_path)."""
+    def saved_index(self, kind: str = "approximate") -> Path:
+        """Where an index of these vectors is kept: the approximate one by
+        search.index.saved_index_path, the clustered one by search.clustered.kept_path."""
+        if kind == "clustered":
+            from .clustered import kept_path
+
+            return kept_path(self.source)
         from .index import saved_index_path
 
         return saved_index_path(self.source, source_stamp(self.source), tuple(self.array.shape))
@@ -219,6 +224,11 @@ class NpyRows:
         self.shape, self.dtype = tuple(shape), dtype
         self.ndim, self.size = len(self.shape), int(np.prod(self.shape))
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+        if os.path.getsize(path) < self.offset + self.shape[0] * self.row_bytes:
+            raise VectorsError(
+                f"{safe_text(path)}: truncated (its header says {self.shape[0]} rows; "
+                "written again by embed, or copied whole?)"
+            )
 
     def __len__(self) -> int:
         return self.shape[0]
