@@ -295,15 +295,8 @@ def duplicates(
             with atomic_write(others) as file:
                 file.writelines(path_line(path) for path in review)
         if not quiet:
-            files = sum(len(record["paths"]) for record in records)
-            exact = sum(record["exact"] for record in records)
-            copies = sum(bool(record["copies"]) for record in records)
-            stderr.print(
-                f"{counted(len(records), 'group')} ({exact} exact, {copies} with byte copies) "
-                f"of {counted(files, 'file')} "
-                f"among {len(vectors)} images at threshold {threshold:g} "
-                f"({method} search in {elapsed:.1f} s)"
-            )
+            searched = f"among {len(vectors)} images at threshold {threshold:g}"
+            summarize_groups(records, f"{searched} ({method} search in {elapsed:.1f} s)")
             if others:
                 stderr.print(
                     f"wrote {counted(len(review), 'file')} to review to {others} "
@@ -317,6 +310,17 @@ def duplicates(
         return status
 
     run_command(body, debug)
+
+
+def summarize_groups(records: list[dict[str, Any]], searched: str) -> None:
+    """duplicates' summary line: the groups, how many are exact or hold byte copies, the files."""
+    files = sum(len(record["paths"]) for record in records)
+    exact = sum(record["exact"] for record in records)
+    copies = sum(bool(record["copies"]) for record in records)
+    stderr.print(
+        f"{counted(len(records), 'group')} ({exact} exact, {copies} with byte copies) "
+        f"of {counted(files, 'file')} {searched}"
+    )
 
 
 def against_body(
