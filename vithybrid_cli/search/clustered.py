@@ -17,6 +17,10 @@ paths), and the pairs found at the last threshold. A file that grew by appended 
 N rows fingerprint the same) is extended: only the new rows are assigned and searched against
 their clusters' members. A file changed in any other way, a kept index written by another
 version, or one that cannot be read, is built again (`KeptIndex.note` says why, once).
+
+Queries (`duplicates NEW --against`, index.nearest): `kept_clusters` loads the same kept index
+(or builds and keeps it, without pairs), and `clustered_nearest` scores only the members of each
+query's clusters, exactly: one photo against a million rows reads a few thousand of them.
 """
 
 from __future__ import annotations
