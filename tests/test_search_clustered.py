@@ -272,10 +272,12 @@ def test_duplicates_against_a_kept_clustered_index_matches_exact(tmp_path, monke
     first = cli(*args, "--index", "clustered")
     assert first.exit_code == 0, first.output
     assert saved.is_file() and "clustered search of 2,000 vectors" in first.stderr
+    assert f"{collection}: no clustered index kept yet: built now and kept" in first.stderr
     kept = saved.stat().st_mtime_ns
     again = cli(*args, "--index", "clustered")
     assert again.exit_code == 0, again.output
     assert saved.stat().st_mtime_ns == kept  # loaded, not built again
+    assert "built now" not in again.stderr
     exact = cli(*args, "--index", "exact")
     assert exact.exit_code == 0, exact.output
     records = [json.loads(line) for line in again.stdout.splitlines() if line.strip()]

@@ -391,6 +391,8 @@ def kept_clusters(
                 kept.assigned = np.concatenate([kept.assigned, extra])
             return kept
         say(why)
+    else:
+        say("no clustered index kept yet: built now and kept for the next run")
     kept = built(normalized_bf16(base))
     kept.fingerprint = fingerprint(base, paths, len(base))
     kept.save(saved)
