@@ -214,3 +214,76 @@ def test_a_low_threshold_over_dense_scenes_keeps_each_rows_best_k():
     unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     first, second = pairs[:, 0].astype(int), pairs[:, 1].astype(int)
     assert ((unit[first] * unit[second]).sum(1) >= 0.5).all()
+
+
+# ---------------------------------------------------------------------------- queries (--against)
+
+
+def test_nearest_in_the_kept_clusters_equals_exact_search_and_reuses_the_index(
+    tmp_path, monkeypatch
+):
+    from vithybrid_cli.search.index import nearest
+
+    rows, planted = scenes(3000, seed=4)
+    rows[2500] = rows[100]  # an exact copy later in the file: the lower row comes first
+    rng = np.random.default_rng(9)
+    firsts = sorted({a for a, _ in planted})
+    queries = rows[firsts + [100]] + 0.01 * rng.standard_normal((len(firsts) + 1, 128)).astype(
+        np.float32
+    )
+    saved = tmp_path / "kept.npz"
+    paths = [f"{i}.jpg" for i in range(len(rows))]
+    found = nearest(rows, queries, 5, "clustered", saved, paths=paths)
+    exact = nearest(rows, queries, 5, "exact")
+    assert saved.is_file()
+    assert np.array_equal(found.indices, exact.indices)
+    assert np.array_equal(found.scores, exact.scores)  # the same float32 scores, bit for bit
+    for query, first in enumerate(firsts):  # each planted copy among its query's answers
+        assert {b for a, b in planted if a == first} <= set(found.indices[query].tolist())
+    assert found.indices[-1, :2].tolist() == [100, 2500]
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(clustered, "built", no_build)  # kept: loaded, not built again
+    again = nearest(rows, queries, 5, "clustered", saved, paths=paths)
+    assert np.array_equal(again.indices, exact.indices)
+    assert np.array_equal(again.scores, exact.scores)
+    more = nearest(rows, queries[:2], 5000, "clustered", saved, paths=paths)  # k past a cluster
+    assert (more.indices[:, -1] == -1).all() and np.isneginf(more.scores[:, -1]).all()
+    assert np.array_equal(more.indices[:, :5], exact.indices[:2])
+
+    grown = np.concatenate([rows, queries[:1] * 3])  # an appended copy: assigned in memory
+    found = nearest(grown, queries[:1], 3, "clustered", saved, paths=paths + ["new.jpg"])
+    assert 3000 in found.indices[0].tolist()
+
+
+def test_duplicates_against_a_kept_clustered_index_matches_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path / "cache"))
+    rows, planted = scenes(2000, seed=5)
+    collection = write(tmp_path, rows, "c")
+    rng = np.random.default_rng(3)
+    picked = sorted({a for a, _ in planted})[:6]
+    new = rows[picked] + 0.02 * rng.standard_normal((len(picked), 128)).astype(np.float32)
+    new_file = write(tmp_path, new, "new")
+    args = ["duplicates", new_file, "--against", collection, "-f", "jsonl", "-t", "0.85"]
+    saved = read_vectors(collection).saved_index("clustered")
+
+    first = cli(*args, "--index", "clustered")
+    assert first.exit_code == 0, first.output
+    assert saved.is_file() and "clustered search of 2,000 vectors" in first.stderr
+    assert f"{collection}: no clustered index kept yet: built now and kept" in first.stderr
+    kept = saved.stat().st_mtime_ns
+    again = cli(*args, "--index", "clustered")
+    assert again.exit_code == 0, again.output
+    assert saved.stat().st_mtime_ns == kept  # loaded, not built again
+    assert "built now" not in again.stderr
+    exact = cli(*args, "--index", "exact")
+    assert exact.exit_code == 0, exact.output
+    records = [json.loads(line) for line in again.stdout.splitlines() if line.strip()]
+    assert records == [json.loads(line) for line in exact.stdout.splitlines() if line.strip()]
+    assert {r["match"] for r in records if r["in"] == "collection"} >= {f"{a}.jpg" for a in picked}
+
+    groups = cli("duplicates", collection, "--index", "clustered", "-f", "jsonl")  # reused
+    assert groups.exit_code == 0, groups.output
+    assert "rebuilt" not in groups.stderr

@@ -214,11 +214,12 @@ def find_against(run: AgainstRun) -> tuple[list[dict[str, Any]], int]:
         )  # fmt: skip
         new, bases, status = collected.vectors(), [], 1 if summary.failed else 0
     method = choose_index(run.index.value, len(collection))
-    saved = collection.saved_index() if method != "exact" else None  # kept for the next run
+    saved = collection.saved_index(method) if method != "exact" else None  # for the next run
     started = time.perf_counter()
     matches = against_matches(
-        collection.array, new.array, run.threshold, index=run.index.value, saved=saved
-    )
+        collection.array, new.array, run.threshold, index=run.index.value, saved=saved,
+        paths=collection.paths, note=None if run.quiet else note_for(collection.source),
+    )  # fmt: skip
     elapsed = time.perf_counter() - started
     folder = os.path.dirname(os.path.normpath(run.collection)) or "."
     records = match_records(
@@ -235,6 +236,16 @@ def find_against(run: AgainstRun) -> tuple[list[dict[str, Any]], int]:
             soft_wrap=True,
         )
     return records, status
+
+
+def note_for(source: str) -> Any:
+    """A `note` callback printing one line about the collection's kept index."""
+    from ..io.outputs import safe_text
+
+    def note(line: str) -> None:
+        stderr.print(f"{escape(safe_text(source))}: {escape(line)}", soft_wrap=True)
+
+    return note
 
 
 def render_against(records: list[dict[str, Any]]) -> None:

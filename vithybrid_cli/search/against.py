@@ -2,17 +2,17 @@
 collection, and which new items are near copies of each other.
 
 Each new vector's nearest collection rows come from the index's `nearest` (exact, or the kept
-approximate index of the collection's vectors file: one query against a million rows loads the
-kept index instead of comparing a million vectors), and the pairs among the new items from
-`similar_pairs`, both rescored exactly, so a match is at or above the threshold by its float32
-cosine. A matched pair of local files of the same size is also compared byte for byte: the
-record then says it is an exact copy.
+clustered or approximate index of the collection's vectors file: one query against a million
+rows loads the kept index and scores its clusters' members instead of a million vectors), and
+the pairs among the new items from `similar_pairs`, both rescored exactly, so a match is at or
+above the threshold by its float32 cosine. A matched pair of local files of the same size is
+also compared byte for byte: the record then says it is an exact copy.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,18 +45,22 @@ def against_matches(
     index: str = "auto",
     saved: Path | None = None,
     neighbours: int = NEIGHBOURS,
+    paths: Sequence[str] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[Match]:
     """The matches at or above `threshold` of each `new` row in `collection` (at most
     `neighbours` per row, the best first) and among the `new` rows, in new-row order. `index`
     as index.choose_index takes it, for the collection; an approximate index of the collection
-    is kept at `saved` (index.ApproximateIndex)."""
+    is kept at `saved` (index.ApproximateIndex), a clustered one too (index.nearest; `paths`,
+    the collection's, are part of its fingerprint; `note` hears why it was rebuilt)."""
     from .index import choose_index, nearest, similar_pairs
 
     matches: list[Match] = []
     if len(new) == 0:
         return matches
     method = choose_index(index, len(collection))
-    found = nearest(collection, new, min(neighbours, len(collection)), method, saved)
+    wanted = min(neighbours, len(collection))
+    found = nearest(collection, new, wanted, method, saved, paths=paths, note=note)
     for row in range(len(new)):
         for score, other in zip(found.scores[row], found.indices[row].tolist(), strict=True):
             if other >= 0 and score >= threshold:

@@ -17,6 +17,10 @@ paths), and the pairs found at the last threshold. A file that grew by appended 
 N rows fingerprint the same) is extended: only the new rows are assigned and searched against
 their clusters' members. A file changed in any other way, a kept index written by another
 version, or one that cannot be read, is built again (`KeptIndex.note` says why, once).
+
+Queries (`duplicates NEW --against`, index.nearest): `kept_clusters` loads the same kept index
+(or builds and keeps it, without pairs), and `clustered_nearest` scores only the members of each
+query's clusters, exactly: one photo against a million rows reads a few thousand of them.
 """
 
 from __future__ import annotations
@@ -321,12 +325,7 @@ def clustered_pairs(
         return pairs
     unit = normalized_bf16(base)
     if kept is None:
-        import torch
-
-        centroids = kmeans(unit, centroid_count(len(base)))
-        assigned = assign(unit, centroids.to(torch.bfloat16))
-        kept = KeptIndex(centroids.numpy(), assigned, "", np.zeros((0, 3)), math.nan)
-        old = 0
+        kept, old = built(unit), 0
     else:
         import torch
 
@@ -352,6 +351,99 @@ def clustered_pairs(
     if check_recall:  # an extension checks its new rows (the old ones were checked when built)
         say(recall_line(base, pairs, threshold, unit=unit, rows_from=old))
     return pairs
+
+
+def built(unit: Any) -> KeptIndex:
+    """A new index of the normalized bfloat16 rows `unit`: k-means centroids and each row's
+    clusters, no pairs yet (threshold NaN) and no fingerprint (the caller stamps it)."""
+    import torch
+
+    centroids = kmeans(unit, centroid_count(len(unit)))
+    assigned = assign(unit, centroids.to(torch.bfloat16))
+    return KeptIndex(centroids.numpy(), assigned, "", np.zeros((0, 3)), math.nan)
+
+
+def kept_clusters(
+    base: np.ndarray,
+    paths: Sequence[str] | None,
+    saved: Path,
+    note: Callable[[str], None] | None = None,
+) -> KeptIndex:
+    """The clustered index of `base` for queries: the one kept at `saved` when it describes
+    the file (rows appended since are assigned here, in memory: `duplicates` extends and keeps
+    it with their pairs), else built and kept there as `duplicates` would build it (no pairs
+    yet: the next `duplicates` searches the clusters and keeps its pairs)."""
+    say = note or (lambda line: None)
+    paths = list(paths) if paths is not None else [""] * len(base)
+    if saved.is_file():
+        try:
+            kept = KeptIndex.load(saved)
+            ok, why = usable(kept, base, paths)
+        except ValueError as error:
+            ok, why = False, f"its kept index at {saved} is {error}: rebuilt"
+        if ok:
+            old = len(kept.assigned)
+            if old < len(base):
+                import torch
+
+                weights = torch.from_numpy(kept.centroids).to(torch.bfloat16)
+                extra = assign(normalized_bf16(base, old), weights)
+                kept.assigned = np.concatenate([kept.assigned, extra])
+            return kept
+        say(why)
+    else:
+        say("no clustered index kept yet: built now and kept for the next run")
+    kept = built(normalized_bf16(base))
+    kept.fingerprint = fingerprint(base, paths, len(base))
+    kept.save(saved)
+    return kept
+
+
+def cluster_members(assigned: np.ndarray, clusters: int, wanted: np.ndarray) -> dict:
+    """{cluster: its sorted rows} for the `wanted` clusters only: one pass over `assigned`."""
+    asked = np.zeros(clusters + 1, bool)  # the last entry answers the -1 padding: never asked
+    asked[wanted[wanted >= 0]] = True
+    flat = assigned.reshape(-1)
+    where = np.flatnonzero(asked[flat])
+    rows, which = where // assigned.shape[1], flat[where]
+    order = np.lexsort((rows, which))
+    rows, which = rows[order], which[order]
+    bounds = np.searchsorted(which, np.arange(clusters + 1))
+    return {int(c): rows[bounds[c] : bounds[c + 1]] for c in np.unique(wanted[wanted >= 0])}
+
+
+def clustered_nearest(
+    base: np.ndarray, queries: np.ndarray, k: int, kept: KeptIndex
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, indices), (Q, k) each: each query's k nearest rows of `base` among the members
+    of its clusters, by exact score (exact.exact_top_k over those rows: the same float32 scores
+    as exact search, the lower row first among equals; -inf and -1 pad).
+
+    A query is assigned as the rows were (`assign`: its nearest centroid and those within
+    MARGIN, at most MAX_ASSIGN), and the rows sharing one of its clusters are its candidates.
+    The recall argument is `duplicates'`: a near copy scores nearly the same as the query
+    against every centroid, so it sits in the query's nearest cluster or one within the margin
+    and is found; a row sharing no cluster with the query (a far neighbour, beyond the near
+    copies `--against` looks for) can be missed where exact search would rank it."""
+    import torch
+
+    from .exact import exact_top_k, normalized
+
+    weights = torch.from_numpy(kept.centroids).to(torch.bfloat16)
+    clusters = assign(normalized(queries).to(torch.bfloat16), weights)
+    members = cluster_members(kept.assigned, len(kept.centroids), clusters.reshape(-1))
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    indices = np.full((len(queries), k), -1, np.int64)
+    for row, mine in enumerate(clusters):
+        picked = [members[int(c)] for c in mine if c >= 0]
+        rows = np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+        if len(rows) == 0:
+            continue
+        found, where = exact_top_k(base[rows], queries[row : row + 1], k)
+        width = found.shape[1]
+        scores[row, :width] = found[0]
+        indices[row, :width] = np.where(where[0] >= 0, rows[np.maximum(where[0], 0)], -1)
+    return scores, indices
 
 
 def recall_line(base: np.ndarray, pairs: np.ndarray, threshold: float, **where: Any) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,15 +209,32 @@ class ApproximateIndex:
 
 
 def nearest(
-    base: np.ndarray, queries: np.ndarray, k: int, index: str = "exact", saved: Path | None = None
+    base: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    index: str = "exact",
+    saved: Path | None = None,
+    *,
+    paths: Sequence[str] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Neighbours:
-    """The k nearest rows of `base` for each query row, exactly or by an approximate index
-    (kept at `saved`, see ApproximateIndex). `clustered` is exact here: for a few queries one
-    pass over the file costs less than any index (clustered.py serves `duplicates`)."""
+    """The k nearest rows of `base` for each query row: exactly, by an approximate index (kept
+    at `saved`, see ApproximateIndex), or inside the clusters of the kept clustered index
+    (clustered.clustered_nearest: the query's nearest clusters' members scored exactly, the
+    same float32 scores and tie order as exact search; near copies share a cluster, as
+    `duplicates` relies on). The clustered index is loaded from `saved` (`paths`: the rows'
+    paths, part of its fingerprint), or built and kept there; without `saved` (vectors made
+    on the fly, nothing to keep) `clustered` is one exact pass over the file. `note` hears
+    why a kept index was rebuilt."""
     if len(queries) == 0:
         return Neighbours(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
     if index == "approximate":
         return ApproximateIndex(base, saved=saved).search(queries, k)
+    if index == "clustered" and saved is not None:
+        from .clustered import clustered_nearest, kept_clusters
+
+        kept = kept_clusters(base, paths, saved, note)
+        return Neighbours(*clustered_nearest(base, queries, k, kept))
     return exact_neighbours(base, queries, k)
 
 
