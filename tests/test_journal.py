@@ -120,3 +120,82 @@ def test_resume_of_an_output_without_a_journal_is_one_clear_line(tmp_path):
         Journal(str(out), SETTINGS, resume=True).open()
     assert "\n" not in str(refused.value) and "without --resume" in str(refused.value)
     assert Journal(str(tmp_path / "new.npy"), SETTINGS, resume=True).open() == set()  # fresh
+
+
+# --------------------------------------------------------------------------- resume appends
+
+
+def finished_run(out: Path, rows: dict[str, int], inputs: list[str], resume=False, fail=()):
+    """One run through JournalOutput (embeddings, .npy) over `inputs`, finishing the file:
+    returns the paths it found done. `fail`: inputs answered with an error. An input's index is
+    its place in the sorted names (a folder's listing, whichever of its files a run sees)."""
+    from vithybrid_cli.pipeline.job import JournalOutput
+    from vithybrid_cli.pipeline.runner import Result
+
+    target = JournalOutput(str(out), "npy", "embeddings", SETTINGS, resume=resume)
+    done = target.open()
+    for path in inputs:
+        index = sorted(rows).index(path)
+        if path not in done:
+            row = np.full(3, rows[path], np.float32)
+            target.write(Result(index, path, "broken", None) if path in fail else
+                         Result(index, path, payload=row))  # fmt: skip
+    target.finish()
+    return done
+
+
+def saved(out: Path) -> tuple[list[str], np.ndarray]:
+    paths = out.with_suffix(".paths.txt").read_text().splitlines()
+    return paths, np.load(out)
+
+
+def test_a_resume_of_a_finished_output_keeps_its_rows_and_adds_the_new_after(tmp_path):
+    out = tmp_path / "v.npy"
+    rows = {name: number for number, name in enumerate("abcdef")}
+    finished_run(out, rows, ["a", "c", "e"])
+    before_paths, before = saved(out)
+    assert before_paths == ["a", "c", "e"]
+    assert finished_run(out, rows, list("abcdef"), resume=True) == {"a", "c", "e"}
+    paths, after = saved(out)
+    assert paths == ["a", "c", "e", "b", "d", "f"]  # the old rows first, unchanged; new in order
+    assert np.array_equal(after[:3], before)
+    assert after[:, 0].tolist() == [rows[p] for p in paths]
+    # and again: the second finish's file is kept too, the third run's rows come after it
+    rows["aa"] = 9
+    finished_run(out, rows, ["a", "aa", *"bcdef"], resume=True)
+    assert saved(out)[0] == ["a", "c", "e", "b", "d", "f", "aa"]
+
+
+def test_a_failure_retried_after_a_finished_run_comes_after_its_rows(tmp_path):
+    out = tmp_path / "v.npy"
+    rows = {name: number for number, name in enumerate("abcd")}
+    finished_run(out, rows, list("abc"), fail={"b"})
+    assert saved(out)[0] == ["a", "c"]  # a failure is not a row
+    finished_run(out, rows, list("abcd"), resume=True)
+    paths, after = saved(out)
+    assert paths == ["a", "c", "b", "d"] and after[:, 0].tolist() == [0, 2, 1, 3]
+
+
+def test_a_resume_after_a_crash_merges_in_input_order(tmp_path):
+    """Runs after the last finished one (a killed resume) are one group: input order among them,
+    after the finished file's rows; a journal never finished is input order throughout."""
+    out = tmp_path / "v.npy"
+    rows = {name: number for number, name in enumerate("abcdef")}
+    journal_run(out, [(2, "c", None, np.full(3, 2, np.float32))])  # killed: no file written
+    finished_run(out, rows, list("abce"), resume=True)
+    assert saved(out)[0] == ["a", "b", "c", "e"]  # one group: input order across both runs
+    journal_run(out, [(5, "f", None, np.full(3, 5, np.float32))], resume=True)  # killed
+    finished_run(out, rows, list("abcdef"), resume=True)
+    assert saved(out)[0] == ["a", "b", "c", "e", "d", "f"]
+
+
+def test_an_output_changed_since_its_finish_is_merged_in_input_order(tmp_path):
+    out = tmp_path / "v.npy"
+    rows = {name: number for number, name in enumerate("abc")}
+    finished_run(out, rows, ["a", "c"])
+    os.utime(out, ns=(0, 0))  # not the file the finish left (touched, copied back, replaced)
+    finished_run(out, rows, list("abc"), resume=True)
+    assert saved(out)[0] == ["a", "b", "c"]
+    out.unlink()  # deleted: written anew from the journal, in input order
+    finished_run(out, rows, list("abc"), resume=True)
+    assert saved(out)[0] == ["a", "b", "c"]

@@ -114,6 +114,10 @@ class JournalOutput:
                     self.write_file()
                 if not self.keep:
                     self.journal.remove()
+                else:  # a later --resume appends after the rows written (journal.py);
+                    # without the mark (a full disk) it merges in input order: slower, not wrong
+                    with contextlib.suppress(OSError):
+                        self.journal.mark_completed()
             self.job.barrier()  # nobody exits (which makes torchrun stop the others) before that
 
     def write_file(self) -> None:

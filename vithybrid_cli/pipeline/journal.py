@@ -15,10 +15,25 @@ names each difference); a path's answer is its latest run's; a path answered wit
 done and skipped. A torn last entry (a kill mid-write) is cut off when the journal is opened.
 Finishing merges the files by input index (each file is in index order) and hands the entries to
 a writer. The journal stays beside the output afterwards, so a later ``--resume`` can add to it.
+
+A resume appends to a finished output. Once a run has written the output, its finish records
+that in ``completed`` (the runs that wrote the file, and the file's size and mtime then). A later
+finish orders the entries by group, then input index: the runs up to the first completed one,
+then those up to the next, ..., then the runs since the last. So the rows already in the file
+keep their order and positions and the new ones come after them, in input order among
+themselves; and the kept clustered index of a vectors file (search/) extends with the new rows
+instead of being rebuilt. A path keeps its latest answer, placed in the group of the run that
+gave it: a failure retried later moves to the later group (for embeddings a failure was never a
+row; a records file loses that error record from its place and gets the answer at the end).
+The rule holds for every output kind alike, records too (``classify --resume`` adds after the
+records written): the journal does not know kinds, and one rule is simpler to say. When the
+output is not the file a finish recorded (none yet: a resume after a crash; or it was replaced,
+touched, or deleted since), the runs are one group: input order across them, as before.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import json
@@ -32,10 +47,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..files import atomic_write
 from ..io.outputs import json_safe, safe_text
 
 VERSION = 1
 FILE_NAME = re.compile(r"run(\d+)\.rank(\d+)of(\d+)")
+COMPLETED = "completed"  # which runs' finishes wrote the output, and its size and mtime then
 # Settings that are not command-line options, and how a difference in them is said.
 NOT_OPTIONS = {"command": "by {old}, not {new}", "weights": "with weights {old}, not {new}"}
 # settings added after journals were first written, and what an older journal ran with
@@ -185,7 +202,8 @@ class Journal:
 
     ``open()`` (every rank) prepares the folder and returns the paths already done;
     ``append`` writes a result; ``close()`` makes this process's file durable; ``entries()``
-    merges every file in input order (after every rank has closed).
+    merges every file in output order (after every rank has closed); ``mark_completed()`` says
+    the output was written from them.
     """
 
     def __init__(
@@ -197,6 +215,8 @@ class Journal:
         self.resume = resume
         self.job = job or SingleProcess()
         self.file = None
+        self.run = 0  # this run's number, set by open()
+        self.kept: list[int] | None = None  # the completed runs entries() ordered by
 
     def files(self) -> list[tuple[int, str]]:
         """(run, path) of every journal file, oldest run first."""
@@ -230,7 +250,7 @@ class Journal:
             if differences:
                 raise SettingsMismatch(f"--resume: {name} was written {'; '.join(differences)}")
         done = {path for path, ok in self.latest(files).items() if ok}
-        run = max((run for run, _ in files), default=-1) + 1
+        self.run = run = max((run for run, _ in files), default=-1) + 1
         self.job.barrier()  # every rank has read the folder before any adds to it
         rank, world = self.job.rank, self.job.world
         path = os.path.join(self.folder, f"run{run:04d}.rank{rank}of{world}")
@@ -260,19 +280,47 @@ class Journal:
             os.fsync(self.file.fileno())
             self.file.close()
 
+    def completed(self) -> list[int]:
+        """The runs whose finishes wrote the output (oldest first), if it is still the file the
+        last one left (same size and mtime); else [] (none yet, or it was replaced since)."""
+        try:
+            with open(os.path.join(self.folder, COMPLETED), encoding="utf-8") as file:
+                record = json.load(file)
+            runs = sorted(int(run) for run in record["runs"])
+            stat = os.stat(self.output)
+            if record["file"] == [stat.st_size, stat.st_mtime_ns]:
+                return runs
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return []
+
+    def mark_completed(self) -> None:
+        """Record that this run wrote the output (rank 0, after writing it from entries())."""
+        stat = os.stat(self.output)
+        kept = self.completed() if self.kept is None else self.kept
+        record = {"runs": [*kept, self.run], "file": [stat.st_size, stat.st_mtime_ns]}
+        with atomic_write(os.path.join(self.folder, COMPLETED)) as file:
+            json.dump(record, file)
+
     def entries(self) -> Iterator[Entry]:
-        """Every input's latest answer, in input order (a path's latest run wins)."""
+        """Every input's latest answer (a path's latest run wins): the answers of the runs that
+        wrote the output first, as they are in it, then the later runs' in input order."""
+        self.kept = kept = self.completed()
         files = self.files()
         latest_run: dict[str, int] = {}
         for run, path in files:
             for entry, _ in read_entries(path, payloads=False):
                 latest_run[entry.path] = run
 
-        def answers(run: int, path: str) -> Iterator[Entry]:
-            return (entry for entry, _ in read_entries(path) if latest_run[entry.path] == run)
+        def answers(run: int, path: str) -> Iterator[tuple[int, Entry]]:
+            group = bisect.bisect_left(kept, run)  # how many completed runs came before it
+            for entry, _ in read_entries(path):
+                if latest_run[entry.path] == run:
+                    yield group, entry
 
         streams = [answers(run, path) for run, path in files]
-        yield from heapq.merge(*streams, key=lambda entry: entry.index)
+        for _, entry in heapq.merge(*streams, key=lambda pair: (pair[0], pair[1].index)):
+            yield entry
 
     def remove(self) -> None:
         """Delete the journal (once its output is written and nothing will resume it)."""
