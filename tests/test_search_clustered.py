@@ -207,6 +207,40 @@ def test_embed_resume_with_new_photos_after_the_old_extends_the_index(
     assert f"{vectors}: 2 rows appended since its index was kept: extended" in result.stderr
 
 
+def test_embed_resume_with_new_photos_between_the_old_appends_them_and_extends_the_index(
+    tiny_checkpoint, photographs, tmp_path, monkeypatch
+):
+    """New photos that sort before and between the old ones land after the old rows (the journal
+    appends to a finished output): the next duplicates extends the kept index."""
+    monkeypatch.setenv("VITHYBRID_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    old, new = photographs[::2], photographs[1::2]
+    for number, photo in enumerate(old):
+        photo.save(folder / f"{2 * number + 1}.jpg", quality=90)  # 1.jpg, 3.jpg, ...
+    vectors = tmp_path / "v.npy"
+    listing = vectors.with_suffix(".paths.txt")
+    embed = ["embed", folder, "-o", vectors, "-m", tiny_checkpoint, "--dtype", "float32"]
+    assert cli(*embed).exit_code == 0
+    before, before_paths = np.load(vectors), listing.read_text().splitlines()
+    monkeypatch.setattr("vithybrid_cli.search.index.APPROXIMATE_FROM", 1)  # auto: clustered
+    assert cli("duplicates", vectors, "-f", "jsonl").exit_code == 0
+
+    for number, photo in enumerate(new):
+        photo.save(folder / f"{2 * number}.jpg", quality=90)  # 0.jpg, 2.jpg, ...: between
+    result = cli(*embed, "--resume")
+    assert result.exit_code == 0, result.output
+    after, paths = np.load(vectors), listing.read_text().splitlines()
+    assert len(after) == len(photographs) and np.array_equal(after[: len(before)], before)
+    added = [str(folder / f"{2 * number}.jpg") for number in range(len(new))]
+    assert paths == [*before_paths, *added]  # the new ones after the old, in input order
+    result = cli("duplicates", vectors, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert f"{vectors}: {len(new)} rows appended since its index was kept: extended" in (
+        result.stderr
+    )
+
+
 def test_a_low_threshold_over_dense_scenes_keeps_each_rows_best_k():
     rows, _ = scenes(2000, scenes=4)  # 500 rows a scene, every pair in a scene at ~0.8
     pairs = clustered.clustered_pairs(rows, 0.5, k=4, check_recall=False)
